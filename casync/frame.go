@@ -1,0 +1,95 @@
+package casync
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// MaxChunkSize bounds the decompressed size of one chunk frame. casync caps
+// chunk sizes far below this; the bound keeps a hostile frame from making a
+// reader allocate without limit.
+const MaxChunkSize = 16 << 20
+
+var (
+	encoderOnce sync.Once
+	encoder     *zstd.Encoder
+	decoderOnce sync.Once
+	decoder     *zstd.Decoder
+)
+
+func frameEncoder() *zstd.Encoder {
+	encoderOnce.Do(func() {
+		// EncodeAll is safe for concurrent use; concurrency 1 keeps the
+		// encoder from pre-allocating a block encoder per CPU.
+		encoder, _ = zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithZeroFrames(true))
+	})
+	return encoder
+}
+
+func frameDecoder() *zstd.Decoder {
+	decoderOnce.Do(func() {
+		decoder, _ = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(MaxChunkSize),
+			zstd.IgnoreChecksum(false))
+	})
+	return decoder
+}
+
+// CompressChunk appends the zstd frame of data to dst and returns it. This is
+// the .cacnk wire and disk format of casync and desync.
+func CompressChunk(dst, data []byte) []byte {
+	return frameEncoder().EncodeAll(data, dst)
+}
+
+// DecompressChunk appends the contents of a zstd chunk frame to dst. It
+// refuses frames that decode to more than MaxChunkSize bytes.
+func DecompressChunk(dst, frame []byte) ([]byte, error) {
+	out, err := frameDecoder().DecodeAll(frame, dst)
+	if err != nil {
+		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+			return nil, fmt.Errorf("%w: chunk frame decodes to more than %d bytes", ErrFormat, MaxChunkSize)
+		}
+		return nil, fmt.Errorf("%w: chunk frame: %v", ErrFormat, err)
+	}
+	if len(out)-len(dst) > MaxChunkSize {
+		return nil, fmt.Errorf("%w: chunk frame decodes to more than %d bytes", ErrFormat, MaxChunkSize)
+	}
+	return out, nil
+}
+
+// ChecksumError reports chunk bytes whose digest is not the ID they were
+// stored or requested under.
+type ChecksumError struct {
+	Want, Got ChunkID
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("chunk %s: content hashes to %s (corrupt or wrong digest)", e.Want, e.Got)
+}
+
+// VerifyChunk checks that data hashes to id under d.
+func VerifyChunk(d Digest, id ChunkID, data []byte) error {
+	if got := d.Sum(data); got != id {
+		return &ChecksumError{Want: id, Got: got}
+	}
+	return nil
+}
+
+// DecodeChunk decompresses frame and verifies the result against id.
+func DecodeChunk(d Digest, id ChunkID, frame []byte) ([]byte, error) {
+	data, err := DecompressChunk(nil, frame)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	if err := VerifyChunk(d, id, data); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
