@@ -1,0 +1,142 @@
+package chunkstore_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http/httptest"
+	"net/url"
+	"sync/atomic"
+	"testing"
+
+	"github.com/folbricht/desync"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// benchChunks fills a fresh local store with n chunks of size bytes, half
+// of each random and half a repeated pattern, so frames are about 60% of
+// the data, as for binaries.
+func benchChunks(b *testing.B, n, size int) (*chunkstore.Local, []casync.ChunkID) {
+	b.Helper()
+	l, err := chunkstore.NewLocal(b.TempDir(), chunkstore.LocalOptions{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	ids := make([]casync.ChunkID, n)
+	for i := range ids {
+		data := make([]byte, size)
+		for j := range data[:size/2] {
+			data[j] = byte(r.Uint32())
+		}
+		for j := size / 2; j < size; j++ {
+			data[j] = byte(j % 251)
+		}
+		ids[i] = casync.SHA512_256.Sum(data)
+		if err := l.StoreChunk(context.Background(), ids[i], data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return l, ids
+}
+
+func reportChunks(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "chunks/s")
+}
+
+// BenchmarkHTTPGet64K fetches verified 64 KiB chunks in parallel over
+// loopback: our server and client, then desync's chunk server and client
+// over the same store directory.
+func BenchmarkHTTPGet64K(b *testing.B) {
+	const size = 64 << 10
+	l, ids := benchChunks(b, 256, size)
+	b.Run("bootfs", func(b *testing.B) {
+		srv := httptest.NewServer(chunkstore.NewHTTPHandler(l, chunkstore.HandlerOptions{}))
+		defer srv.Close()
+		c, err := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		var next atomic.Uint64
+		b.SetBytes(size)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.GetChunk(context.Background(), ids[next.Add(1)%uint64(len(ids))]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportChunks(b)
+	})
+	b.Run("desync", func(b *testing.B) {
+		opts := desync.NewStoreOptionsWithDefaults()
+		opts.N = 32
+		ds, err := desync.NewLocalStore(l.Dir(), opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conv, _ := opts.StorageConverters()
+		srv := httptest.NewServer(desync.NewHTTPHandler(ds, false, false, conv, ""))
+		defer srv.Close()
+		u, _ := url.Parse(srv.URL + "/")
+		c, err := desync.NewRemoteHTTPStore(u, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var next atomic.Uint64
+		b.SetBytes(size)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				chunk, err := c.GetChunk(desync.ChunkID(ids[next.Add(1)%uint64(len(ids))]))
+				if err == nil {
+					_, err = chunk.Data()
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportChunks(b)
+	})
+}
+
+// BenchmarkCacheHit reads verified 64 KiB chunks that are all in the
+// cache directory, in parallel.
+func BenchmarkCacheHit(b *testing.B) {
+	const size = 64 << 10
+	remote, ids := benchChunks(b, 512, size)
+	c, err := chunkstore.NewCache(remote, b.TempDir(), chunkstore.CacheOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for _, id := range ids {
+		if _, err := c.GetChunk(context.Background(), id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Uint64
+	b.SetBytes(size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.GetChunk(context.Background(), ids[next.Add(1)%uint64(len(ids))]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	reportChunks(b)
+	if st := c.Stats(); st.Misses != uint64(len(ids)) {
+		b.Errorf("cache misses = %d, want %d (only the warm-up)", st.Misses, len(ids))
+	}
+}

@@ -1,0 +1,430 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/bootfs/bootfs/casync"
+)
+
+// HTTPOptions configure an HTTP store client. The zero value works.
+type HTTPOptions struct {
+	// Digest is the hash that chunk IDs are checked against.
+	Digest casync.Digest
+	// Timeout bounds each attempt of a request, from dialing to the last
+	// byte of the body. Zero means 30 seconds.
+	Timeout time.Duration
+	// Retries is how many times a request is repeated after a transport
+	// error, a truncated body or a 5xx or 429 answer. A 404, any other
+	// 4xx and a chunk that fails verification are never retried. Zero
+	// means 3; a negative value means no retries.
+	Retries int
+	// Backoff is the wait before the first retry. It doubles for each
+	// further retry, up to 5 seconds, with random jitter. Zero means
+	// 100 milliseconds.
+	Backoff time.Duration
+	// MaxConns is how many idle connections to the server are kept for
+	// reuse; it should match the number of parallel requests. Zero means 32.
+	MaxConns int
+	// Token, if set, is sent as "Authorization: Bearer <token>". The
+	// chunkstore server needs it for PUT.
+	Token string
+	// CAFile names a PEM file of CA certificates trusted for https, in
+	// addition to the system's.
+	CAFile string
+	// Transport replaces the tuned transport NewHTTP builds. Tests use it;
+	// CAFile and MaxConns then have no effect.
+	Transport http.RoundTripper
+	// Logger receives a debug line per retry; nil discards them.
+	Logger *slog.Logger
+}
+
+const (
+	defaultHTTPTimeout  = 30 * time.Second
+	defaultHTTPRetries  = 3
+	defaultHTTPBackoff  = 100 * time.Millisecond
+	maxHTTPBackoff      = 5 * time.Second
+	defaultHTTPMaxConns = 32
+)
+
+// HTTP is a client of an HTTP chunk store: GET, HEAD and PUT of
+// <base>/<first 4 hex>/<64 hex>.cacnk, the layout that casync, desync and
+// the chunkstore server use. Every chunk it returns has been verified.
+type HTTP struct {
+	base    string // no trailing slash
+	opts    HTTPOptions
+	client  *http.Client
+	retries int
+	timeout time.Duration
+	backoff time.Duration
+	log     *slog.Logger
+	stats   counters
+}
+
+var (
+	_ FrameWriteStore = (*HTTP)(nil)
+	_ StatsReporter   = (*HTTP)(nil)
+)
+
+// NewHTTP returns a client of the store at baseURL, an http:// or https://
+// URL.
+func NewHTTP(baseURL string, opts HTTPOptions) (*HTTP, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadURL, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: %q: want http://host[:port][/path] or https://…", ErrBadURL, baseURL)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%w: %q: a store URL has no query or fragment", ErrBadURL, baseURL)
+	}
+	s := &HTTP{
+		base:    strings.TrimRight(u.String(), "/"),
+		opts:    opts,
+		retries: opts.Retries,
+		timeout: opts.Timeout,
+		backoff: opts.Backoff,
+		log:     logger(opts.Logger),
+	}
+	switch {
+	case s.retries == 0:
+		s.retries = defaultHTTPRetries
+	case s.retries < 0:
+		s.retries = 0
+	}
+	if s.timeout <= 0 {
+		s.timeout = defaultHTTPTimeout
+	}
+	if s.backoff <= 0 {
+		s.backoff = defaultHTTPBackoff
+	}
+	rt := opts.Transport
+	if rt == nil {
+		t, err := newTransport(opts)
+		if err != nil {
+			return nil, err
+		}
+		rt = t
+	}
+	s.client = &http.Client{
+		Transport: rt,
+		// A chunk store never redirects; following one would hide a
+		// misconfigured base URL.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return s, nil
+}
+
+func newTransport(opts HTTPOptions) (*http.Transport, error) {
+	maxConns := opts.MaxConns
+	if maxConns <= 0 {
+		maxConns = defaultHTTPMaxConns
+	}
+	t := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          maxConns * 2,
+		MaxIdleConnsPerHost:   maxConns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// Chunks are zstd frames already; asking for gzip would only
+		// cost CPU.
+		DisableCompression: true,
+	}
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA file for the HTTP chunk store: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("read CA file %s: no PEM certificates in it", opts.CAFile)
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return t, nil
+}
+
+// URL returns the URL of id's chunk file.
+func (s *HTTP) URL(id casync.ChunkID) string { return s.base + "/" + ChunkPath(id) }
+
+// String returns the store's base URL.
+func (s *HTTP) String() string { return s.base }
+
+// GetChunk downloads, decompresses and verifies the chunk.
+func (s *HTTP) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	s.stats.requests.Add(1)
+	frame, err := s.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	data, err := decodeFrame(s.opts.Digest, id, frame)
+	if err != nil {
+		return nil, s.corrupt(id, err)
+	}
+	s.stats.hits.Add(1)
+	s.stats.bytes.Add(uint64(len(data)))
+	return data, nil
+}
+
+// GetFrame downloads and verifies the chunk's frame.
+func (s *HTTP) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	s.stats.requests.Add(1)
+	frame, err := s.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+		return nil, s.corrupt(id, err)
+	}
+	s.stats.hits.Add(1)
+	return frame, nil
+}
+
+func (s *HTTP) corrupt(id casync.ChunkID, err error) error {
+	s.stats.errors.Add(1)
+	s.stats.corrupt.Add(1)
+	return fmt.Errorf("fetch chunk from %s: %w (the server's copy is bad: run chunkstore verify --repair on it)", s.URL(id), err)
+}
+
+func (s *HTTP) get(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	res, err := s.do(ctx, http.MethodGet, id, nil)
+	if err != nil {
+		s.stats.errors.Add(1)
+		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.base, err)
+	}
+	switch res.status {
+	case http.StatusOK:
+		s.stats.wireBytes.Add(uint64(len(res.body)))
+		return res.body, nil
+	case http.StatusNotFound, http.StatusGone:
+		s.stats.misses.Add(1)
+		return nil, fmt.Errorf("fetch chunk %s from %s: %s: %w (is the chunk store the one mkimage wrote to?)", id, s.base, res.statusText(), ErrNotFound)
+	}
+	s.stats.errors.Add(1)
+	return nil, fmt.Errorf("fetch chunk %s from %s: %s%s", id, s.base, res.statusText(), hint(res.status, false))
+}
+
+// HasChunk asks the server with HEAD.
+func (s *HTTP) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
+	s.stats.requests.Add(1)
+	res, err := s.do(ctx, http.MethodHead, id, nil)
+	if err != nil {
+		s.stats.errors.Add(1)
+		return false, fmt.Errorf("look up chunk %s on %s: %w", id, s.base, err)
+	}
+	switch res.status {
+	case http.StatusOK:
+		s.stats.hits.Add(1)
+		return true, nil
+	case http.StatusNotFound, http.StatusGone:
+		s.stats.misses.Add(1)
+		return false, nil
+	}
+	s.stats.errors.Add(1)
+	return false, fmt.Errorf("look up chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, false))
+}
+
+// StoreChunk verifies data against id, compresses it and uploads it with
+// PUT.
+func (s *HTTP) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
+	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
+		s.stats.requests.Add(1)
+		s.stats.errors.Add(1)
+		return fmt.Errorf("store chunk on %s: %w", s.base, err)
+	}
+	s.stats.bytes.Add(uint64(len(data)))
+	return s.put(ctx, id, casync.CompressChunk(nil, data))
+}
+
+// StoreFrame verifies frame against id and uploads it as is.
+func (s *HTTP) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
+	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+		s.stats.requests.Add(1)
+		s.stats.errors.Add(1)
+		return fmt.Errorf("store chunk on %s: %w", s.base, err)
+	}
+	return s.put(ctx, id, frame)
+}
+
+func (s *HTTP) put(ctx context.Context, id casync.ChunkID, frame []byte) error {
+	s.stats.requests.Add(1)
+	res, err := s.do(ctx, http.MethodPut, id, frame)
+	if err != nil {
+		s.stats.errors.Add(1)
+		return fmt.Errorf("store chunk %s on %s: %w", id, s.base, err)
+	}
+	switch res.status {
+	case http.StatusOK, http.StatusCreated, http.StatusNoContent:
+		s.stats.wireBytes.Add(uint64(len(frame)))
+		return nil
+	}
+	s.stats.errors.Add(1)
+	return fmt.Errorf("store chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, true))
+}
+
+func hint(status int, write bool) string {
+	switch {
+	case status == http.StatusUnauthorized && write:
+		return " (a write needs the server's write token: check the token file)"
+	case status == http.StatusForbidden && write:
+		return " (the server does not accept writes: start it with --write-token-file)"
+	case status == http.StatusUnauthorized, status == http.StatusForbidden:
+		return " (check the store's credentials)"
+	case status == http.StatusBadRequest && write:
+		return " (the server refused the chunk)"
+	case status == http.StatusBadRequest:
+		return " (is the URL the root of a casync chunk store?)"
+	case status >= 500:
+		return " (the server failed; see its log)"
+	}
+	return ""
+}
+
+// response is the part of an HTTP answer the store looks at.
+type response struct {
+	status int
+	msg    string // start of an error body, for messages
+	body   []byte // a 200 GET's body
+}
+
+func (r response) statusText() string {
+	s := fmt.Sprintf("%d %s", r.status, http.StatusText(r.status))
+	if r.msg != "" {
+		s += ": " + r.msg
+	}
+	return s
+}
+
+// do sends one request, retrying transient failures with backoff. It
+// returns an error only when no answer was had; an HTTP status, even 500
+// after the last retry, is a response.
+func (s *HTTP) do(ctx context.Context, method string, id casync.ChunkID, body []byte) (response, error) {
+	u := s.URL(id)
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return response{}, err
+		}
+		res, err := s.once(ctx, method, u, body)
+		retry := err != nil || res.status >= 500 || res.status == http.StatusTooManyRequests
+		if !retry {
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return response{}, ctx.Err()
+		}
+		if attempt >= s.retries {
+			if err != nil {
+				return response{}, fmt.Errorf("%s %s: %w (gave up after %d attempts; is the chunk server running and reachable?)", method, u, err, attempt+1)
+			}
+			return res, nil
+		}
+		wait := s.backoff << attempt
+		if wait > maxHTTPBackoff || wait <= 0 {
+			wait = maxHTTPBackoff
+		}
+		wait = wait/2 + rand.N(wait/2+1)
+		s.stats.retries.Add(1)
+		s.log.Debug("retrying chunk request", "method", method, "url", u, "attempt", attempt+1, "status", res.status, "err", err, "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return response{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// once sends one attempt under its own timeout.
+func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (response, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return response{}, err
+	}
+	if s.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // do names the method and URL
+		}
+		return response{}, s.timeoutErr(ctx, err)
+	}
+	defer resp.Body.Close()
+	res := response{status: resp.StatusCode}
+	if resp.StatusCode != http.StatusOK || method != http.MethodGet {
+		// Read a little of the body for the message, and let the
+		// connection be reused if the body is short.
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		res.msg = strings.TrimSpace(strings.ToValidUTF8(string(msg), "?"))
+		if i := strings.IndexByte(res.msg, '\n'); i >= 0 {
+			res.msg = res.msg[:i]
+		}
+		return res, nil
+	}
+	if resp.ContentLength > maxFrameSize {
+		return response{}, fmt.Errorf("GET %s: body of %d bytes is larger than any chunk frame", u, resp.ContentLength)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(resp.ContentLength, 0)+bytes.MinRead))
+	n, err := buf.ReadFrom(io.LimitReader(resp.Body, maxFrameSize+1))
+	if err != nil {
+		return response{}, fmt.Errorf("read body: %w", s.timeoutErr(ctx, err))
+	}
+	if n > maxFrameSize {
+		return response{}, fmt.Errorf("GET %s: body larger than any chunk frame", u)
+	}
+	res.body = buf.Bytes()
+	return res, nil
+}
+
+// timeoutErr names the per-attempt timeout when it is what cut a request
+// short.
+func (s *HTTP) timeoutErr(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		return fmt.Errorf("%w (request timed out after %v)", err, s.timeout)
+	}
+	return err
+}
+
+// Stats returns the client's counters.
+func (s *HTTP) Stats() Stats { return s.stats.snapshot() }
+
+// Close closes idle connections.
+func (s *HTTP) Close() error {
+	s.client.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,365 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bootfs/bootfs/casync"
+)
+
+// LocalOptions configure a Local store.
+type LocalOptions struct {
+	// Digest is the hash that chunk IDs are checked against.
+	Digest casync.Digest
+	// Create makes the store directory if it does not exist. Without it,
+	// NewLocal fails on a missing directory, so a mistyped store path is
+	// reported at once rather than as a missing chunk.
+	Create bool
+	// NoSync skips the fsync of each new chunk file before it is renamed
+	// into place. By default a chunk is synced, so that after a crash a
+	// chunk file that exists is whole: a store is the source of truth, and
+	// mkimage skips chunks the store already has. A cache, whose chunks
+	// can always be fetched again, sets NoSync. The directory itself is
+	// not synced: after a crash a chunk may be missing, which is safe
+	// (it is written again), but never torn.
+	NoSync bool
+	// Logger receives debug and warning lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Local is a store in a local directory in casync's layout,
+// <dir>/<first 4 hex>/<64 hex>.cacnk, each file a zstd frame. It reads
+// stores that casync and desync made, and they read its stores.
+//
+// Chunks are written to a temporary file in the same directory and renamed
+// into place, so readers, in this process or another, never see half a
+// chunk. Temporary files start with a dot and never match a chunk name.
+type Local struct {
+	dir   string
+	opts  LocalOptions
+	log   *slog.Logger
+	stats counters
+}
+
+var (
+	_ FrameWriteStore = (*Local)(nil)
+	_ StatsReporter   = (*Local)(nil)
+)
+
+// NewLocal opens the store in dir.
+func NewLocal(dir string, opts LocalOptions) (*Local, error) {
+	if dir == "" {
+		return nil, errors.New("open local chunk store: empty directory name")
+	}
+	if opts.Create {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create local chunk store: %w", err)
+		}
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open local chunk store: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open local chunk store %s: not a directory", dir)
+	}
+	return &Local{dir: dir, opts: opts, log: logger(opts.Logger)}, nil
+}
+
+// Dir returns the store's directory.
+func (s *Local) Dir() string { return s.dir }
+
+// String returns the store's directory.
+func (s *Local) String() string { return s.dir }
+
+// GetChunk reads, decompresses and verifies the chunk. A file that does not
+// verify gives an error wrapping *casync.ChecksumError.
+func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	s.stats.requests.Add(1)
+	frame, err := s.readFrame(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	data, err := decodeFrame(s.opts.Digest, id, frame)
+	if err != nil {
+		s.stats.errors.Add(1)
+		s.stats.corrupt.Add(1)
+		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
+	}
+	s.stats.hits.Add(1)
+	s.stats.bytes.Add(uint64(len(data)))
+	return data, nil
+}
+
+// GetFrame reads the chunk's frame and verifies it.
+func (s *Local) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	s.stats.requests.Add(1)
+	frame, err := s.readFrame(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+		s.stats.errors.Add(1)
+		s.stats.corrupt.Add(1)
+		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
+	}
+	s.stats.hits.Add(1)
+	return frame, nil
+}
+
+func (s *Local) readFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	if err := ctxErr(ctx, "read", id); err != nil {
+		s.stats.errors.Add(1)
+		return nil, err
+	}
+	frame, _, err := readFrameFile(chunkFile(s.dir, id))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			s.stats.misses.Add(1)
+			return nil, fmt.Errorf("read chunk %s from %s: %w", id, s.dir, ErrNotFound)
+		}
+		s.stats.errors.Add(1)
+		return nil, fmt.Errorf("read chunk %s: %w", id, err)
+	}
+	s.stats.wireBytes.Add(uint64(len(frame)))
+	return frame, nil
+}
+
+// readFrameFile reads a whole chunk file, refusing one larger than any
+// frame can be.
+func readFrameFile(name string) ([]byte, time.Time, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, time.Time{}, fmt.Errorf("%s: not a regular file", name)
+	}
+	if fi.Size() > maxFrameSize {
+		return nil, time.Time{}, fmt.Errorf("%s: %d bytes, more than any chunk frame (%d)", name, fi.Size(), maxFrameSize)
+	}
+	buf := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, time.Time{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return buf, fi.ModTime(), nil
+}
+
+// HasChunk reports whether the chunk file exists. It does not read or
+// verify it.
+func (s *Local) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
+	s.stats.requests.Add(1)
+	if err := ctxErr(ctx, "look up", id); err != nil {
+		s.stats.errors.Add(1)
+		return false, err
+	}
+	_, err := os.Stat(chunkFile(s.dir, id))
+	switch {
+	case err == nil:
+		s.stats.hits.Add(1)
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		s.stats.misses.Add(1)
+		return false, nil
+	}
+	s.stats.errors.Add(1)
+	return false, fmt.Errorf("look up chunk %s: %w", id, err)
+}
+
+// StoreChunk verifies data against id, compresses it and writes it
+// atomically. A chunk already present is left as it is.
+func (s *Local) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
+	s.stats.requests.Add(1)
+	if err := ctxErr(ctx, "store", id); err != nil {
+		s.stats.errors.Add(1)
+		return err
+	}
+	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
+		s.stats.errors.Add(1)
+		s.stats.corrupt.Add(1)
+		return fmt.Errorf("store chunk in %s: %w", s.dir, err)
+	}
+	s.stats.bytes.Add(uint64(len(data)))
+	if s.has(id) {
+		return nil
+	}
+	return s.writeFrame(id, casync.CompressChunk(nil, data))
+}
+
+// StoreFrame verifies frame against id and writes it as is.
+func (s *Local) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
+	s.stats.requests.Add(1)
+	if err := ctxErr(ctx, "store", id); err != nil {
+		s.stats.errors.Add(1)
+		return err
+	}
+	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+		s.stats.errors.Add(1)
+		s.stats.corrupt.Add(1)
+		return fmt.Errorf("store chunk in %s: %w", s.dir, err)
+	}
+	if s.has(id) {
+		return nil
+	}
+	return s.writeFrame(id, frame)
+}
+
+func (s *Local) has(id casync.ChunkID) bool {
+	_, err := os.Stat(chunkFile(s.dir, id))
+	return err == nil
+}
+
+// writeFrame writes frame to a temporary file beside the chunk's final
+// name and renames it into place. Concurrent writers of the same chunk,
+// in any process, each rename a whole identical file; the last one wins.
+func (s *Local) writeFrame(id casync.ChunkID, frame []byte) error {
+	if err := writeFileAtomic(chunkFile(s.dir, id), frame, !s.opts.NoSync); err != nil {
+		s.stats.errors.Add(1)
+		return fmt.Errorf("store chunk %s in %s: %w", id, s.dir, err)
+	}
+	s.stats.wireBytes.Add(uint64(len(frame)))
+	s.log.Debug("stored chunk", "id", id, "bytes", len(frame))
+	return nil
+}
+
+func writeFileAtomic(name string, data []byte, sync bool) (err error) {
+	dir := filepath.Dir(name)
+	pattern := "." + filepath.Base(name) + ".tmp-*"
+	f, err := os.CreateTemp(dir, pattern)
+	if errors.Is(err, fs.ErrNotExist) {
+		// First chunk of this prefix. Prefix directories are never
+		// removed, so there is no race with a remover.
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		f, err = os.CreateTemp(dir, pattern)
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if sync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), name)
+}
+
+// RemoveChunk deletes the chunk's file. Removing a missing chunk gives an
+// error wrapping ErrNotFound.
+func (s *Local) RemoveChunk(ctx context.Context, id casync.ChunkID) error {
+	if err := ctxErr(ctx, "remove", id); err != nil {
+		return err
+	}
+	err := os.Remove(chunkFile(s.dir, id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove chunk %s from %s: %w", id, s.dir, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("remove chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// ChunkInfo describes one chunk file found by Walk.
+type ChunkInfo struct {
+	ID      casync.ChunkID
+	Path    string
+	Size    int64
+	ModTime time.Time
+}
+
+// Walk calls fn for every chunk file in the store, one prefix directory
+// at a time, in directory order. It skips temporary files and anything
+// else that is not named like a chunk, and chunks removed while it runs.
+// An error from fn stops the walk and is returned.
+func (s *Local) Walk(ctx context.Context, fn func(ChunkInfo) error) error {
+	return walkStore(ctx, s.dir, fn)
+}
+
+func walkStore(ctx context.Context, dir string, fn func(ChunkInfo) error) error {
+	top, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list chunk store: %w", err)
+	}
+	for _, d := range top {
+		name := d.Name()
+		if len(name) != 4 || !isLowerHex(name) || !d.IsDir() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list chunk store %s: %w", dir, err)
+		}
+		sub := filepath.Join(dir, name)
+		entries, err := os.ReadDir(sub)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return fmt.Errorf("list chunk store: %w", err)
+		}
+		for _, e := range entries {
+			id, ok := parseChunkName(e.Name())
+			if !ok || e.Name()[:4] != name {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return fmt.Errorf("list chunk store: %w", err)
+			}
+			if !fi.Mode().IsRegular() {
+				continue
+			}
+			info := ChunkInfo{ID: id, Path: filepath.Join(sub, e.Name()), Size: fi.Size(), ModTime: fi.ModTime()}
+			if err := fn(info); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Stats returns the store's counters.
+func (s *Local) Stats() Stats { return s.stats.snapshot() }
+
+// Close does nothing; a Local store holds no open files.
+func (s *Local) Close() error { return nil }
+
+var discard = slog.New(slog.DiscardHandler)
+
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return discard
+	}
+	return l
+}

@@ -1,0 +1,269 @@
+// Command chunkstore serves, verifies and prunes a casync chunk store.
+//
+//	chunkstore serve  --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
+//	chunkstore verify --dir DIR [--repair]
+//	chunkstore prune  --dir DIR [--yes] INDEX...
+//
+// Each subcommand turns its flags into options for one call into package
+// chunkstore. Exit codes: 0 success, 1 failure (or bad chunks found by
+// verify), 2 bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: chunkstore COMMAND [flags]
+
+commands:
+  serve   --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
+          serve the store over HTTP (GET, HEAD, PUT with the token; /metrics)
+  verify  --dir DIR [--repair]
+          check every chunk; with --repair, remove the bad ones
+  prune   --dir DIR [--yes] INDEX...
+          remove chunks no INDEX references (lists them only, without --yes)
+  help    show this text
+
+Run "chunkstore COMMAND -h" for the flags of a command.
+`
+
+// errUsage marks errors that exit with status 2.
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr)
+	case "verify":
+		err = verify(ctx, args[1:], stdout, stderr)
+	case "prune":
+		err = prune(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "chunkstore: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "chunkstore %s: %v\n", args[0], err)
+	return 1
+}
+
+// common are the flags every subcommand has.
+type common struct {
+	dir      string
+	digest   string
+	logLevel string
+	jobs     int
+}
+
+func newFlags(name, synopsis string, stderr io.Writer, c *common) *flag.FlagSet {
+	fs := flag.NewFlagSet("chunkstore "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: chunkstore %s %s\n\nflags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.dir, "dir", "", "the chunk store `directory` (required)")
+	fs.StringVar(&c.digest, "digest", "sha512-256", "chunk ID `hash`: sha512-256 or sha256")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.IntVar(&c.jobs, "j", 0, "`N` chunks in parallel (default: number of CPUs)")
+	return fs
+}
+
+// parse parses args and checks the common flags. It returns errUsage
+// (after printing why) for bad usage.
+func parse(fs *flag.FlagSet, args []string, c *common, stderr io.Writer) (casync.Digest, *slog.Logger, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, nil, err
+		}
+		return 0, nil, errUsage
+	}
+	bad := func(format string, a ...any) (casync.Digest, *slog.Logger, error) {
+		fmt.Fprintf(stderr, "%s: %s\n", fs.Name(), fmt.Sprintf(format, a...))
+		fs.Usage()
+		return 0, nil, errUsage
+	}
+	if c.dir == "" {
+		return bad("--dir is required")
+	}
+	d, err := casync.ParseDigest(c.digest)
+	if err != nil {
+		return bad("%v", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return bad("bad --log-level %q", c.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return d, log, nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	var c common
+	var (
+		httpAddr, tlsCert, tlsKey, tokenFile string
+		maxConcurrent                        int
+	)
+	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]", stderr, &c)
+	fs.StringVar(&httpAddr, "http", "", "serve HTTP on `ADDR`, such as :8080")
+	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate `file`: serve HTTPS (and HTTP/2)")
+	fs.StringVar(&tlsKey, "tls-key", "", "PEM key `file` for --tls-cert")
+	fs.StringVar(&tokenFile, "write-token-file", "", "`file` holding the bearer token that PUT needs; without it the store is read-only")
+	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunk requests handled at once (default 16 per CPU)")
+	// The SSH server's flags go here:
+	//   --ssh ADDR --host-key F --authorized-keys F
+	d, log, err := parse(fs, args, &c, stderr)
+	if err != nil {
+		return err
+	}
+	usageErr := func(msg string) error {
+		fmt.Fprintf(stderr, "%s: %s\n", fs.Name(), msg)
+		fs.Usage()
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected arguments: " + strings.Join(fs.Args(), " "))
+	}
+	if httpAddr == "" { // && sshAddr == "" once SSH is added
+		return usageErr("nothing to serve: give --http ADDR")
+	}
+	if (tlsCert == "") != (tlsKey == "") {
+		return usageErr("--tls-cert and --tls-key go together")
+	}
+	var token string
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return fmt.Errorf("read write token: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return fmt.Errorf("write token file %s is empty", tokenFile)
+		}
+	}
+	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return chunkstore.ListenAndServe(ctx, httpAddr, store, chunkstore.ServerOptions{
+			HandlerOptions: chunkstore.HandlerOptions{WriteToken: token, MaxConcurrent: maxConcurrent, Logger: log},
+			TLSCert:        tlsCert,
+			TLSKey:         tlsKey,
+		})
+	})
+	// The SSH server joins the group here.
+	err = g.Wait()
+	log.Info("chunk server stopped", "stats", fmt.Sprintf("%+v", store.Stats()))
+	return err
+}
+
+func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	var repair bool
+	fs := newFlags("verify", "--dir DIR [--repair]", stderr, &c)
+	fs.BoolVar(&repair, "repair", false, "remove the chunks that fail verification")
+	d, log, err := parse(fs, args, &c, stderr)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments: %s\n", fs.Name(), strings.Join(fs.Args(), " "))
+		return errUsage
+	}
+	sum, err := chunkstore.Verify(ctx, c.dir, repair, chunkstore.MaintenanceOptions{
+		Digest: d, Jobs: c.jobs, Logger: log,
+		Report: func(ci chunkstore.ChunkInfo, err error, removed bool) {
+			what := "bad"
+			if removed {
+				what = "removed"
+			}
+			fmt.Fprintf(stdout, "%s\t%s\t%v\n", what, ci.Path, err)
+		},
+	})
+	fmt.Fprintf(stdout, "verified %d chunks (%d bytes): %d bad, %d removed\n", sum.Chunks, sum.Bytes, sum.Bad, sum.Removed)
+	if err != nil {
+		return err
+	}
+	if sum.Bad > sum.Removed {
+		return fmt.Errorf("%d bad chunks in %s (run with --repair to remove them)", sum.Bad-sum.Removed, c.dir)
+	}
+	return nil
+}
+
+func prune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	var yes bool
+	fs := newFlags("prune", "--dir DIR [--yes] INDEX...", stderr, &c)
+	fs.BoolVar(&yes, "yes", false, "remove the chunks; without it, only list them")
+	d, log, err := parse(fs, args, &c, stderr)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintf(stderr, "%s: give at least one INDEX (caidx or caibx) whose chunks to keep\n", fs.Name())
+		fs.Usage()
+		return errUsage
+	}
+	keep, err := chunkstore.ReadKeepSet(fs.Args()...)
+	if err != nil {
+		return err
+	}
+	sum, err := chunkstore.Prune(ctx, c.dir, keep, !yes, chunkstore.MaintenanceOptions{
+		Digest: d, Jobs: c.jobs, Logger: log,
+		Report: func(ci chunkstore.ChunkInfo, _ error, removed bool) {
+			what := "would remove"
+			if removed {
+				what = "removed"
+			}
+			fmt.Fprintf(stdout, "%s\t%s\n", what, ci.Path)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if yes {
+		fmt.Fprintf(stdout, "pruned %d of %d chunks (%d of %d bytes); %d referenced by %d indexes\n",
+			sum.Removed, sum.Chunks, sum.RemovedBytes, sum.Bytes, len(keep), fs.NArg())
+	} else {
+		fmt.Fprintf(stdout, "dry run: would remove %d of %d chunks (%d of %d bytes); run with --yes to remove them\n",
+			sum.Unreferenced, sum.Chunks, sum.UnreferencedBytes, sum.Bytes)
+	}
+	return nil
+}

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/testenv"
+)
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsage(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		args    []string
+		want    int
+		wantOut string
+	}{
+		{"no args", nil, 2, "usage: chunkstore COMMAND"},
+		{"help", []string{"help"}, 0, "usage: chunkstore COMMAND"},
+		{"unknown", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"bad flag", []string{"verify", "--nope"}, 2, "flag provided but not defined"},
+		{"no dir", []string{"verify"}, 2, "--dir is required"},
+		{"bad digest", []string{"verify", "--dir", dir, "--digest", "md5"}, 2, "unknown digest"},
+		{"bad log level", []string{"verify", "--dir", dir, "--log-level", "loud"}, 2, "bad --log-level"},
+		{"serve nothing", []string{"serve", "--dir", dir}, 2, "nothing to serve"},
+		{"serve half tls", []string{"serve", "--dir", dir, "--http", ":0", "--tls-cert", "x"}, 2, "go together"},
+		{"prune no index", []string{"prune", "--dir", dir}, 2, "at least one INDEX"},
+		{"verify missing dir", []string{"verify", "--dir", filepath.Join(dir, "nope")}, 1, "no such file"},
+		{"flag help", []string{"verify", "-h"}, 0, "usage: chunkstore verify"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := runCmd(t, tt.args...)
+			if code != tt.want || !strings.Contains(out+errs, tt.wantOut) {
+				t.Errorf("chunkstore %q = %d, %q; want %d and %q", tt.args, code, out+errs, tt.want, tt.wantOut)
+			}
+		})
+	}
+}
+
+func storeWith(t *testing.T, n int) (*chunkstore.Local, []casync.ChunkID) {
+	t.Helper()
+	l, err := chunkstore.NewLocal(t.TempDir(), chunkstore.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []casync.ChunkID
+	for i := range n {
+		data := bytes.Repeat([]byte{byte(i)}, 100+i)
+		id := casync.SHA512_256.Sum(data)
+		if err := l.StoreChunk(context.Background(), id, data); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return l, ids
+}
+
+func TestVerifyCommand(t *testing.T) {
+	l, ids := storeWith(t, 5)
+	if code, out, errs := runCmd(t, "verify", "--dir", l.Dir()); code != 0 || !strings.Contains(out, "verified 5 chunks") {
+		t.Fatalf("verify(good) = %d, %q %q", code, out, errs)
+	}
+	os.WriteFile(filepath.Join(l.Dir(), chunkstore.ChunkPath(ids[0])), []byte("bad"), 0o644)
+	code, out, errs := runCmd(t, "verify", "--dir", l.Dir())
+	if code != 1 || !strings.Contains(out, "1 bad") || !strings.Contains(errs, "--repair") {
+		t.Errorf("verify(corrupt) = %d, %q %q; want 1 and a hint", code, out, errs)
+	}
+	code, out, _ = runCmd(t, "verify", "--dir", l.Dir(), "--repair")
+	if code != 0 || !strings.Contains(out, "1 removed") || !strings.Contains(out, "removed\t") {
+		t.Errorf("verify --repair = %d, %q", code, out)
+	}
+}
+
+func TestPruneCommand(t *testing.T) {
+	bin := testenv.LookPath(t, "casync")
+	tree := t.TempDir()
+	os.WriteFile(filepath.Join(tree, "f"), bytes.Repeat([]byte("prune me not "), 100000), 0o644)
+	l, extra := storeWith(t, 4)
+	index := filepath.Join(t.TempDir(), "x.caidx")
+	if b, err := exec.Command(bin, "make", "--store="+l.Dir(), index, tree).CombinedOutput(); err != nil {
+		t.Fatalf("casync make: %v\n%s", err, b)
+	}
+	old := time.Now().Add(-time.Hour)
+	for _, id := range extra {
+		os.Chtimes(filepath.Join(l.Dir(), chunkstore.ChunkPath(id)), old, old)
+	}
+	code, out, errs := runCmd(t, "prune", "--dir", l.Dir(), index)
+	if code != 0 || !strings.Contains(out, "dry run: would remove 4 of") || strings.Count(out, "would remove\t") != 4 {
+		t.Fatalf("prune (dry run) = %d, %q %q", code, out, errs)
+	}
+	if ok, _ := l.HasChunk(context.Background(), extra[0]); !ok {
+		t.Fatal("dry run removed a chunk")
+	}
+	code, out, errs = runCmd(t, "prune", "--dir", l.Dir(), "--yes", index)
+	if code != 0 || !strings.Contains(out, "pruned 4 of") {
+		t.Fatalf("prune --yes = %d, %q %q", code, out, errs)
+	}
+	if ok, _ := l.HasChunk(context.Background(), extra[0]); ok {
+		t.Error("prune --yes kept an unreferenced chunk")
+	}
+	tmp := t.TempDir()
+	out2 := filepath.Join(tmp, "out")
+	if b, err := exec.Command(bin, "extract", "--store="+l.Dir(), index, out2).CombinedOutput(); err != nil {
+		t.Errorf("casync extract after prune: %v\n%s", err, b)
+	}
+}
+
+// syncWriter lets the test read the log while the server writes it.
+type pipeLog struct{ lines chan string }
+
+func (p *pipeLog) Write(b []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		select {
+		case p.lines <- l:
+		default:
+		}
+	}
+	return len(b), nil
+}
+
+func TestServeCommand(t *testing.T) {
+	l, ids := storeWith(t, 2)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("tok\n"), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	log := &pipeLog{lines: make(chan string, 100)}
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"serve", "--dir", l.Dir(), "--http", "127.0.0.1:0", "--write-token-file", tokenFile, "--log-level", "debug"}, io.Discard, log)
+	}()
+	var url string
+	re := regexp.MustCompile(`url=(http://\S+)`)
+	for url == "" {
+		select {
+		case line := <-log.lines:
+			if m := re.FindStringSubmatch(line); m != nil {
+				url = m[1]
+			}
+		case code := <-done:
+			t.Fatalf("serve exited with %d", code)
+		case <-time.After(10 * time.Second):
+			t.Fatal("serve did not log its address")
+		}
+	}
+	client, err := chunkstore.NewHTTP(url, chunkstore.HTTPOptions{Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.GetChunk(ctx, ids[0]); err != nil {
+		t.Errorf("GetChunk from chunkstore serve = %v", err)
+	}
+	data := []byte("new chunk")
+	if err := client.StoreChunk(ctx, casync.SHA512_256.Sum(data), data); err != nil {
+		t.Errorf("StoreChunk with the token = %v", err)
+	}
+	resp, err := http.Get(url + "/metrics")
+	if err == nil {
+		sc := bufio.NewScanner(resp.Body)
+		found := false
+		for sc.Scan() {
+			found = found || strings.HasPrefix(sc.Text(), `bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 1`)
+		}
+		resp.Body.Close()
+		if !found {
+			t.Error("/metrics does not count the PUT")
+		}
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("serve after cancel exited %d, want 0", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop on cancel")
+	}
+}
