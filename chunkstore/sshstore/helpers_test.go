@@ -1,0 +1,209 @@
+package sshstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	crand "crypto/rand"
+	"encoding/pem"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// writeKey makes an ed25519 key pair, writes the private key in OpenSSH
+// format to dir/name (mode 0600) and returns its path and public key.
+func writeKey(t testing.TB, dir, name string) (string, ssh.PublicKey) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return file, sshPub
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// fixture is a running server with a client key, an authorized_keys file
+// and a known_hosts file that trusts the server.
+type fixture struct {
+	dir        string
+	srv        *Server
+	addr       string // 127.0.0.1:port
+	port       string
+	hostKey    string // file
+	hostPub    ssh.PublicKey
+	clientKey  string // file
+	knownHosts string // file
+	authKeys   string // file
+	logs       *syncBuffer
+}
+
+// startServer serves store on a fresh loopback port.
+func startServer(t testing.TB, store chunkstore.Store, opts ServerOptions) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir(), logs: &syncBuffer{}}
+	f.hostKey, f.hostPub = writeKey(t, f.dir, "host_key")
+	var clientPub ssh.PublicKey
+	f.clientKey, clientPub = writeKey(t, f.dir, "id_ed25519")
+	f.authKeys = filepath.Join(f.dir, "authorized_keys")
+	if err := os.WriteFile(f.authKeys, ssh.MarshalAuthorizedKey(clientPub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = l.Addr().String()
+	_, f.port, _ = net.SplitHostPort(f.addr)
+	f.knownHosts = filepath.Join(f.dir, "known_hosts")
+	line := knownhosts.Line([]string{f.addr}, f.hostPub) + "\n"
+	if err := os.WriteFile(f.knownHosts, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts.HostKeyFile = f.hostKey
+	opts.AuthorizedKeysFile = f.authKeys
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	f.serve(t, store, opts, l)
+	return f
+}
+
+// serve starts a server for store on l, closed at the end of the test.
+func (f *fixture) serve(t testing.TB, store chunkstore.Store, opts ServerOptions, l net.Listener) {
+	t.Helper()
+	srv, err := NewServer(store, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = srv
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve() = %v, want %v", err, ErrServerClosed)
+		}
+	})
+}
+
+// url returns the ssh:// URL of the store path p on the fixture's server.
+func (f *fixture) url(p string) string {
+	return "ssh://127.0.0.1:" + f.port + p
+}
+
+// clientOptions returns options that log in with the fixture's key and
+// trust its host key.
+func (f *fixture) clientOptions() ClientOptions {
+	return ClientOptions{
+		IdentityFiles:  []string{f.clientKey},
+		KnownHostsFile: f.knownHosts,
+		User:           "tester",
+		Timeout:        10 * time.Second,
+		DialTimeout:    10 * time.Second,
+	}
+}
+
+// newClient opens a Store on the fixture's server, closed at the end of
+// the test.
+func (f *fixture) newClient(t testing.TB, opts ClientOptions) *Store {
+	t.Helper()
+	s, err := New(f.url("/store"), opts)
+	if err != nil {
+		t.Fatalf("New(%q) = %v", f.url("/store"), err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// randomChunks returns n chunks of size bytes each, from seed.
+func randomChunks(seed uint64, n, size int) map[casync.ChunkID][]byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	m := make(map[casync.ChunkID][]byte, n)
+	for i := 0; i < n; i++ {
+		b := make([]byte, size)
+		for j := range b {
+			// Half random, half runs: compressible like real files.
+			if j%512 < 256 {
+				b[j] = byte(r.Uint32())
+			} else {
+				b[j] = byte(i)
+			}
+		}
+		m[casync.SHA512_256.Sum(b)] = b
+	}
+	return m
+}
+
+// memoryStore returns a Memory store holding chunks.
+func memoryStore(t testing.TB, chunks map[casync.ChunkID][]byte) *chunkstore.Memory {
+	t.Helper()
+	s := chunkstore.NewMemory(chunkstore.MemoryOptions{})
+	for id, b := range chunks {
+		if err := s.StoreChunk(context.Background(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// localStore returns a Local store in a new directory holding chunks.
+func localStore(t testing.TB, chunks map[casync.ChunkID][]byte) *chunkstore.Local {
+	t.Helper()
+	s, err := chunkstore.NewLocal(filepath.Join(t.TempDir(), "store"), chunkstore.LocalOptions{Create: true, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, b := range chunks {
+		if err := s.StoreChunk(context.Background(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// chunkPath is where casync's layout keeps id under dir.
+func chunkPath(dir string, id casync.ChunkID) string {
+	h := id.String()
+	return filepath.Join(dir, h[:4], h+".cacnk")
+}
