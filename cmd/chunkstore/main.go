@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
 func main() {
@@ -138,16 +140,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var c common
 	var (
 		httpAddr, tlsCert, tlsKey, tokenFile string
+		sshAddr, hostKey, authorizedKeys     string
 		maxConcurrent                        int
 	)
-	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]", stderr, &c)
+	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F] [--ssh ADDR --host-key F --authorized-keys F]", stderr, &c)
 	fs.StringVar(&httpAddr, "http", "", "serve HTTP on `ADDR`, such as :8080")
 	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate `file`: serve HTTPS (and HTTP/2)")
 	fs.StringVar(&tlsKey, "tls-key", "", "PEM key `file` for --tls-cert")
 	fs.StringVar(&tokenFile, "write-token-file", "", "`file` holding the bearer token that PUT needs; without it the store is read-only")
 	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunk requests handled at once (default 16 per CPU)")
-	// The SSH server's flags go here:
-	//   --ssh ADDR --host-key F --authorized-keys F
+	fs.StringVar(&sshAddr, "ssh", "", "serve casync's protocol over SSH on `ADDR`, such as :2222")
+	fs.StringVar(&hostKey, "host-key", "", "SSH host private key `file` (for --ssh)")
+	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh); passwords are never accepted")
 	d, log, err := parse(fs, args, &c, stderr)
 	if err != nil {
 		return err
@@ -160,8 +164,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageErr("unexpected arguments: " + strings.Join(fs.Args(), " "))
 	}
-	if httpAddr == "" { // && sshAddr == "" once SSH is added
-		return usageErr("nothing to serve: give --http ADDR")
+	if httpAddr == "" && sshAddr == "" {
+		return usageErr("nothing to serve: give --http ADDR, --ssh ADDR or both")
+	}
+	if sshAddr != "" && (hostKey == "" || authorizedKeys == "") {
+		return usageErr("--ssh needs --host-key and --authorized-keys")
 	}
 	if (tlsCert == "") != (tlsKey == "") {
 		return usageErr("--tls-cert and --tls-key go together")
@@ -181,14 +188,40 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return chunkstore.ListenAndServe(ctx, httpAddr, store, chunkstore.ServerOptions{
-			HandlerOptions: chunkstore.HandlerOptions{WriteToken: token, MaxConcurrent: maxConcurrent, Logger: log},
-			TLSCert:        tlsCert,
-			TLSKey:         tlsKey,
+	if httpAddr != "" {
+		g.Go(func() error {
+			return chunkstore.ListenAndServe(ctx, httpAddr, store, chunkstore.ServerOptions{
+				HandlerOptions: chunkstore.HandlerOptions{WriteToken: token, MaxConcurrent: maxConcurrent, Logger: log},
+				TLSCert:        tlsCert,
+				TLSKey:         tlsKey,
+			})
 		})
-	})
-	// The SSH server joins the group here.
+	}
+	if sshAddr != "" {
+		srv, err := sshstore.NewServer(store, sshstore.ServerOptions{
+			HostKeyFile:        hostKey,
+			AuthorizedKeysFile: authorizedKeys,
+			Logger:             log,
+		})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", sshAddr)
+		if err != nil {
+			return fmt.Errorf("ssh: %w", err)
+		}
+		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir)
+		g.Go(func() error {
+			<-ctx.Done()
+			return srv.Close()
+		})
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, sshstore.ErrServerClosed) {
+				return fmt.Errorf("ssh: %w", err)
+			}
+			return nil
+		})
+	}
 	err = g.Wait()
 	log.Info("chunk server stopped", "stats", fmt.Sprintf("%+v", store.Stats()))
 	return err
