@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -191,7 +192,19 @@ func TestCacheWaiterCancel(t *testing.T) {
 }
 
 func TestCacheEviction(t *testing.T) {
-	cs := storetest.Chunks(54, 40)
+	// Chunks of equal, incompressible size, so that the cap below decides
+	// exactly which survive: the second half plus chunks 0 and 1 fit
+	// under the eviction target (90% of the cap), the whole first half
+	// does not.
+	cs := make([]storetest.Chunk, 40)
+	rng := mrand.New(mrand.NewPCG(54, 54))
+	for i := range cs {
+		data := make([]byte, 4096)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		cs[i] = storetest.Chunk{ID: casync.SHA512_256.Sum(data), Data: data}
+	}
 	remote := memWith(t, cs)
 	ctx := context.Background()
 	// A cap that holds the first half of the chunks with room to spare,

@@ -161,3 +161,21 @@ func corruptFile(t *testing.T, l *chunkstore.Local, id, other casync.ChunkID) {
 		t.Fatal(err)
 	}
 }
+
+// TestLocalTrustWrites: a trusting store skips the write check, but a read
+// still refuses a chunk whose bytes do not match its ID.
+func TestLocalTrustWrites(t *testing.T) {
+	ctx := context.Background()
+	s, err := chunkstore.NewLocal(t.TempDir(), chunkstore.LocalOptions{TrustWrites: true, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := casync.SHA512_256.Sum([]byte("the real content"))
+	if err := s.StoreChunk(ctx, id, []byte("other content")); err != nil {
+		t.Fatalf("StoreChunk(trusted, wrong data) = %v, want nil", err)
+	}
+	var ce *casync.ChecksumError
+	if _, err := s.GetChunk(ctx, id); !errors.As(err, &ce) {
+		t.Errorf("GetChunk(wrongly stored chunk) = %v, want a ChecksumError", err)
+	}
+}
