@@ -1,0 +1,452 @@
+package mkimage
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// Options configure Convert. The zero value chunks with casync's defaults
+// and writes nothing but the returned Summary. Fields map one to one to
+// mkimage's flags.
+type Options struct {
+	// Store is the chunk store the chunks go to (--store). Empty means
+	// the chunks are cut and hashed but stored nowhere.
+	Store string
+	// IndexOut is a file to write the caidx to (--index-out); the TOC goes
+	// beside it as IndexOut+".toc".
+	IndexOut string
+	// CatarOut is a file to write the plain catar to (--catar-out).
+	CatarOut string
+	// ChunkSize is min:avg:max (--chunk-size); zero means 16k:64k:256k.
+	ChunkSize casync.ChunkSize
+	// Chunker is the chunking algorithm (--chunker); "" means buzhash.
+	Chunker casync.ChunkerKind
+	// Digest is the chunk ID hash (--digest).
+	Digest casync.Digest
+	// Jobs bounds the goroutines that hash, compress and upload (-j);
+	// zero means GOMAXPROCS. The output never depends on it.
+	Jobs int
+	// TempDir holds the payload spill file of a tar source (default
+	// os.TempDir()).
+	TempDir string
+	// Log receives progress and warnings; nil discards them.
+	Log *slog.Logger
+	// Pull pulls a missing image SOURCE (--pull).
+	Pull bool
+	// Progress, if set, is called from time to time with the figures so
+	// far, and once more at the end. Calls never overlap.
+	Progress func(Progress)
+}
+
+// Progress is a snapshot of a conversion under way.
+type Progress struct {
+	Bytes        int64 // archive bytes chunked
+	Chunks       int   // chunks cut
+	NewChunks    int   // chunks the store did not have
+	BytesWritten int64 // compressed bytes written to the store
+	Elapsed      time.Duration
+}
+
+// Summary describes a finished conversion.
+type Summary struct {
+	Source string `json:"source"`
+	// SourceID is the image ID of a docker source.
+	SourceID string `json:"source_id,omitempty"`
+	// Entries is the number of nodes in the archive.
+	Entries int `json:"entries"`
+	// Bytes is the size of the catar archive.
+	Bytes int64 `json:"bytes"`
+	// Chunks is the number of chunks in the index, UniqueChunks the
+	// number of distinct ones.
+	Chunks       int `json:"chunks"`
+	UniqueChunks int `json:"unique_chunks"`
+	// NewChunks is the number of chunks the store did not have before,
+	// NewBytes their uncompressed size, BytesWritten their compressed size.
+	NewChunks    int   `json:"new_chunks"`
+	NewBytes     int64 `json:"new_bytes"`
+	BytesWritten int64 `json:"bytes_written"`
+	// DedupRatio is the share of archive bytes that did not have to be
+	// stored: repeated within the archive or already in the store.
+	DedupRatio float64 `json:"dedup_ratio"`
+	Seconds    float64 `json:"seconds"`
+	Store      string  `json:"store,omitempty"`
+	IndexOut   string  `json:"index,omitempty"`
+	TOCDigest  string  `json:"toc_digest"`
+
+	// Index and TOC are the results themselves.
+	Index *casync.Index `json:"-"`
+	TOC   *casync.TOC   `json:"-"`
+}
+
+func (o *Options) logger() *slog.Logger {
+	if o.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Log
+}
+
+// Convert encodes src as a catar, cuts it into chunks, stores the chunks
+// that the store lacks and builds the index and TOC. The output files are
+// written only when everything else has succeeded, each whole or not at
+// all.
+func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
+	start := time.Now()
+	log := opts.logger()
+	jobs := opts.Jobs
+	if jobs <= 0 {
+		jobs = defaultJobs()
+	}
+
+	if src.Kind == "docker" {
+		c, err := dockerClient()
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		info, err := inspectImage(ctx, c, src.Path, opts.Pull)
+		if err != nil {
+			return nil, err
+		}
+		src.docker, src.image = c, &info
+	}
+
+	var store chunkstore.WriteStore
+	if opts.Store != "" {
+		s, err := openWriteStore(ctx, opts.Store, opts)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		store = s
+	}
+
+	var catarFile *pendingFile
+	if opts.CatarOut != "" {
+		f, err := createPending(opts.CatarOut)
+		if err != nil {
+			return nil, err
+		}
+		defer f.abort()
+		catarFile = f
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Stage 1: the encoder writes the catar into a pipe (and the optional
+	// catar file), and reports every entry to the TOC builder.
+	tocb := casync.NewTOCBuilder()
+	pr, pw := io.Pipe()
+	var archiveSize atomic.Int64
+	encodeDone := make(chan error, 1)
+	go func() {
+		var w io.Writer = pw
+		if catarFile != nil {
+			w = io.MultiWriter(pw, catarFile.f)
+		}
+		bw := bufio.NewWriterSize(&countingWriter{w: w, n: &archiveSize}, 1<<20)
+		err := src.encode(ctx, bw, &casync.EncodeOptions{
+			OnEntry: tocb.Add,
+			TempDir: opts.TempDir,
+			Log:     log,
+			Digest:  opts.Digest,
+		})
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+		encodeDone <- err
+	}()
+
+	// Stage 2: chunk and hash in parallel, in stream order. Stage 3: each
+	// chunk the store lacks is compressed and uploaded on its own
+	// goroutine, at most 2*jobs at once; a chunk seen before in this
+	// archive is not looked at again.
+	up := &uploader{store: store, log: log}
+	upg, upctx := errgroup.WithContext(ctx)
+	upg.SetLimit(2 * jobs)
+	seen := make(map[casync.ChunkID]struct{})
+	var lastProgress time.Time
+	var chunks int
+	chunkOpts := casync.ChunkOptions{Chunker: opts.Chunker, Size: opts.ChunkSize, Digest: opts.Digest, Jobs: jobs}
+	idx, splitErr := casync.BuildIndex(ctx, pr, casync.CatarFeatureFlags(opts.Digest), chunkOpts, func(c casync.Chunk) error {
+		chunks++
+		if opts.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
+			lastProgress = time.Now()
+			opts.Progress(up.progress(int64(c.Start+c.Size), chunks, start))
+		}
+		if _, ok := seen[c.ID]; ok {
+			return nil
+		}
+		seen[c.ID] = struct{}{}
+		if store == nil {
+			return nil
+		}
+		if err := upctx.Err(); err != nil {
+			return context.Cause(upctx)
+		}
+		buf := getBuf()
+		*buf = append((*buf)[:0], c.Data...)
+		id := c.ID
+		upg.Go(func() error {
+			defer putBuf(buf)
+			return up.upload(upctx, id, *buf)
+		})
+		return nil
+	})
+	// Unblock the encoder if chunking stopped early, then collect all
+	// three stages' errors; the first real one wins.
+	if splitErr != nil {
+		cancel()
+		pr.CloseWithError(splitErr)
+	}
+	encErr := <-encodeDone
+	upErr := upg.Wait()
+	if err := firstError(encErr, upErr, splitErr); err != nil {
+		return nil, err
+	}
+	if store != nil {
+		if err := syncStore(store); err != nil {
+			return nil, err
+		}
+	}
+
+	toc, err := tocb.TOC(archiveSize.Load(), casync.CatarFeatureFlags(opts.Digest))
+	if err != nil {
+		return nil, fmt.Errorf("build TOC: %w", err)
+	}
+	if opts.IndexOut != "" {
+		if err := writeIndexAndTOC(opts.IndexOut, idx, toc); err != nil {
+			return nil, err
+		}
+	}
+	if catarFile != nil {
+		if err := catarFile.commit(); err != nil {
+			return nil, err
+		}
+	}
+
+	sum := &Summary{
+		Source:       src.String(),
+		SourceID:     src.imageID(),
+		Entries:      toc.Len(),
+		Bytes:        archiveSize.Load(),
+		Chunks:       len(idx.Chunks),
+		UniqueChunks: len(seen),
+		NewChunks:    int(up.newChunks.Load()),
+		NewBytes:     up.newBytes.Load(),
+		BytesWritten: up.written.Load(),
+		Seconds:      time.Since(start).Seconds(),
+		Store:        opts.Store,
+		IndexOut:     opts.IndexOut,
+		TOCDigest:    toc.Digest(),
+		Index:        idx,
+		TOC:          toc,
+	}
+	if sum.Bytes > 0 {
+		stored := sum.NewBytes
+		if store == nil {
+			stored = uniqueBytes(idx)
+		}
+		sum.DedupRatio = 1 - float64(stored)/float64(sum.Bytes)
+	}
+	if opts.Progress != nil {
+		opts.Progress(up.progress(sum.Bytes, sum.Chunks, start))
+	}
+	return sum, nil
+}
+
+// firstError returns the first error that is not a mere consequence of
+// another stage stopping: a pipe closed or a context cancelled because a
+// sibling failed.
+func firstError(errs ...error) error {
+	var fallback error
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) {
+			if fallback == nil {
+				fallback = err
+			}
+			continue
+		}
+		return err
+	}
+	return fallback
+}
+
+func uniqueBytes(idx *casync.Index) int64 {
+	seen := make(map[casync.ChunkID]struct{}, len(idx.Chunks))
+	var n int64
+	for _, c := range idx.Chunks {
+		if _, ok := seen[c.ID]; !ok {
+			seen[c.ID] = struct{}{}
+			n += int64(c.Size)
+		}
+	}
+	return n
+}
+
+// uploader stores the chunks a store lacks and counts them.
+type uploader struct {
+	store     chunkstore.WriteStore
+	log       *slog.Logger
+	newChunks atomic.Int64
+	newBytes  atomic.Int64
+	written   atomic.Int64
+	mu        sync.Mutex // serialises Progress snapshots
+}
+
+func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) error {
+	has, err := u.store.HasChunk(ctx, id)
+	if err != nil {
+		return fmt.Errorf("check chunk %s in %s: %w", id, u.store, err)
+	}
+	if has {
+		return nil
+	}
+	fbuf := getBuf()
+	defer putBuf(fbuf)
+	frame := casync.CompressChunk((*fbuf)[:0], data)
+	*fbuf = frame
+	if fs, ok := u.store.(frameStorer); ok {
+		err = fs.StoreFrame(ctx, id, frame)
+	} else {
+		err = u.store.StoreChunk(ctx, id, data)
+	}
+	if err != nil {
+		return fmt.Errorf("store chunk %s in %s: %w", id, u.store, err)
+	}
+	u.newChunks.Add(1)
+	u.newBytes.Add(int64(len(data)))
+	u.written.Add(int64(len(frame)))
+	return nil
+}
+
+// bufs recycles the chunk and frame buffers of the upload goroutines, so
+// that converting an image allocates a bounded number of them instead of
+// one per chunk.
+var bufs = sync.Pool{New: func() any { return new([]byte) }}
+
+func getBuf() *[]byte  { return bufs.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufs.Put(b) }
+
+// frameStorer is a store that takes chunks already compressed, so the
+// compression runs here, on the upload goroutines, and only once.
+type frameStorer interface {
+	StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error
+}
+
+func (u *uploader) progress(bytes int64, chunks int, start time.Time) Progress {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return Progress{
+		Bytes:        bytes,
+		Chunks:       chunks,
+		NewChunks:    int(u.newChunks.Load()),
+		BytesWritten: u.written.Load(),
+		Elapsed:      time.Since(start),
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// writeIndexAndTOC writes the caidx to name and the TOC to name+".toc",
+// each atomically.
+func writeIndexAndTOC(name string, idx *casync.Index, toc *casync.TOC) error {
+	tocBytes, err := toc.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode TOC: %w", err)
+	}
+	if err := writeAtomic(name+".toc", func(w io.Writer) error {
+		_, err := w.Write(tocBytes)
+		return err
+	}); err != nil {
+		return err
+	}
+	return writeAtomic(name, func(w io.Writer) error {
+		_, err := idx.WriteTo(w)
+		return err
+	})
+}
+
+// pendingFile is an output file written under a temporary name in the
+// same directory and renamed into place by commit.
+type pendingFile struct {
+	f    *os.File
+	name string
+	done bool
+}
+
+func createPending(name string) (*pendingFile, error) {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	return &pendingFile{f: f, name: name}, nil
+}
+
+func (p *pendingFile) commit() error {
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", p.name, err)
+	}
+	if err := p.f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", p.name, err)
+	}
+	if err := os.Chmod(p.f.Name(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", p.name, err)
+	}
+	if err := os.Rename(p.f.Name(), p.name); err != nil {
+		return fmt.Errorf("write %s: %w", p.name, err)
+	}
+	p.done = true
+	return nil
+}
+
+// abort removes the temporary file unless commit succeeded.
+func (p *pendingFile) abort() {
+	if !p.done {
+		p.f.Close()
+		os.Remove(p.f.Name())
+	}
+}
+
+func writeAtomic(name string, write func(io.Writer) error) error {
+	p, err := createPending(name)
+	if err != nil {
+		return err
+	}
+	defer p.abort()
+	bw := bufio.NewWriter(p.f)
+	if err := write(bw); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return p.commit()
+}
