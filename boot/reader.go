@@ -1,0 +1,404 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// ReaderOptions configure a Reader. The zero value works.
+type ReaderOptions struct {
+	// Jobs bounds the chunk fetches in flight (default 8).
+	Jobs int
+	// CacheBytes bounds the in-memory LRU of recently used chunks
+	// (default 64 MiB). It always holds at least one chunk.
+	CacheBytes int64
+	// ReadAhead is the largest read-ahead window, in bytes, that
+	// sequential reads of a file grow to (default 8 MiB, at most
+	// CacheBytes/2). Negative disables read-ahead.
+	ReadAhead int64
+	// Timeout bounds each fetch attempt (default 30s).
+	Timeout time.Duration
+	// Retries is how many times a failed fetch is tried again (default
+	// 3; negative for none). A chunk the store does not have is not
+	// retried.
+	Retries int
+	// Backoff is the wait before the first retry (default 100ms); it
+	// doubles, with jitter, for each further one.
+	Backoff time.Duration
+	// StoreName names the store in errors and log lines (default: the
+	// store's String method, if it has one).
+	StoreName string
+	// Logger receives debug lines about retries; nil discards them.
+	Logger *slog.Logger
+}
+
+func (o ReaderOptions) withDefaults(store chunkstore.Store) ReaderOptions {
+	if o.Jobs <= 0 {
+		o.Jobs = 8
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 64 << 20
+	}
+	if o.ReadAhead == 0 {
+		o.ReadAhead = 8 << 20
+	}
+	// Read-ahead that does not fit in the LRU is thrown away unread.
+	o.ReadAhead = min(o.ReadAhead, o.CacheBytes/2)
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	if o.Retries == 0 {
+		o.Retries = 3
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 100 * time.Millisecond
+	}
+	if o.StoreName == "" {
+		if s, ok := store.(fmt.Stringer); ok {
+			o.StoreName = s.String()
+		} else {
+			o.StoreName = fmt.Sprintf("%T", store)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// ReaderStats are the counters of a Reader. All fields only grow.
+type ReaderStats struct {
+	// ChunksFetched and BytesFetched count the chunks, and their
+	// uncompressed bytes, that the Reader got from its store.
+	ChunksFetched uint64 `json:"chunks_fetched"`
+	BytesFetched  uint64 `json:"bytes_fetched"`
+	// MemoryHits counts chunks served from the in-memory LRU.
+	MemoryHits uint64 `json:"memory_hits"`
+	// Retries counts repeated fetch attempts.
+	Retries uint64 `json:"retries"`
+	// Errors counts chunks that could not be had (after every retry).
+	Errors uint64 `json:"errors"`
+}
+
+// Reader reads a catar archive (or any blob) described by an index from
+// the chunks in a store. It is safe for concurrent use.
+//
+// Every fetch runs on the Reader's own context, not on the caller's: a
+// download that several readers wait for is not spoiled when one of them
+// gives up (go-fuse cancels a request's context on interrupts), only that
+// caller returns early. Close cancels what is still running.
+//
+// A chunk that cannot be had gives a *ChunkError, never wrong bytes: the
+// store verifies every chunk against its ID (the chunkstore.Store
+// contract), and the Reader checks its length against the index.
+type Reader struct {
+	idx    *casync.Index
+	store  chunkstore.Store
+	opts   ReaderOptions
+	log    *slog.Logger
+	size   int64
+	ctx    context.Context
+	cancel context.CancelFunc
+	sem    chan struct{}
+	flight singleflight.Group
+	lru    *chunkLRU
+
+	mu          sync.Mutex // guards closed and wg.Add
+	closed      bool
+	wg          sync.WaitGroup // read-ahead goroutines
+	prefetching atomic.Int64
+
+	chunksFetched, bytesFetched, memoryHits, retries, errors atomic.Uint64
+}
+
+// NewReader returns a Reader of the archive that idx describes, made of
+// chunks in store. The Reader does not own store: Close leaves it open.
+func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *Reader {
+	opts = opts.withDefaults(store)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Reader{
+		idx:    idx,
+		store:  store,
+		opts:   opts,
+		log:    opts.Logger,
+		size:   int64(idx.Length()),
+		ctx:    ctx,
+		cancel: cancel,
+		sem:    make(chan struct{}, opts.Jobs),
+		lru:    newChunkLRU(opts.CacheBytes),
+	}
+}
+
+// Size returns the length of the archive.
+func (r *Reader) Size() int64 { return r.size }
+
+// Index returns the index the Reader reads.
+func (r *Reader) Index() *casync.Index { return r.idx }
+
+// StoreName returns the name of the store in errors.
+func (r *Reader) StoreName() string { return r.opts.StoreName }
+
+// Stats returns the Reader's counters.
+func (r *Reader) Stats() ReaderStats {
+	return ReaderStats{
+		ChunksFetched: r.chunksFetched.Load(),
+		BytesFetched:  r.bytesFetched.Load(),
+		MemoryHits:    r.memoryHits.Load(),
+		Retries:       r.retries.Load(),
+		Errors:        r.errors.Load(),
+	}
+}
+
+// Close cancels the fetches still running and waits for read-ahead to
+// stop. Reads after Close fail.
+func (r *Reader) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
+	return nil
+}
+
+// ReadAt implements io.ReaderAt with no deadline of its own; every fetch
+// is still bounded by the Reader's timeouts and retries.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	return r.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext reads len(p) bytes at off, as io.ReaderAt does, fetching
+// the chunks it needs in parallel. If ctx ends first, it returns ctx's
+// error; the fetches go on for other readers.
+func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("boot: read archive at offset %d: negative offset", off)
+	}
+	if off >= r.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	want := len(p)
+	var eof error
+	if int64(want) > r.size-off {
+		want = int(r.size - off)
+		eof = io.EOF
+	}
+	if want == 0 {
+		return 0, nil
+	}
+	first := r.idx.ChunkAt(uint64(off))
+	last := r.idx.ChunkAt(uint64(off) + uint64(want) - 1)
+
+	// Keep up to 2*Jobs chunk fetches started ahead of the one being
+	// copied, so a large read is pipelined but its memory stays bounded.
+	window := 2 * r.opts.Jobs
+	pending := make([]func() ([]byte, error), 0, min(last-first+1, window))
+	next := first
+	n := 0
+	for i := first; i <= last; i++ {
+		for next <= last && next-i < window {
+			pending = append(pending, r.start(ctx, next))
+			next++
+		}
+		wait := pending[0]
+		pending = pending[1:]
+		data, err := wait()
+		if err != nil {
+			return n, err
+		}
+		c := &r.idx.Chunks[i]
+		lo := uint64(off) + uint64(n) - c.Start
+		n += copy(p[n:want], data[lo:])
+	}
+	return n, eof
+}
+
+// start begins getting chunk i and returns a function that waits for it.
+func (r *Reader) start(ctx context.Context, i int) func() ([]byte, error) {
+	c := &r.idx.Chunks[i]
+	if data, ok := r.lru.get(c.ID); ok {
+		r.memoryHits.Add(1)
+		return func() ([]byte, error) { return data, nil }
+	}
+	ch := r.flight.DoChan(string(c.ID[:]), func() (any, error) { return r.fetch(i) })
+	return func() ([]byte, error) {
+		select {
+		case res := <-ch:
+			if res.Err != nil {
+				return nil, res.Err
+			}
+			return res.Val.([]byte), nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("boot: waiting for chunk %s: %w", c.ID, ctx.Err())
+		}
+	}
+}
+
+// Prefetch starts fetching, in the background, the chunks that cover n
+// bytes at off and are not in memory yet, up to Jobs at a time. It never
+// blocks; it does nothing while Jobs prefetches are running already.
+func (r *Reader) Prefetch(off, n int64) {
+	if off < 0 || n <= 0 || off >= r.size {
+		return
+	}
+	end := min(off+n, r.size)
+	first := r.idx.ChunkAt(uint64(off))
+	last := r.idx.ChunkAt(uint64(end - 1))
+	for first <= last && r.lru.contains(r.idx.Chunks[first].ID) {
+		first++
+	}
+	if first > last || r.prefetching.Load() >= int64(r.opts.Jobs) {
+		return
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.wg.Add(1)
+	r.prefetching.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		defer r.prefetching.Add(-1)
+		var pending []func() ([]byte, error)
+		wait := func() bool {
+			_, err := pending[0]()
+			pending = pending[1:]
+			if err != nil && r.ctx.Err() == nil {
+				r.log.Debug("read-ahead failed", "store", r.opts.StoreName, "err", err)
+			}
+			return err == nil
+		}
+		for i := first; i <= last; i++ {
+			if r.lru.contains(r.idx.Chunks[i].ID) {
+				continue
+			}
+			if len(pending) == r.opts.Jobs && !wait() {
+				return
+			}
+			pending = append(pending, r.start(r.ctx, i))
+		}
+		for len(pending) > 0 && wait() {
+		}
+	}()
+}
+
+// ReadAhead returns the largest read-ahead window in bytes, 0 if
+// read-ahead is off.
+func (r *Reader) ReadAhead() int64 { return max(r.opts.ReadAhead, 0) }
+
+// fetch gets chunk i from the store, with retries, and keeps it in the
+// LRU. It runs once per chunk at a time, on the Reader's context.
+func (r *Reader) fetch(i int) ([]byte, error) {
+	c := &r.idx.Chunks[i]
+	if data, ok := r.lru.get(c.ID); ok { // a flight that just ended
+		r.memoryHits.Add(1)
+		return data, nil
+	}
+	fail := func(attempts int, err error) error {
+		r.errors.Add(1)
+		return &ChunkError{Index: i, Offset: c.Start, ID: c.ID, Store: r.opts.StoreName, Attempts: attempts, Err: err}
+	}
+	select {
+	case r.sem <- struct{}{}:
+	case <-r.ctx.Done():
+		return nil, fail(0, fmt.Errorf("reader closed: %w", r.ctx.Err()))
+	}
+	defer func() { <-r.sem }()
+
+	delay := r.opts.Backoff
+	for attempt := 1; ; attempt++ {
+		data, err := r.get(c.ID)
+		if err == nil && uint64(len(data)) != c.Size {
+			// The store verified the content against the ID, so the
+			// index is what is wrong; retrying will not help.
+			return nil, fail(attempt, fmt.Errorf("%w: chunk has %d bytes, the index says %d", ErrMismatch, len(data), c.Size))
+		}
+		if err == nil {
+			r.chunksFetched.Add(1)
+			r.bytesFetched.Add(uint64(len(data)))
+			r.lru.add(c.ID, data)
+			return data, nil
+		}
+		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) || r.ctx.Err() != nil {
+			return nil, fail(attempt, err)
+		}
+		r.retries.Add(1)
+		wait := delay/2 + rand.N(delay/2+1)
+		r.log.Debug("retrying chunk fetch", "chunk", c.ID.String(), "store", r.opts.StoreName, "attempt", attempt, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.ctx.Done():
+			t.Stop()
+			return nil, fail(attempt, err)
+		}
+		delay *= 2
+	}
+}
+
+// get makes one attempt at fetching id, bounded by the timeout even if
+// the store does not heed its context.
+func (r *Reader) get(id casync.ChunkID) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Timeout)
+	defer cancel()
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := r.store.GetChunk(ctx, id)
+		done <- result{data, err}
+	}()
+	select {
+	case res := <-done:
+		if res.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("timed out after %v: %w", r.opts.Timeout, res.err)
+		}
+		return res.data, res.err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("timed out after %v: %w", r.opts.Timeout, ctx.Err())
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// sequential is an io.Reader over a Reader that reads ahead as it goes,
+// for streaming the whole archive (to build a TOC).
+type sequential struct {
+	ctx context.Context
+	r   *Reader
+	off int64
+}
+
+func (s *sequential) Read(p []byte) (int, error) {
+	if ra := s.r.ReadAhead(); ra > 0 {
+		s.r.Prefetch(s.off+int64(len(p)), ra)
+	}
+	n, err := s.r.ReadAtContext(s.ctx, p, s.off)
+	s.off += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
