@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/term"
@@ -20,11 +21,14 @@ import (
 	"github.com/bootfs/bootfs/mkimage"
 )
 
-const usage = `usage: mkimage [flags] SOURCE
+const usage = `usage: mkimage [flags] SOURCE [TARGET]
 
 SOURCE is a Docker image reference (read through the Engine API),
 dir:PATH (a root filesystem directory), tar:PATH (a rootfs
 tarball, e.g. from docker export) or tar:- (the tarball on standard input).
+
+TARGET is the tag of the boot image to load into Docker. Without TARGET
+(and without --output) mkimage only stores the chunks and writes the index.
 
 Flags:
 `
@@ -48,7 +52,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		quiet     = fs.Bool("quiet", false, "print nothing but errors")
 		asJSON    = fs.Bool("json", false, "print the summary as JSON")
 		debug     = fs.Bool("debug", false, "log debug messages")
+		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
+		boot      mkimage.BootImageOptions
 	)
+	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
+	fs.StringVar(&boot.BootBinary, "boot-binary", "", "static boot `binary` for the image (default: boot next to mkimage)")
 	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to (a directory)")
 	fs.StringVar(&opts.IndexOut, "index-out", "", "write the caidx to `FILE` and the TOC to FILE.toc")
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
@@ -61,10 +69,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "mkimage: want exactly one SOURCE")
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		fmt.Fprintln(stderr, "mkimage: want SOURCE and an optional TARGET")
 		fs.Usage()
 		return 2
+	}
+	target := fs.Arg(1)
+	if target != "" {
+		boot.Tags = []string{target}
+	}
+	if *output != "" {
+		name, err := mkimage.ParseOutput(*output)
+		if err != nil {
+			return usageError(stderr, "--output", err)
+		}
+		boot.Output = name
+	}
+	makeImage := target != "" || boot.Output != ""
+	if makeImage && opts.Store == "" {
+		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
 	}
 	var err error
 	if opts.ChunkSize, err = casync.ParseChunkSize(*chunkSize); err != nil {
@@ -103,18 +126,40 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mkimage: %v\n", err)
 		return 1
 	}
+	var res result
+	res.Summary = sum
+	if makeImage {
+		info, err := mkimage.MakeBootImage(ctx, sum, opts, boot)
+		if err != nil {
+			fmt.Fprintf(stderr, "mkimage: boot image: %v\n", err)
+			return 1
+		}
+		res.Target, res.Output, res.ImageID, res.ImageSize = target, boot.Output, info.ImageID, info.ArchiveSize
+	}
 	switch {
 	case *asJSON:
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(sum); err != nil {
+		if err := enc.Encode(res); err != nil {
 			fmt.Fprintf(stderr, "mkimage: %v\n", err)
 			return 1
 		}
 	case !*quiet:
 		printSummary(stdout, sum)
+		if res.ImageID != "" {
+			fmt.Fprintf(stdout, "boot image    %s %s (%s)\n", res.ImageID, strings.TrimSpace(target+" "+res.Output), humanBytes(res.ImageSize))
+		}
 	}
 	return 0
+}
+
+// result is the --json summary: the conversion and the boot image.
+type result struct {
+	*mkimage.Summary
+	Target    string `json:"target,omitempty"`
+	Output    string `json:"output,omitempty"`
+	ImageID   string `json:"image_id,omitempty"`
+	ImageSize int64  `json:"image_size,omitempty"`
 }
 
 func usageError(w io.Writer, what string, err error) int {
