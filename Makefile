@@ -46,8 +46,11 @@ fuzz:
 		done; \
 	done
 
+# bench needs a realistic root filesystem for the whole-conversion
+# comparison: bench/rootfs.sh debootstraps one once and caches it.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+	BENCH_ROOTFS=$${BENCH_ROOTFS:-$$(bench/rootfs.sh gcc python3,gcc,libc6-dev)} \
+		$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
 lint:
 	$(GO) vet ./...

@@ -216,7 +216,9 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 	}
 	encErr := <-encodeDone
 	upErr := upg.Wait()
-	if err := firstError(encErr, upErr, splitErr); err != nil {
+	// An upload failure stops the other stages, which then report it
+	// again, wrapped; it goes first.
+	if err := firstError(upErr, encErr, splitErr); err != nil {
 		return nil, err
 	}
 	if store != nil {
@@ -313,9 +315,10 @@ type uploader struct {
 }
 
 func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) error {
+	// The stores' errors name the chunk and the store already.
 	has, err := u.store.HasChunk(ctx, id)
 	if err != nil {
-		return fmt.Errorf("check chunk %s in %s: %w", id, u.store, err)
+		return err
 	}
 	if has {
 		return nil
@@ -330,7 +333,7 @@ func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) e
 		err = u.store.StoreChunk(ctx, id, data)
 	}
 	if err != nil {
-		return fmt.Errorf("store chunk %s in %s: %w", id, u.store, err)
+		return err
 	}
 	u.newChunks.Add(1)
 	u.newBytes.Add(int64(len(data)))

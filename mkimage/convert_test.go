@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/internal/testenv"
@@ -52,6 +55,35 @@ func writeTree(t *testing.T, dir string) {
 	if err := os.Symlink("../bin/tool", filepath.Join(dir, "usr/tool")); err != nil {
 		t.Fatal(err)
 	}
+	if os.Geteuid() == 0 {
+		addSpecialNodes(t, dir)
+	}
+}
+
+// addSpecialNodes adds what only root can make: devices, a FIFO, xattrs
+// and file capabilities, a hardlink, setuid, ids above 65535 and a
+// nanosecond mtime.
+func addSpecialNodes(t *testing.T, dir string) {
+	t.Helper()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(p("dev"), 0o755))
+	must(unix.Mknod(p("dev/null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	must(unix.Mknod(p("dev/loop9"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 9))))
+	must(unix.Mkfifo(p("tmp/fifo"), 0o644))
+	must(unix.Setxattr(p("bin/tool"), "user.comment", []byte("hello"), 0))
+	// cap_net_bind_service, permitted and effective (vfs_cap_data v2).
+	capData := []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	must(unix.Setxattr(p("usr/lib/libx.so"), "security.capability", capData, 0))
+	must(os.Link(p("etc/os-release"), p("etc/os-release.hardlink")))
+	must(os.Chmod(p("bin/tool"), 0o4755))
+	must(os.Lchown(p("etc/empty"), 100000, 100001))
+	must(os.Chtimes(p("etc/os-release"), time.Unix(1700000000, 123456789), time.Unix(1700000000, 123456789)))
 }
 
 func convert(t *testing.T, src Source, opts Options) *Summary {
@@ -94,6 +126,35 @@ func TestConvertCasyncExtract(t *testing.T) {
 	got := run(t, casyncBin, append(digestArgs, out)...)
 	if got != want {
 		t.Errorf("casync digest of the extracted tree = %s, want %s (the source's)", got, want)
+	}
+
+	// The real casync makes the same caidx of the same tree, and cuts our
+	// catar, as a blob, into the same chunks.
+	theirIndex := filepath.Join(tmp, "casync.caidx")
+	run(t, casyncBin, append(append([]string{"make", "--store=" + filepath.Join(tmp, "store2")}, casync.CasyncMakeArgs...), theirIndex, root)...)
+	ours, _ := os.ReadFile(index)
+	theirsIdx, _ := os.ReadFile(theirIndex)
+	if !bytes.Equal(ours, theirsIdx) {
+		t.Errorf("our caidx (%d bytes) differs from casync make's (%d bytes)", len(ours), len(theirsIdx))
+	}
+	blobIndex := filepath.Join(tmp, "ours.caibx")
+	run(t, casyncBin, "make", "--store="+filepath.Join(tmp, "store3"), blobIndex, catar)
+	f, err := os.Open(blobIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := casync.ReadIndex(f)
+	f.Close()
+	if err != nil {
+		t.Fatalf("ReadIndex(casync's caibx of our catar): %v", err)
+	}
+	if len(blob.Chunks) != len(sum.Index.Chunks) {
+		t.Fatalf("casync cuts our catar into %d chunks, we cut %d", len(blob.Chunks), len(sum.Index.Chunks))
+	}
+	for i := range blob.Chunks {
+		if blob.Chunks[i] != sum.Index.Chunks[i] {
+			t.Fatalf("chunk %d: casync %+v, ours %+v", i, blob.Chunks[i], sum.Index.Chunks[i])
+		}
 	}
 
 	theirs := filepath.Join(tmp, "casync.catar")
@@ -177,8 +238,8 @@ func TestConvertTarMatchesDir(t *testing.T) {
 	root := filepath.Join(tmp, "root")
 	writeTree(t, root)
 	tarFile := filepath.Join(tmp, "root.tar")
-	if out, err := exec.Command("tar", "--format=posix", "--numeric-owner", "-C", root, "-cf", tarFile, ".").CombinedOutput(); err != nil {
-		t.Skipf("tar: %v %s", err, out)
+	if out, err := exec.Command("tar", "--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", root, "-cf", tarFile, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
 	}
 	a := convert(t, Source{Kind: "dir", Path: root}, Options{})
 	b := convert(t, Source{Kind: "tar", Path: tarFile}, Options{})

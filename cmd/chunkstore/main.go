@@ -40,7 +40,9 @@ const usage = `usage: chunkstore COMMAND [flags]
 
 commands:
   serve   --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
+          [--ssh ADDR --host-key F --authorized-keys F]
           serve the store over HTTP (GET, HEAD, PUT with the token; /metrics)
+          and/or SSH (casync's protocol, as casync and desync speak it)
   verify  --dir DIR [--repair]
           check every chunk; with --repair, remove the bad ones
   prune   --dir DIR [--yes] INDEX...

@@ -174,16 +174,17 @@ func TestServeCommand(t *testing.T) {
 		t.Errorf("StoreChunk with the token = %v", err)
 	}
 	resp, err := http.Get(url + "/metrics")
-	if err == nil {
-		sc := bufio.NewScanner(resp.Body)
-		found := false
-		for sc.Scan() {
-			found = found || strings.HasPrefix(sc.Text(), `bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 1`)
-		}
-		resp.Body.Close()
-		if !found {
-			t.Error("/metrics does not count the PUT")
-		}
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	found := false
+	for sc.Scan() {
+		found = found || strings.HasPrefix(sc.Text(), `bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 1`)
+	}
+	resp.Body.Close()
+	if !found {
+		t.Error("/metrics does not count the PUT")
 	}
 	cancel()
 	select {

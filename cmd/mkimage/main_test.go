@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func tree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc/hostname"), []byte("box\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestSummary(t *testing.T) {
+	src := tree(t)
+	store := filepath.Join(t.TempDir(), "store")
+	index := filepath.Join(t.TempDir(), "rootfs.caidx")
+	code, out, stderr := runCmd(t, "--store", store, "--index-out", index, "dir:"+src)
+	if code != 0 {
+		t.Fatalf("mkimage exit %d, stderr %s", code, stderr)
+	}
+	for _, want := range []string{"entries       3", "new chunks    1", "written ", "index         " + index, "time "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	for _, f := range []string{index, index + ".toc"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("output %s: %v", f, err)
+		}
+	}
+
+	code, out, stderr = runCmd(t, "--json", "--store", store, "dir:"+src)
+	if code != 0 {
+		t.Fatalf("mkimage --json exit %d, stderr %s", code, stderr)
+	}
+	var got struct {
+		Entries    int     `json:"entries"`
+		Chunks     int     `json:"chunks"`
+		NewChunks  int     `json:"new_chunks"`
+		DedupRatio float64 `json:"dedup_ratio"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("--json output %q: %v", out, err)
+	}
+	if got.Entries != 3 || got.Chunks != 1 || got.NewChunks != 0 || got.DedupRatio != 1 {
+		t.Errorf("second conversion --json = %+v, want 3 entries, 1 chunk, 0 new, dedup 1", got)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	src := tree(t)
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{name: "no source", args: nil, wantCode: 2, wantErr: "want SOURCE"},
+		{name: "bad chunk size", args: []string{"--chunk-size", "64k:16k:256k", "dir:" + src}, wantCode: 2, wantErr: "--chunk-size"},
+		{name: "bad chunker", args: []string{"--chunker", "fastcdc", "dir:" + src}, wantCode: 2, wantErr: "--chunker"},
+		{name: "bad digest", args: []string{"--digest", "md5", "dir:" + src}, wantCode: 2, wantErr: "--digest"},
+		{name: "store URL typo", args: []string{"--store", "htp://127.0.0.1:1/store", "dir:" + src}, wantCode: 1, wantErr: "htp"},
+		{name: "missing source dir", args: []string{"dir:" + filepath.Join(src, "nope")}, wantCode: 1, wantErr: "no such file"},
+		{name: "target without store", args: []string{"dir:" + src, "app:boot"}, wantCode: 2, wantErr: "--store"},
+		{name: "bad output", args: []string{"--store", t.TempDir(), "--output", "oci:x", "dir:" + src}, wantCode: 2, wantErr: "docker-archive:FILE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCmd(t, tt.args...)
+			if code != tt.wantCode || !strings.Contains(stderr, tt.wantErr) {
+				t.Errorf("mkimage %q: exit %d, stderr %q; want exit %d and %q", tt.args, code, stderr, tt.wantCode, tt.wantErr)
+			}
+		})
+	}
+}
