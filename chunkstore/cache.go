@@ -136,7 +136,12 @@ func (c *Cache) readCached(id casync.ChunkID) ([]byte, bool) {
 	name := chunkFile(c.dir, id)
 	c.pin(id)
 	defer c.unpin(id)
-	frame, mtime, err := readFrameFile(name)
+	bp := scratch.Get().(*[]byte)
+	defer scratch.Put(bp)
+	frame, mtime, err := readFrameFileInto(name, *bp)
+	if err == nil {
+		*bp = frame[:0]
+	}
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			c.log.Warn("cannot read cached chunk; fetching it again", "id", id, "err", err)

@@ -144,26 +144,57 @@ func (s *Local) readFrame(ctx context.Context, id casync.ChunkID) ([]byte, error
 // readFrameFile reads a whole chunk file, refusing one larger than any
 // frame can be.
 func readFrameFile(name string) ([]byte, time.Time, error) {
-	f, err := os.Open(name)
+	return readFrameFileInto(name, nil)
+}
+
+// readFrameFileInto is readFrameFile reading into dst's storage when it
+// is large enough, so that a caller that only decodes the frame can
+// recycle the buffer.
+func readFrameFileInto(name string, dst []byte) ([]byte, time.Time, error) {
+	// Raw descriptors, as in writeFileAtomic: a cache hit is one small
+	// file, and an *os.File would cost more system calls than the read.
+	fd, err := openRetry(name)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, time.Time{}, err
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, time.Time{}, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
-	if !fi.Mode().IsRegular() {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, time.Time{}, fmt.Errorf("%s: not a regular file", name)
 	}
-	if fi.Size() > maxFrameSize {
-		return nil, time.Time{}, fmt.Errorf("%s: %d bytes, more than any chunk frame (%d)", name, fi.Size(), maxFrameSize)
+	if st.Size > maxFrameSize {
+		return nil, time.Time{}, fmt.Errorf("%s: %d bytes, more than any chunk frame (%d)", name, st.Size, maxFrameSize)
 	}
-	buf := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, time.Time{}, fmt.Errorf("%s: %w", name, err)
+	buf := dst[:0]
+	if int64(cap(buf)) < st.Size {
+		buf = make([]byte, st.Size)
 	}
-	return buf, fi.ModTime(), nil
+	buf = buf[:st.Size]
+	for n := 0; n < len(buf); {
+		m, err := unix.Read(fd, buf[n:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return nil, time.Time{}, &fs.PathError{Op: "read", Path: name, Err: err}
+		case m == 0:
+			return nil, time.Time{}, fmt.Errorf("%s: %w", name, io.ErrUnexpectedEOF)
+		}
+		n += m
+	}
+	return buf, time.Unix(st.Mtim.Unix()), nil
+}
+
+func openRetry(name string) (int, error) {
+	for {
+		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
 }
 
 // HasChunk reports whether the chunk file exists. It does not read or
