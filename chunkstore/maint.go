@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -42,11 +43,18 @@ type Summary struct {
 	Unreferenced, UnreferencedBytes int64
 	// Removed counts chunk files deleted, RemovedBytes their size.
 	Removed, RemovedBytes int64
+	// StaleTemps counts temporary files that a killed writer left behind
+	// more than StaleTempAge ago (Verify); --repair removes them.
+	StaleTemps int64
 }
 
+// StaleTempAge is how old a temporary chunk file must be before Verify
+// counts it as left behind rather than being written right now.
+const StaleTempAge = time.Hour
+
 func (s Summary) String() string {
-	return fmt.Sprintf("%d chunks (%d bytes), %d bad, %d unreferenced (%d bytes), %d removed (%d bytes)",
-		s.Chunks, s.Bytes, s.Bad, s.Unreferenced, s.UnreferencedBytes, s.Removed, s.RemovedBytes)
+	return fmt.Sprintf("%d chunks (%d bytes), %d bad, %d unreferenced (%d bytes), %d removed (%d bytes), %d stale temporary files",
+		s.Chunks, s.Bytes, s.Bad, s.Unreferenced, s.UnreferencedBytes, s.Removed, s.RemovedBytes, s.StaleTemps)
 }
 
 type summer struct {
@@ -132,10 +140,45 @@ func Verify(ctx context.Context, dir string, repair bool, opts MaintenanceOption
 	if werr := g.Wait(); err == nil {
 		err = werr
 	}
-	if err != nil {
-		return s.summary(), fmt.Errorf("verify chunk store %s: %w", dir, err)
+	var stale int64
+	if err == nil {
+		stale, err = staleTemps(ctx, dir, repair, log)
 	}
-	return s.summary(), nil
+	sum := s.summary()
+	sum.StaleTemps = stale
+	if err != nil {
+		return sum, fmt.Errorf("verify chunk store %s: %w", dir, err)
+	}
+	return sum, nil
+}
+
+// staleTemps counts, and with remove deletes, the temporary chunk files
+// (.ID.cacnk.tmp-*) in the prefix directories of dir that are older than
+// StaleTempAge: what a writer killed between create and rename left.
+// Readers never see them, but they take space.
+func staleTemps(ctx context.Context, dir string, remove bool, log *slog.Logger) (int64, error) {
+	matches, err := filepath.Glob(filepath.Join(dir, "[0-9a-f][0-9a-f][0-9a-f][0-9a-f]", ".*.cacnk.tmp-*"))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, m := range matches {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		fi, err := os.Lstat(m)
+		if err != nil || !fi.Mode().IsRegular() || time.Since(fi.ModTime()) < StaleTempAge {
+			continue
+		}
+		n++
+		if remove {
+			if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return n, err
+			}
+		}
+		log.Warn("stale temporary chunk file", "path", m, "removed", remove)
+	}
+	return n, nil
 }
 
 // Prune removes the chunks of the store in dir that are not in keep. With

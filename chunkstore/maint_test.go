@@ -116,3 +116,40 @@ func TestPruneCasyncIndex(t *testing.T) {
 		t.Error("ReadKeepSet(missing file) = nil error")
 	}
 }
+
+// TestVerifyStaleTemps: a temporary file that a killed writer left behind
+// is reported, and removed by repair; one being written now is left alone.
+func TestVerifyStaleTemps(t *testing.T) {
+	l := newLocal(t)
+	c := storetest.Chunks(72, 1)[0]
+	if err := l.StoreChunk(context.Background(), c.ID, c.Data); err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Dir(filepath.Join(l.Dir(), chunkstore.ChunkPath(c.ID)))
+	stale := filepath.Join(prefix, "."+c.ID.String()+".cacnk.tmp-old")
+	fresh := filepath.Join(prefix, "."+c.ID.String()+".cacnk.tmp-new")
+	for _, f := range []string{stale, fresh} {
+		if err := os.WriteFile(f, []byte("half a chunk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * chunkstore.StaleTempAge)
+	os.Chtimes(stale, old, old)
+
+	sum, err := chunkstore.Verify(context.Background(), l.Dir(), false, chunkstore.MaintenanceOptions{})
+	if err != nil || sum.StaleTemps != 1 || sum.Bad != 0 {
+		t.Fatalf("Verify = %+v, %v; want 1 stale temporary file, 0 bad", sum, err)
+	}
+	if _, err := os.Stat(stale); err != nil {
+		t.Errorf("Verify without repair removed the stale file: %v", err)
+	}
+	if _, err := chunkstore.Verify(context.Background(), l.Dir(), true, chunkstore.MaintenanceOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temporary file after repair: %v, want it removed", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("repair removed a temporary file being written: %v", err)
+	}
+}
