@@ -3,6 +3,7 @@ package casync
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -22,11 +23,12 @@ var (
 
 func frameEncoder() *zstd.Encoder {
 	encoderOnce.Do(func() {
-		// EncodeAll is safe for concurrent use; concurrency 1 keeps the
-		// encoder from pre-allocating a block encoder per CPU.
+		// EncodeAll takes one of the encoder's block encoders for the
+		// whole call, so there must be one per CPU or concurrent
+		// compressions (mkimage's uploads) queue behind each other.
 		encoder, _ = zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedDefault),
-			zstd.WithEncoderConcurrency(1),
+			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
 			zstd.WithZeroFrames(true))
 	})
 	return encoder
