@@ -1,6 +1,7 @@
 package casync
 
 import (
+	"archive/tar"
 	"bufio"
 	"context"
 	"encoding/binary"
@@ -22,6 +23,11 @@ type EncodeOptions struct {
 	// not modify the Entry. An error from OnEntry stops the encoding and
 	// is returned.
 	OnEntry func(*Entry) error
+	// TarHeader, if set, is called by EncodeTar with every header as it
+	// is read, and may change its metadata (names, mode, owner, times,
+	// xattrs) but not its size or type. mkimage uses it to make the
+	// timestamps Docker gives a container's mount points reproducible.
+	TarHeader func(*tar.Header) error
 	// TempDir is where EncodeTar keeps file contents until it has read
 	// the whole tar stream (default os.TempDir()).
 	TempDir string

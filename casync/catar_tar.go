@@ -57,6 +57,7 @@ func EncodeTar(ctx context.Context, w io.Writer, r io.Reader, opts *EncodeOption
 	cw := newCatarWriter(ctx, w, opts)
 	tb := &tarTree{
 		log:   cw.log,
+		opts:  opts,
 		spill: spill,
 		sw:    bufio.NewWriterSize(spill, encodeBufferSize),
 		root:  impliedDir(),
@@ -88,6 +89,7 @@ type tarTree struct {
 	off     int64 // end of the spill file
 	copyBuf []byte
 	root    *tarNode
+	opts    *EncodeOptions
 }
 
 func (tb *tarTree) read(ctx context.Context, r io.Reader) error {
@@ -102,6 +104,15 @@ func (tb *tarTree) read(ctx context.Context, r io.Reader) error {
 		}
 		if err != nil {
 			return fmt.Errorf("casync: encode tar: read tar: %w", err)
+		}
+		if tb.opts != nil && tb.opts.TarHeader != nil {
+			size, typ := hdr.Size, hdr.Typeflag
+			if err := tb.opts.TarHeader(hdr); err != nil {
+				return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)
+			}
+			if hdr.Size != size || hdr.Typeflag != typ {
+				return fmt.Errorf("casync: encode tar: entry %q: TarHeader changed its size or type", hdr.Name)
+			}
 		}
 		if err := tb.add(hdr, tr); err != nil {
 			return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)

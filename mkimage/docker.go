@@ -1,10 +1,13 @@
 package mkimage
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -57,11 +60,20 @@ func inspectImage(ctx context.Context, c *client.Client, ref string, pull bool) 
 	return info, nil
 }
 
-// encodeImage streams the flattened root filesystem of image id into the
-// catar encoder: it creates a container from the image (never starting
-// it), exports it, and removes the container afterwards, also when the
-// export fails or ctx is cancelled.
-func encodeImage(ctx context.Context, c *client.Client, id string, w io.Writer, opts *casync.EncodeOptions) (err error) {
+// encodeImage streams the flattened root filesystem of img into the catar
+// encoder: it creates a container from the image (never starting it),
+// exports it, and removes the container afterwards, also when the export
+// fails or ctx is cancelled.
+//
+// Creating the container adds Docker's mount points (/.dockerenv,
+// /etc/hosts, /dev, the image's volume directories…) stamped with the
+// time of creation, and touches their parent directories, so two exports
+// of one image differ. Those paths, and only those, are stamped no later
+// than the image's creation instead: Docker made the changes after it, so
+// the result is the same for every export, and converting an image twice
+// gives the same archive and the same chunks.
+func encodeImage(ctx context.Context, c *client.Client, img *image.InspectResponse, w io.Writer, opts *casync.EncodeOptions) (err error) {
+	id := img.ID
 	// An image without a command cannot be created; the command is never
 	// run, so any will do.
 	created, err := c.ContainerCreate(ctx, &container.Config{
@@ -79,6 +91,10 @@ func encodeImage(ctx context.Context, c *client.Client, id string, w io.Writer, 
 			err = errors.Join(err, fmt.Errorf("docker: remove export container %s: %w", created.ID[:12], rmErr))
 		}
 	}()
+	o := *opts
+	o.TarHeader = mountPointTimes(img)
+	opts = &o
+
 	rc, err := c.ContainerExport(ctx, created.ID)
 	if err != nil {
 		return fmt.Errorf("docker: export %s: %w", id, err)
@@ -88,4 +104,50 @@ func encodeImage(ctx context.Context, c *client.Client, id string, w io.Writer, 
 		return fmt.Errorf("docker: export of %s: %w", id, err)
 	}
 	return nil
+}
+
+// dockerMountPoints are the paths that creating a container adds to its
+// root filesystem when the image lacks them (Docker's init layer), with
+// their parents, relative to the root ("" is the root itself).
+var dockerMountPoints = []string{
+	"", ".dockerenv", "dev", "dev/console", "dev/pts", "dev/shm", "proc", "sys",
+	"etc", "etc/hostname", "etc/hosts", "etc/mtab", "etc/resolv.conf",
+}
+
+// mountPointTimes returns the EncodeOptions.TarHeader hook that stamps
+// Docker's mount points, and the image's volume directories and their
+// parents, no later than the image's creation time.
+func mountPointTimes(img *image.InspectResponse) func(*tar.Header) error {
+	limit := imageCreated(img)
+	paths := make(map[string]bool)
+	for _, p := range dockerMountPoints {
+		paths[p] = true
+	}
+	if img.Config != nil {
+		for v := range img.Config.Volumes {
+			for p := strings.Trim(path.Clean("/"+v), "/"); ; p = path.Dir(p) {
+				if p == "." || p == "/" {
+					break
+				}
+				paths[p] = true
+			}
+		}
+	}
+	return func(h *tar.Header) error {
+		name := strings.Trim(path.Clean("/"+h.Name), "/")
+		if paths[name] && h.ModTime.After(limit) {
+			h.ModTime = limit
+		}
+		return nil
+	}
+}
+
+// imageCreated is the image's creation time in whole seconds (as docker
+// export stamps files), or the Unix epoch if it has none.
+func imageCreated(img *image.InspectResponse) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, img.Created)
+	if err != nil || t.Before(time.Unix(0, 0)) {
+		return time.Unix(0, 0)
+	}
+	return t.Truncate(time.Second)
 }

@@ -92,7 +92,7 @@ func (s Source) encode(ctx context.Context, w io.Writer, opts *casync.EncodeOpti
 		if s.docker == nil || s.image == nil {
 			return fmt.Errorf("source %s: image not inspected", s)
 		}
-		return encodeImage(ctx, s.docker, s.image.ID, w, opts)
+		return encodeImage(ctx, s.docker, s.image, w, opts)
 	}
 	return fmt.Errorf("source %s: unknown kind %q", s, s.Kind)
 }
