@@ -228,6 +228,9 @@ func (s *HTTP) get(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 		return nil, fmt.Errorf("fetch chunk %s from %s: %s: %w (is the chunk store the one mkimage wrote to?)", id, s.base, res.statusText(), ErrNotFound)
 	}
 	s.stats.errors.Add(1)
+	if res.gaveUp {
+		return nil, fmt.Errorf("fetch chunk %s from %s: %s%s (%w)", id, s.base, res.statusText(), hint(res.status, false), ErrGaveUp)
+	}
 	return nil, fmt.Errorf("fetch chunk %s from %s: %s%s", id, s.base, res.statusText(), hint(res.status, false))
 }
 
@@ -314,6 +317,7 @@ type response struct {
 	status int
 	msg    string // start of an error body, for messages
 	body   []byte // a 200 GET's body
+	gaveUp bool   // a 5xx after every retry
 }
 
 func (r response) statusText() string {
@@ -343,8 +347,9 @@ func (s *HTTP) do(ctx context.Context, method string, id casync.ChunkID, body []
 		}
 		if attempt >= s.retries {
 			if err != nil {
-				return response{}, fmt.Errorf("%s %s: %w (gave up after %d attempts; is the chunk server running and reachable?)", method, u, err, attempt+1)
+				return response{}, fmt.Errorf("%s %s: %w (%w after %d attempts; is the chunk server running and reachable?)", method, u, err, ErrGaveUp, attempt+1)
 			}
+			res.gaveUp = attempt > 0
 			return res, nil
 		}
 		wait := s.backoff << attempt

@@ -144,7 +144,7 @@ func TestHTTPServerKilled(t *testing.T) {
 	if err == nil {
 		t.Fatal("GetChunk from a killed server = nil error")
 	}
-	if !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "gave up after 4 attempts") || !strings.Contains(err.Error(), "reachable") {
+	if !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "gave up after 4 attempts") || !strings.Contains(err.Error(), "reachable") || !errors.Is(err, chunkstore.ErrGaveUp) {
 		t.Errorf("GetChunk error = %q, want the URL, the attempts and a hint", err)
 	}
 	// 4 attempts of at most 1s plus backoff (at most 20+40+80ms).
