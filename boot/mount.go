@@ -47,8 +47,9 @@ type Image struct {
 	TOC    *casync.TOC
 	Reader *Reader
 
-	store chunkstore.Store // what Reader reads: cache or remote
-	cache *chunkstore.Cache
+	store  chunkstore.Store // what Reader reads: cache or remote
+	cache  *chunkstore.Cache
+	remote *counting
 }
 
 // OpenImage reads the index at indexPath, opens its store (behind the cache
@@ -70,9 +71,10 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
-	im := &Image{Index: idx, store: remote}
+	counted := &counting{Store: remote}
+	im := &Image{Index: idx, store: counted, remote: counted}
 	if opts.Cache != "" {
-		c, err := chunkstore.NewCache(remote, opts.Cache, chunkstore.CacheOptions{Digest: digest, Logger: log})
+		c, err := chunkstore.NewCache(counted, opts.Cache, chunkstore.CacheOptions{Digest: digest, Logger: log})
 		if err != nil {
 			remote.Close()
 			return nil, fmt.Errorf("boot: %w", err)
@@ -155,11 +157,11 @@ func readTOC(name string) (*casync.TOC, error) {
 
 // Stats are the figures boot reports, as JSON in the --stats file.
 type Stats struct {
-	// ChunksFetched and BytesFetched count the chunks, and their
-	// uncompressed bytes, that were read from the store or the cache.
+	// ChunksFetched and BytesFetched count the chunks, and their bytes
+	// as stored (compressed), received from the store.
 	ChunksFetched uint64 `json:"chunks_fetched"`
 	BytesFetched  uint64 `json:"bytes_fetched"`
-	// CacheHits counts those of them found in the cache directory.
+	// CacheHits counts the chunks read from the cache directory instead.
 	CacheHits uint64 `json:"cache_hits"`
 	// MemoryHits counts chunk reads served from memory.
 	MemoryHits uint64 `json:"memory_hits"`
@@ -175,9 +177,10 @@ type Stats struct {
 // Stats returns the image's figures so far.
 func (im *Image) Stats() Stats {
 	rs := im.Reader.Stats()
+	chunks, bytes := im.remote.fetched()
 	s := Stats{
-		ChunksFetched: rs.ChunksFetched,
-		BytesFetched:  rs.BytesFetched,
+		ChunksFetched: chunks,
+		BytesFetched:  bytes,
 		MemoryHits:    rs.MemoryHits,
 		Retries:       rs.Retries,
 		Errors:        rs.Errors,

@@ -338,7 +338,11 @@ func (r *Reader) fetch(i int) ([]byte, error) {
 			r.lru.add(c.ID, data)
 			return data, nil
 		}
-		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) || r.ctx.Err() != nil {
+		// A missing chunk will not appear, a corrupt one will not mend,
+		// and a store that retried itself has waited long enough.
+		var ce *casync.ChecksumError
+		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) || errors.Is(err, chunkstore.ErrGaveUp) ||
+			errors.As(err, &ce) || r.ctx.Err() != nil {
 			return nil, fail(attempt, err)
 		}
 		r.retries.Add(1)

@@ -1,6 +1,7 @@
 // Command boot serves a bootfs image: it mounts a casync archive with FUSE
 // and fetches its chunks lazily.
 //
+//	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
 //	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
@@ -25,8 +26,14 @@ import (
 )
 
 func main() {
+	args := os.Args[1:]
+	if len(args) > 0 && (args[0] == "--" || args[0] == boot.WorkloadCommand) {
+		// As init, every signal is the workload's: boot.Init forwards
+		// them, so none may cancel the context.
+		os.Exit(run(context.Background(), args, os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, args, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -34,6 +41,13 @@ func main() {
 const usage = `usage: boot COMMAND [flags]
 
 commands:
+  -- CMD [ARG...]
+          run as the init of a converted image (docker run --privileged
+          --device /dev/fuse IMAGE): mount the image, run CMD in it, forward
+          signals, exit with its status; configured by BOOTFS_STORE,
+          BOOTFS_CACHE, BOOTFS_UPPER, BOOTFS_LOG=debug, BOOTFS_STATS=FILE,
+          BOOTFS_BACKGROUND=1, BOOTFS_USER, BOOTFS_SSH_KEY,
+          BOOTFS_SSH_KNOWN_HOSTS and BOOTFS_TIMEOUT
   mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
           lazily, until interrupted (SIGINT or SIGTERM); SIGUSR1 writes stats
@@ -52,6 +66,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	switch args[0] {
+	case "--":
+		return initCmd(ctx, args[1:], stderr)
+	case boot.WorkloadCommand:
+		err := boot.RunWorkload()
+		fmt.Fprintln(stderr, err)
+		var ee *boot.ExitError
+		if errors.As(err, &ee) {
+			return ee.Status
+		}
+		return 1
 	case "mount":
 		err = mount(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
@@ -111,4 +135,30 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial}
 	return boot.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
+}
+
+// initCmd is `boot -- CMD...`: the options come from the environment.
+func initCmd(ctx context.Context, argv []string, stderr io.Writer) int {
+	opts, err := boot.InitOptionsFromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	level := slog.LevelInfo
+	if opts.Debug {
+		level = slog.LevelDebug
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if wd, err := os.Getwd(); err == nil && wd != "/" {
+		// docker run -w: the boot image has no WORKDIR of its own.
+		opts.WorkingDir = wd
+	}
+	ssh := sshstore.ClientOptions{IdentityFiles: opts.SSHKeys, KnownHostsFile: opts.SSHKnownHosts}
+	opts.Dialers = map[string]chunkstore.Dialer{"ssh": ssh.Dialer()}
+	code, err := boot.Init(ctx, argv, opts)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return code
 }
