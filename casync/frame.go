@@ -29,7 +29,10 @@ func frameEncoder() *zstd.Encoder {
 		encoder, _ = zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedDefault),
 			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
-			zstd.WithZeroFrames(true))
+			zstd.WithZeroFrames(true),
+			// casync writes no content checksum either; the chunk ID is
+			// the checksum.
+			zstd.WithEncoderCRC(false))
 	})
 	return encoder
 }

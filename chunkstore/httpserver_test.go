@@ -101,10 +101,10 @@ func TestHandlerPaths(t *testing.T) {
 func TestHandlerServesFrameAsStored(t *testing.T) {
 	l := newLocal(t)
 	c := storetest.Chunks(11, 2)[1]
-	// A frame as another zstd encoder (best level, no checksum) writes it,
+	// A frame as another zstd encoder (best level, with a checksum) writes it,
 	// which differs from ours: the server must pass it through, not
 	// recompress it.
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderCRC(false))
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderCRC(true))
 	frame := enc.EncodeAll(c.Data, nil)
 	if bytes.Equal(frame, casync.CompressChunk(nil, c.Data)) {
 		t.Fatal("test frame is the same as ours")
