@@ -3,9 +3,6 @@ package sshstore
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	crand "crypto/rand"
-	"encoding/pem"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -20,29 +17,13 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
 
-// writeKey makes an ed25519 key pair, writes the private key in OpenSSH
-// format to dir/name (mode 0600) and returns its path and public key.
+// writeKey makes an ed25519 key pair in dir (see testenv.WriteSSHKey).
 func writeKey(t testing.TB, dir, name string) (string, ssh.PublicKey) {
 	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, name)
-	if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return file, sshPub
+	return testenv.WriteSSHKey(t, dir, name)
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test to share.

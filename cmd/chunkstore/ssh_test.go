@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	crand "crypto/rand"
-	"encoding/pem"
 	"errors"
 	"io"
 	"os"
@@ -18,36 +15,16 @@ import (
 
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
-
-func writeKeyPair(t *testing.T, dir, name string) (string, ssh.PublicKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, name)
-	if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return file, sshPub
-}
 
 // TestServeSSH runs `chunkstore serve --ssh` and reads a chunk through our
 // SSH client, with key auth and a known_hosts check.
 func TestServeSSH(t *testing.T) {
 	l, ids := storeWith(t, 2)
 	dir := t.TempDir()
-	hostKey, hostPub := writeKeyPair(t, dir, "host_key")
-	clientKey, clientPub := writeKeyPair(t, dir, "id_ed25519")
+	hostKey, hostPub := testenv.WriteSSHKey(t, dir, "host_key")
+	clientKey, clientPub := testenv.WriteSSHKey(t, dir, "id_ed25519")
 	authorized := filepath.Join(dir, "authorized_keys")
 	os.WriteFile(authorized, ssh.MarshalAuthorizedKey(clientPub), 0o600)
 
