@@ -12,7 +12,7 @@ STATIC  = CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false \
           -ldflags '-s -w -buildid= -X github.com/bootfs/bootfs/internal/version.Version=$(VERSION)'
 COMMANDS = $(notdir $(wildcard cmd/*))
 
-.PHONY: all build test unit e2e fuzz bench lint demo clean
+.PHONY: all build samples test unit e2e fuzz bench lint demo clean
 
 all: build
 
@@ -23,6 +23,16 @@ build:
 			echo "build $(BIN)/$$c"; $(STATIC) -o $(BIN)/$$c ./cmd/$$c || exit 1; \
 		fi; \
 	done
+
+# samples builds the Docker images of Dockerfile and samples/ offline:
+# each is FROM scratch, and the binaries come from build, with $(BIN) as
+# the build context (the cache image needs none but its own directory).
+DOCKER ?= docker
+samples: build
+	$(DOCKER) build -q -t bootfs/mkimage -f Dockerfile $(BIN)
+	$(DOCKER) build -q -t bootfs/cache samples/cache
+	$(DOCKER) build -q -t bootfs/http-store -f samples/http-store/Dockerfile $(BIN)
+	$(DOCKER) build -q -t bootfs/ssh-store -f samples/ssh-store/Dockerfile $(BIN)
 
 # test runs everything CI runs: lint, the unit tests with the race detector,
 # and the end-to-end suite once it exists.
