@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bootfs/bootfs/internal/testenv"
 )
@@ -86,5 +89,46 @@ func TestDebianSharedBase(t *testing.T) {
 	got := e.run(t, true, nil, pyImg+"-shared", "python3", "-c", "import json, sqlite3; print(json.dumps({'sqlite': sqlite3.sqlite_version}))")
 	if got.code != 0 || got.stdout != want.stdout {
 		t.Errorf("converted python image: exit %d, stdout %q, stderr %s; want %q", got.code, got.stdout, got.stderr, want.stdout)
+	}
+
+	// A server workload reaches readiness: python's HTTP server answers
+	// on loopback, and docker stop ends it promptly.
+	port := freePort(t)
+	name := e.prefix + "-pyserver"
+	args := append([]string{"run", "-d", "--name", name, "--pull", "never", "--network", "host"}, e.runFlags...)
+	args = append(args, pyImg+"-shared", "python3", "-m", "http.server", "--bind", "127.0.0.1", fmt.Sprint(port))
+	start := time.Now()
+	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+		t.Fatalf("docker run -d: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	var ready time.Duration
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				ready = time.Since(start)
+				break
+			}
+		}
+	}
+	if ready == 0 {
+		logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
+		t.Fatalf("python http.server in the converted image never answered on %s; logs:\n%s", url, logs)
+	}
+	t.Logf("converted python http.server ready after %v", ready)
+	// As PID 1 of its namespace, as in a plain container, python ignores
+	// SIGTERM (no handler); SIGINT, forwarded by boot, stops it.
+	stopStart := time.Now()
+	if out, err := exec.Command("docker", "kill", "-s", "INT", name).CombinedOutput(); err != nil {
+		t.Fatalf("docker kill -s INT: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("timeout", "20", "docker", "wait", name).CombinedOutput(); err != nil {
+		t.Fatalf("docker wait: %v\n%s", err, out)
+	}
+	if took := time.Since(stopStart); took > 10*time.Second {
+		t.Errorf("the server took %v to stop after SIGINT: the signal did not reach it", took)
 	}
 }
