@@ -115,7 +115,7 @@ func TestExitCodes(t *testing.T) {
 // process or /.bootfs in sight, and it can write anywhere.
 func TestIsolation(t *testing.T) {
 	e := setup(t)
-	script := `echo pid=$$; ps -o pid,args | grep -v 'ps -o' | grep -c boot; ls -d /.bootfs 2>&1 >/dev/null | grep -c 'No such file';
+	script := `echo pid=$$; ps -o pid,args | grep -v 'ps -o' | grep -c '[b]oot'; ls -d /.bootfs 2>&1 >/dev/null | grep -c 'No such file';
 echo etc > /etc/new && mkdir /newdir && echo top > /newdir/f && echo tmp > /tmp/t && echo over > /bin/busybox.txt &&
 cat /etc/new /newdir/f /tmp/t /bin/busybox.txt && rm /data/hello && ls /data`
 	got := e.run(t, true, nil, e.bbBoot, "sh", "-c", script)
