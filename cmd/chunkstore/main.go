@@ -252,7 +252,7 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintf(stdout, "%s\t%s\t%v\n", what, ci.Path, err)
 		},
 	})
-	fmt.Fprintf(stdout, "verified %d chunks (%d bytes): %d bad, %d removed\n", sum.Chunks, sum.Bytes, sum.Bad, sum.Removed)
+	fmt.Fprintf(stdout, "verified %d chunks (%d bytes): %d bad, %d removed, %d stale temporary files\n", sum.Chunks, sum.Bytes, sum.Bad, sum.Removed, sum.StaleTemps)
 	if err != nil {
 		return err
 	}
