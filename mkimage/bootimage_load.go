@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,6 +124,12 @@ type BootImageOptions struct {
 	// Output is a file to write the archive to instead of loading it
 	// (--output docker-archive:FILE, as ParseOutput returns it).
 	Output string
+	// Prefetch lists image paths whose content boot fetches first, in
+	// order (--prefetch FILE, as ReadPrefetchPaths returns it).
+	Prefetch []string
+	// Log receives the warning about prefetch paths the image lacks; nil
+	// discards it.
+	Log *slog.Logger
 }
 
 // ParseOutput parses --output's value, docker-archive:FILE, and returns
@@ -179,6 +186,14 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 	var err error
 	if in.Config, err = NewBootConfig(sum, opts, store, configOf(src)); err != nil {
 		return BootImageInfo{}, err
+	}
+	if len(bo.Prefetch) > 0 {
+		ids, skipped := PrefetchChunks(sum.Index, sum.TOC, bo.Prefetch)
+		if len(skipped) > 0 && bo.Log != nil {
+			bo.Log.Warn("prefetch list names paths that are not regular files of the image; they are left out",
+				"count", len(skipped), "first", skipped[0])
+		}
+		in.Config.Prefetch = ids
 	}
 	var idx bytes.Buffer
 	if _, err := sum.Index.WriteTo(&idx); err != nil {

@@ -53,6 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		asJSON    = fs.Bool("json", false, "print the summary as JSON")
 		debug     = fs.Bool("debug", false, "log debug messages")
 		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
+		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
 		boot      mkimage.BootImageOptions
 	)
 	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
@@ -89,6 +90,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if makeImage && opts.Store == "" {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
 	}
+	if *prefetch != "" {
+		if !makeImage {
+			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET or --output"))
+		}
+		paths, err := mkimage.ReadPrefetchPaths(*prefetch)
+		if err != nil {
+			return usageError(stderr, "--prefetch", err)
+		}
+		boot.Prefetch = paths
+	}
 	var err error
 	if opts.ChunkSize, err = casync.ParseChunkSize(*chunkSize); err != nil {
 		return usageError(stderr, "--chunk-size", err)
@@ -112,6 +123,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelError
 	}
 	opts.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	boot.Log = opts.Log
 	if !*quiet && !*asJSON && isTerminal(stderr) {
 		opts.Progress = progressPrinter(stderr)
 	}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,5 +91,83 @@ func TestErrors(t *testing.T) {
 				t.Errorf("mkimage %q: exit %d, stderr %q; want exit %d and %q", tt.args, code, stderr, tt.wantCode, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestPrefetchFlag(t *testing.T) {
+	src := tree(t)
+	dir := t.TempDir()
+	bootBin := filepath.Join(dir, "boot")
+	list := filepath.Join(dir, "paths")
+	archive := filepath.Join(dir, "image.tar")
+	if err := os.WriteFile(bootBin, []byte("#!/bin/false\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(list, []byte("/etc/hostname\n/gone\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "store")
+
+	code, _, stderr := runCmd(t, "--store", store, "--prefetch", list, "dir:"+src)
+	if code != 2 || !strings.Contains(stderr, "give TARGET or --output") {
+		t.Errorf("--prefetch without an image: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCmd(t, "--store", store, "--prefetch", filepath.Join(dir, "nope"), "--output", "docker-archive:"+archive, "dir:"+src)
+	if code != 2 || !strings.Contains(stderr, "prefetch list") {
+		t.Errorf("--prefetch of a missing file: exit %d, stderr %q", code, stderr)
+	}
+
+	code, _, stderr = runCmd(t, "--quiet", "--store", store, "--boot-binary", bootBin, "--prefetch", list, "--output", "docker-archive:"+archive, "dir:"+src)
+	if code != 0 {
+		t.Fatalf("mkimage --prefetch exit %d, stderr %s", code, stderr)
+	}
+	var cfg struct {
+		Prefetch []string `json:"prefetch"`
+	}
+	if err := json.Unmarshal(fileInArchive(t, archive, ".bootfs/config.json"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The tree is one small chunk: /etc/hostname's.
+	chunks, err := os.ReadDir(store)
+	if err != nil || len(chunks) != 1 {
+		t.Fatalf("store holds %v (%v), want one prefix directory", chunks, err)
+	}
+	if len(cfg.Prefetch) != 1 || !strings.HasPrefix(cfg.Prefetch[0], chunks[0].Name()) {
+		t.Errorf("config prefetch = %q, want the one chunk under %s", cfg.Prefetch, chunks[0].Name())
+	}
+}
+
+// fileInArchive returns the content of name in one of the layers of a
+// docker-save archive.
+func fileInArchive(t *testing.T, archive, name string) []byte {
+	t.Helper()
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	outer := tar.NewReader(f)
+	for {
+		h, err := outer.Next()
+		if err != nil {
+			t.Fatalf("%s not found in %s (%v)", name, archive, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		inner := tar.NewReader(outer)
+		for {
+			ih, err := inner.Next()
+			if err != nil {
+				break
+			}
+			if ih.Name == name {
+				b, err := io.ReadAll(inner)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+		}
 	}
 }
