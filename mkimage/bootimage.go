@@ -40,7 +40,9 @@ type Platform struct {
 // BootImageInput is what BuildBootImage packs.
 type BootImageInput struct {
 	// BootBinary is the path of the static boot binary, packed as
-	// /.bootfs/boot with mode 0755.
+	// /.bootfs/boot with mode 04755: setuid root, so that a container
+	// started with `docker run --user UID` still has an init that can
+	// mount (boot runs the workload as that real uid).
 	BootBinary string
 	// Index and TOC are the caidx and TOC of the converted archive,
 	// packed as /.bootfs/rootfs.caidx and /.bootfs/rootfs.toc.
@@ -270,7 +272,7 @@ func planBootImage(in BootImageInput) (*bootImagePlan, error) {
 	p := &bootImagePlan{}
 	p.layers[0].entries = []tarEntry{
 		{name: layerDir, mode: 0o755, dir: true},
-		{name: layerBoot, mode: 0o755, path: in.BootBinary, size: fi.Size()},
+		{name: layerBoot, mode: 0o4755, path: in.BootBinary, size: fi.Size()},
 	}
 	p.layers[1].entries = []tarEntry{
 		{name: layerCache, mode: 0o755, dir: true},

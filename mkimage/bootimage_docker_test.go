@@ -246,7 +246,7 @@ func TestBootImageDockerLoad(t *testing.T) {
 		mode int64
 		data []byte
 	}{
-		{".bootfs/boot", 0o755, bootBytes},
+		{".bootfs/boot", 0o4755, bootBytes},
 		{".bootfs/rootfs.caidx", 0o644, inA.Index},
 		{".bootfs/rootfs.toc", 0o644, inA.TOC},
 		{".bootfs/config.json", 0o644, infoA.Config},

@@ -187,7 +187,7 @@ func TestBootImageLayers(t *testing.T) {
 	}{
 		{"boot layer", layers[0], []entry{
 			{".bootfs/", 0o755, tar.TypeDir, nil},
-			{".bootfs/boot", 0o755, tar.TypeReg, bootBytes},
+			{".bootfs/boot", 0o4755, tar.TypeReg, bootBytes},
 		}},
 		{"index layer", layers[1], []entry{
 			{".bootfs/cache/", 0o755, tar.TypeDir, nil},
