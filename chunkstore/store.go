@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/bootfs/bootfs/casync"
 )
 
@@ -31,4 +33,32 @@ type WriteStore interface {
 	// data against id first. Storing a chunk the store already has is not
 	// an error. The chunk becomes visible to readers whole or not at all.
 	StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error
+}
+
+// BatchHaser is a Store that can answer HasChunk for many chunks at once
+// more cheaply than one call per chunk.
+type BatchHaser interface {
+	// HasChunks reports, for each of ids, whether the store holds it.
+	HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, error)
+}
+
+// HasChunks reports, for each of ids, whether s holds it: in one call if
+// s is a BatchHaser, else with up to parallel HasChunk calls at once, so
+// that a remote store's round trips overlap instead of adding up. The
+// first error stops the rest and is returned.
+func HasChunks(ctx context.Context, s Store, ids []casync.ChunkID, parallel int) ([]bool, error) {
+	if b, ok := s.(BatchHaser); ok {
+		return b.HasChunks(ctx, ids)
+	}
+	has := make([]bool, len(ids))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(parallel, 1))
+	for i, id := range ids {
+		g.Go(func() error {
+			ok, err := s.HasChunk(ctx, id)
+			has[i] = ok
+			return err
+		})
+	}
+	return has, g.Wait()
 }

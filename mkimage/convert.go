@@ -26,6 +26,10 @@ type Options struct {
 	// Store is the chunk store the chunks go to (--store). Empty means
 	// the chunks are cut and hashed but stored nowhere.
 	Store string
+	// StoreToken is the bearer token sent with writes to an HTTP store
+	// (--token-file); StoreCAFile a PEM file of CAs trusted for https
+	// (--ca-file).
+	StoreToken, StoreCAFile string
 	// IndexOut is a file to write the caidx to (--index-out); the TOC goes
 	// beside it as IndexOut+".toc".
 	IndexOut string
@@ -54,6 +58,9 @@ type Options struct {
 
 // Progress is a snapshot of a conversion under way.
 type Progress struct {
+	// Total estimates the archive's size (the image's, or the tarball's);
+	// 0 when not known, as for a directory. Bytes may pass it.
+	Total        int64
 	Bytes        int64 // archive bytes chunked
 	Chunks       int   // chunks cut
 	NewChunks    int   // chunks the store did not have
@@ -172,14 +179,29 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 		encodeDone <- err
 	}()
 
-	// Stage 2: chunk and hash in parallel, in stream order. Stage 3: each
-	// chunk the store lacks is compressed and uploaded on its own
-	// goroutine, at most 2*jobs at once; a chunk seen before in this
-	// archive is not looked at again.
-	up := &uploader{store: store, log: log}
+	// Stage 2: chunk and hash in parallel, in stream order. Stage 3: the
+	// chunks not seen before in this archive go to the uploader in
+	// batches; it asks the store which of a batch it lacks in one go (a
+	// remote store's round trips overlap) and compresses and stores
+	// those. At most two batches are in flight, which bounds memory and
+	// holds the chunker back when the store is slow.
+	up := newUploader(store, log, jobs)
+	up.total = src.sizeHint()
 	upg, upctx := errgroup.WithContext(ctx)
-	upg.SetLimit(2 * jobs)
+	upg.SetLimit(2)
 	seen := make(map[casync.ChunkID]struct{})
+	var batch []pendingChunk
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		b := batch
+		batch = nil
+		upg.Go(func() error {
+			defer releaseBatch(b)
+			return up.uploadBatch(upctx, b)
+		})
+	}
 	var lastProgress time.Time
 	var chunks int
 	chunkOpts := casync.ChunkOptions{Chunker: opts.Chunker, Size: opts.ChunkSize, Digest: opts.Digest, Jobs: jobs}
@@ -201,13 +223,17 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 		}
 		buf := getBuf()
 		*buf = append((*buf)[:0], c.Data...)
-		id := c.ID
-		upg.Go(func() error {
-			defer putBuf(buf)
-			return up.upload(upctx, id, *buf)
-		})
+		batch = append(batch, pendingChunk{id: c.ID, data: buf})
+		if len(batch) == hasBatchSize {
+			flush()
+		}
 		return nil
 	})
+	if splitErr == nil {
+		flush()
+	} else {
+		releaseBatch(batch)
+	}
 	// Unblock the encoder if chunking stopped early, then collect all
 	// three stages' errors; the first real one wins.
 	if splitErr != nil {
@@ -304,29 +330,74 @@ func uniqueBytes(idx *casync.Index) int64 {
 	return n
 }
 
-// uploader stores the chunks a store lacks and counts them.
-type uploader struct {
-	store     chunkstore.WriteStore
-	log       *slog.Logger
-	newChunks atomic.Int64
-	newBytes  atomic.Int64
-	written   atomic.Int64
-	mu        sync.Mutex // serialises Progress snapshots
+// hasBatchSize is how many chunks the uploader asks the store about at
+// once.
+const hasBatchSize = 64
+
+// pendingChunk is a chunk waiting for the uploader, in a pooled buffer.
+type pendingChunk struct {
+	id   casync.ChunkID
+	data *[]byte
 }
 
-func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) error {
+func releaseBatch(b []pendingChunk) {
+	for _, p := range b {
+		putBuf(p.data)
+	}
+}
+
+// uploader stores the chunks a store lacks and counts them.
+type uploader struct {
+	store chunkstore.WriteStore
+	log   *slog.Logger
+	// hasParallel bounds the has-checks in flight per batch, and
+	// putParallel the chunks compressed and stored at once per batch.
+	hasParallel, putParallel int
+	total                    int64 // for Progress.Total
+	newChunks                atomic.Int64
+	newBytes                 atomic.Int64
+	written                  atomic.Int64
+	mu                       sync.Mutex // serialises Progress snapshots
+}
+
+func newUploader(store chunkstore.WriteStore, log *slog.Logger, jobs int) *uploader {
+	u := &uploader{store: store, log: log, hasParallel: 16, putParallel: jobs}
+	if _, local := store.(*chunkstore.Local); !local {
+		// A remote store's writes wait on the network, not the CPU.
+		u.putParallel = max(jobs, 8)
+	}
+	return u
+}
+
+// uploadBatch stores the chunks of b that the store lacks.
+func (u *uploader) uploadBatch(ctx context.Context, b []pendingChunk) error {
+	ids := make([]casync.ChunkID, len(b))
+	for i, p := range b {
+		ids[i] = p.id
+	}
 	// The stores' errors name the chunk and the store already.
-	has, err := u.store.HasChunk(ctx, id)
+	has, err := chunkstore.HasChunks(ctx, u.store, ids, u.hasParallel)
 	if err != nil {
 		return err
 	}
-	if has {
-		return nil
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(u.putParallel)
+	for i, p := range b {
+		if has[i] {
+			continue
+		}
+		g.Go(func() error { return u.upload(ctx, p.id, *p.data) })
 	}
+	return g.Wait()
+}
+
+// upload compresses and stores one chunk.
+func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) error {
 	fbuf := getBuf()
 	defer putBuf(fbuf)
 	frame := casync.CompressChunk((*fbuf)[:0], data)
 	*fbuf = frame
+	var err error
 	if fs, ok := u.store.(frameStorer); ok {
 		err = fs.StoreFrame(ctx, id, frame)
 	} else {
@@ -359,6 +430,7 @@ func (u *uploader) progress(bytes int64, chunks int, start time.Time) Progress {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return Progress{
+		Total:        u.total,
 		Bytes:        bytes,
 		Chunks:       chunks,
 		NewChunks:    int(u.newChunks.Load()),

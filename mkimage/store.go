@@ -26,7 +26,7 @@ func openWriteStore(ctx context.Context, spec string, opts Options) (chunkstore.
 	s, err := chunkstore.Open(ctx, spec, chunkstore.Options{
 		Digest: opts.Digest,
 		Local:  chunkstore.LocalOptions{Create: true, NoSync: true, TrustWrites: true},
-		HTTP:   chunkstore.HTTPOptions{TrustWrites: true},
+		HTTP:   chunkstore.HTTPOptions{TrustWrites: true, Token: opts.StoreToken, CAFile: opts.StoreCAFile},
 		Logger: opts.Log,
 	})
 	if err != nil {
