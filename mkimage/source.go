@@ -57,6 +57,21 @@ func (s Source) String() string {
 	return s.Kind + ":" + s.Path
 }
 
+// sizeHint estimates the size of the source's archive for progress
+// display: the image's size for docker, the file's for tar:PATH, 0 (not
+// known) otherwise.
+func (s Source) sizeHint() int64 {
+	switch {
+	case s.image != nil:
+		return s.image.Size
+	case s.Kind == "tar" && s.Path != "-":
+		if fi, err := os.Stat(s.Path); err == nil && fi.Mode().IsRegular() {
+			return fi.Size()
+		}
+	}
+	return 0
+}
+
 // encode writes the source's catar archive to w.
 func (s Source) encode(ctx context.Context, w io.Writer, opts *casync.EncodeOptions) error {
 	switch s.Kind {

@@ -13,7 +13,11 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
+
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
 
 	"golang.org/x/term"
 
@@ -53,12 +57,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		asJSON    = fs.Bool("json", false, "print the summary as JSON")
 		debug     = fs.Bool("debug", false, "log debug messages")
 		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
+		tokenFile = fs.String("token-file", "", "`FILE` holding the bearer token for writing to an HTTP store (chunkstore serve --write-token-file)")
 		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
 		boot      mkimage.BootImageOptions
 	)
 	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
 	fs.StringVar(&boot.BootBinary, "boot-binary", "", "static boot `binary` for the image (default: boot next to mkimage)")
-	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to (a directory)")
+	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://… or ssh://…")
+	fs.StringVar(&opts.StoreCAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store")
 	fs.StringVar(&opts.IndexOut, "index-out", "", "write the caidx to `FILE` and the TOC to FILE.toc")
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
 	fs.BoolVar(&opts.Pull, "pull", false, "pull a SOURCE image that the Docker engine does not have")
@@ -89,6 +95,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	makeImage := target != "" || boot.Output != ""
 	if makeImage && opts.Store == "" {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
+	}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return usageError(stderr, "--token-file", err)
+		}
+		if opts.StoreToken = strings.TrimSpace(string(b)); opts.StoreToken == "" {
+			return usageError(stderr, "--token-file", fmt.Errorf("%s is empty", *tokenFile))
+		}
 	}
 	if *prefetch != "" {
 		if !makeImage {
@@ -124,15 +139,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	boot.Log = opts.Log
+	var bar *progressBar
 	if !*quiet && !*asJSON && isTerminal(stderr) {
-		opts.Progress = progressPrinter(stderr)
+		bar = newProgressBar(stderr)
+		opts.Progress = bar.update
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sum, err := mkimage.Convert(ctx, src, opts)
-	if opts.Progress != nil {
-		fmt.Fprint(stderr, "\r\033[K")
+	if bar != nil {
+		bar.finish(err == nil)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "mkimage: %v\n", err)
@@ -213,11 +230,57 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// progressPrinter redraws one status line on a terminal.
-func progressPrinter(w io.Writer) func(mkimage.Progress) {
-	return func(p mkimage.Progress) {
-		rate := float64(p.Bytes) / max(p.Elapsed.Seconds(), 1e-9)
-		fmt.Fprintf(w, "\r\033[K%s  %s/s  %d chunks  %d new  %s written",
-			humanBytes(p.Bytes), humanBytes(int64(rate)), p.Chunks, p.NewChunks, humanBytes(p.BytesWritten))
+// progressBar draws mkimage's progress on a terminal: a bar when the
+// archive's size can be estimated, a spinner otherwise, with the bytes,
+// the throughput, the chunks cut and how many of them were new.
+type progressBar struct {
+	w    io.Writer
+	p    *mpb.Progress
+	bar  *mpb.Bar
+	last atomic.Pointer[mkimage.Progress]
+}
+
+func newProgressBar(w io.Writer) *progressBar {
+	return &progressBar{w: w}
+}
+
+// update takes a snapshot; mkimage.Convert never calls it concurrently.
+func (b *progressBar) update(p mkimage.Progress) {
+	b.last.Store(&p)
+	if b.bar == nil {
+		b.p = mpb.New(mpb.WithOutput(b.w), mpb.WithWidth(30), mpb.WithAutoRefresh())
+		counts := decor.Any(func(decor.Statistics) string {
+			p := b.last.Load()
+			return fmt.Sprintf("%d chunks, %d new, %s written", p.Chunks, p.NewChunks, humanBytes(p.BytesWritten))
+		})
+		speed := decor.AverageSpeed(decor.SizeB1024(0), "% .1f", decor.WCSyncSpace)
+		if p.Total > 0 {
+			b.bar = b.p.New(p.Total, mpb.BarStyle(),
+				mpb.PrependDecorators(decor.CountersKibiByte("% .1f / % .1f")),
+				mpb.AppendDecorators(speed, decor.Name("  "), counts))
+		} else {
+			b.bar = b.p.New(0, mpb.SpinnerStyle(),
+				mpb.PrependDecorators(decor.CurrentKibiByte("% .1f")),
+				mpb.AppendDecorators(speed, decor.Name("  "), counts))
+		}
 	}
+	if p.Total > 0 && p.Bytes >= p.Total {
+		// The estimate was short; keep the bar just short of full.
+		b.bar.SetTotal(p.Bytes+1, false)
+	}
+	b.bar.SetCurrent(p.Bytes)
+}
+
+// finish completes the bar (or drops it after a failure) and waits until
+// it is drawn, so that nothing is printed over it.
+func (b *progressBar) finish(ok bool) {
+	if b.bar == nil {
+		return
+	}
+	if ok {
+		b.bar.SetTotal(-1, true)
+	} else {
+		b.bar.Abort(false)
+	}
+	b.p.Wait()
 }

@@ -4,6 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/bootfs/bootfs/mkimage"
 	"io"
 	"os"
 	"path/filepath"
@@ -69,6 +73,10 @@ func TestSummary(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	src := tree(t)
+	empty := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name     string
 		args     []string
@@ -82,6 +90,8 @@ func TestErrors(t *testing.T) {
 		{name: "store URL typo", args: []string{"--store", "htp://127.0.0.1:1/store", "dir:" + src}, wantCode: 1, wantErr: "htp"},
 		{name: "missing source dir", args: []string{"dir:" + filepath.Join(src, "nope")}, wantCode: 1, wantErr: "no such file"},
 		{name: "target without store", args: []string{"dir:" + src, "app:boot"}, wantCode: 2, wantErr: "--store"},
+		{name: "empty token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty, "dir:" + src}, wantCode: 2, wantErr: "is empty"},
+		{name: "missing token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty + ".nope", "dir:" + src}, wantCode: 2, wantErr: "--token-file"},
 		{name: "bad output", args: []string{"--store", t.TempDir(), "--output", "oci:x", "dir:" + src}, wantCode: 2, wantErr: "docker-archive:FILE"},
 	}
 	for _, tt := range tests {
@@ -169,5 +179,27 @@ func fileInArchive(t *testing.T, archive, name string) []byte {
 				return b
 			}
 		}
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	for _, total := range []int64{0, 1 << 20} {
+		t.Run(fmt.Sprint("total ", total), func(t *testing.T) {
+			var out bytes.Buffer
+			bar := newProgressBar(&out)
+			bar.update(mkimage.Progress{Total: total, Bytes: 512 << 10, Chunks: 8, NewChunks: 3, BytesWritten: 100 << 10, Elapsed: time.Second})
+			bar.update(mkimage.Progress{Total: total, Bytes: 3 << 20, Chunks: 40, NewChunks: 17, BytesWritten: 1 << 20, Elapsed: 2 * time.Second})
+			bar.finish(true)
+			for _, want := range []string{"3.0 MiB", "40 chunks"} {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("progress output lacks %q:\n%q", want, out.String())
+				}
+			}
+		})
+	}
+	var out bytes.Buffer
+	newProgressBar(&out).finish(false) // no update yet: nothing drawn, no hang
+	if out.Len() != 0 {
+		t.Errorf("a bar that never started printed %q", out.String())
 	}
 }
