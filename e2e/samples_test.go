@@ -235,6 +235,59 @@ func TestSamples(t *testing.T) {
 		t.Logf("boot with a key not in authorized_keys: exit %d, stderr: %s", got.code, strings.TrimSpace(got.stderr))
 		t.Logf("SSH run %+v", s)
 	})
+
+	t.Run("compose", func(t *testing.T) {
+		compose := composeCommand(t)
+		port := freePort(t)
+		_, file, _, _ := runtime.Caller(0)
+		yaml := filepath.Join(filepath.Dir(filepath.Dir(file)), "samples", "compose.yaml")
+		project := strings.NewReplacer("/", "-", ".", "-").Replace(e.prefix) + "-compose"
+		dc := func(args ...string) *exec.Cmd {
+			c := exec.Command(compose[0], append(append(compose[1:], "-p", project, "-f", yaml), args...)...)
+			c.Env = append(os.Environ(),
+				"APP_IMAGE="+boot,
+				"STORE_DIR="+store,
+				fmt.Sprintf("STORE_PORT=%d", port),
+				"HTTP_STORE_IMAGE="+img.httpStore)
+			return c
+		}
+		t.Cleanup(func() { dc("down", "-v", "--remove-orphans").Run() })
+		statsDir := t.TempDir()
+		runApp := func(args ...string) string {
+			t.Helper()
+			a := append([]string{"run", "--rm", "-T", "-v", statsDir + ":/stats", "-e", "BOOTFS_STATS=/stats/s.json", "app"}, args...)
+			out, err := dc(a...).Output()
+			if err != nil {
+				var stderr []byte
+				if ee, ok := err.(*exec.ExitError); ok {
+					stderr = ee.Stderr
+				}
+				t.Fatalf("%s %s: %v\nstdout: %s\nstderr: %s", strings.Join(compose, " "), strings.Join(a, " "), err, out, stderr)
+			}
+			return string(out)
+		}
+		cmd := []string{"sh", "-c", "cat /etc/os-release; md5sum /bin/busybox"}
+		want := e.run(t, false, nil, e.bb, cmd...)
+		got := runApp(cmd...)
+		if strings.TrimSpace(got) != strings.TrimSpace(want.stdout) {
+			t.Errorf("compose app printed:\n%s\nwant what the original prints:\n%s", got, want.stdout)
+		}
+		first := readStats(t, filepath.Join(statsDir, "s.json"))
+		runApp(cmd...)
+		again := readStats(t, filepath.Join(statsDir, "s.json"))
+		if first.ChunksFetched == 0 || again.ChunksFetched != 0 || again.CacheHits == 0 {
+			t.Errorf("compose runs: first %+v, second %+v; want the second served from the cache volume", first, again)
+		}
+	})
+}
+
+// composeCommand returns the Docker Compose command line: the v2 plugin
+// (docker compose) or docker-compose.
+func composeCommand(t *testing.T) []string {
+	if exec.Command("docker", "compose", "version").Run() == nil {
+		return []string{"docker", "compose"}
+	}
+	return []string{testenv.LookPath(t, "docker-compose")}
 }
 
 func writeFile(t *testing.T, name string, data []byte) {
