@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
 func defaultJobs() int { return runtime.GOMAXPROCS(0) }
@@ -17,6 +19,12 @@ func defaultJobs() int { return runtime.GOMAXPROCS(0) }
 //
 // Chunk IDs are computed here from the very bytes that are stored, so the
 // stores skip checking them again (TrustWrites); every reader verifies.
+//
+// An ssh:// store logs in with the keys in BOOTFS_SSH_KEY (a
+// comma-separated list) and checks the host key against
+// BOOTFS_SSH_KNOWN_HOSTS, the variables boot reads too; each defaults to
+// the files in ~/.ssh. The server must let the key write
+// (`chunkstore serve --write-authorized-keys`).
 //
 // A local store is written without an fsync per chunk; instead
 // syncStore flushes the whole file system once, after the last chunk and
@@ -27,6 +35,9 @@ func openWriteStore(ctx context.Context, spec string, opts Options) (chunkstore.
 		Digest: opts.Digest,
 		Local:  chunkstore.LocalOptions{Create: true, NoSync: true, TrustWrites: true},
 		HTTP:   chunkstore.HTTPOptions{TrustWrites: true, Token: opts.StoreToken, CAFile: opts.StoreCAFile},
+		Dialers: map[string]chunkstore.Dialer{
+			"ssh": sshClientOptions(os.Getenv).Dialer(),
+		},
 		Logger: opts.Log,
 	})
 	if err != nil {
@@ -38,6 +49,28 @@ func openWriteStore(ctx context.Context, spec string, opts Options) (chunkstore.
 		return nil, fmt.Errorf("store %s cannot be written to", spec)
 	}
 	return ws, nil
+}
+
+// Environment variables for ssh:// stores, the same ones boot reads
+// (boot.EnvSSHKey and boot.EnvSSHKnownHosts; mkimage does not import
+// boot).
+const (
+	envSSHKey        = "BOOTFS_SSH_KEY"
+	envSSHKnownHosts = "BOOTFS_SSH_KNOWN_HOSTS"
+)
+
+// sshClientOptions returns the options of ssh:// stores: keys and
+// known_hosts from the environment, and trusted writes, since mkimage
+// computes every chunk ID from the bytes it stores (the server still
+// verifies each chunk).
+func sshClientOptions(getenv func(string) string) sshstore.ClientOptions {
+	o := sshstore.ClientOptions{KnownHostsFile: getenv(envSSHKnownHosts), TrustWrites: true}
+	for k := range strings.SplitSeq(getenv(envSSHKey), ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			o.IdentityFiles = append(o.IdentityFiles, k)
+		}
+	}
+	return o
 }
 
 // syncStore makes the chunks written to a local store durable.

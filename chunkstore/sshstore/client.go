@@ -41,7 +41,8 @@ type ClientOptions struct {
 	User string
 	// Sessions is how many protocol sessions, each on its own SSH
 	// connection, requests are spread over. Default 2. The first one is
-	// opened by New; the others when first used.
+	// opened by New; the others when first used. Writes use as many
+	// connections again, opened on the first write.
 	Sessions int
 	// InFlight bounds the requests outstanding on one session. Default 32.
 	InFlight int
@@ -56,12 +57,21 @@ type ClientOptions struct {
 	RemoteCommand string
 	// Digest is the hash of the store's chunk IDs. Default SHA-512/256.
 	Digest casync.Digest
+	// TrustWrites skips the check, in StoreFrame, that a frame
+	// decompresses to data that hashes to its ID before it is sent. It
+	// is for a writer that has just computed the ID from the same bytes
+	// itself, as mkimage does (see chunkstore.LocalOptions.TrustWrites).
+	// StoreChunk always checks, and the server checks every chunk before
+	// it stores it.
+	TrustWrites bool
 	// Logger receives session openings and failures. Nil discards.
 	Logger *slog.Logger
 }
 
 // Store reads chunks from a casync-protocol server over SSH: ours, or any
-// host where `casync pull - - - PATH` runs. It is safe for concurrent use.
+// host where `casync pull - - - PATH` runs. It also writes chunks to our
+// Server, with `casync push - - - PATH` (see StoreChunk). It is safe for
+// concurrent use.
 type Store struct {
 	url    string // for messages
 	addr   string // host:port
@@ -74,13 +84,21 @@ type Store struct {
 	next   atomic.Uint64
 	closed atomic.Bool
 
+	// Writing: StoreChunk queues on puts; pushers take batches off it.
+	pushCmd   string
+	puts      chan *put
+	quit      chan struct{} // closed by Close
+	pushers   []*pusher
+	pushStart sync.Once
+	pushWG    sync.WaitGroup
+
 	requests, hits, misses, bytes, wireBytes, errors, retries, corrupt atomic.Uint64
 }
 
 var (
-	_ chunkstore.Store         = (*Store)(nil)
-	_ chunkstore.StatsReporter = (*Store)(nil)
-	_ chunkstore.Dialer        = Dial
+	_ chunkstore.FrameWriteStore = (*Store)(nil)
+	_ chunkstore.StatsReporter   = (*Store)(nil)
+	_ chunkstore.Dialer          = Dial
 )
 
 type slot struct {
@@ -200,6 +218,14 @@ func Open(ctx context.Context, loc chunkstore.Location, opts ClientOptions) (*St
 		},
 		log:   logger,
 		slots: make([]*slot, opts.Sessions),
+
+		pushCmd: opts.RemoteCommand + " push - - - " + shellQuote(p),
+		puts:    make(chan *put),
+		quit:    make(chan struct{}),
+		pushers: make([]*pusher, opts.Sessions),
+	}
+	for i := range s.pushers {
+		s.pushers[i] = &pusher{s: s}
 	}
 	for i := range s.slots {
 		s.slots[i] = &slot{}
@@ -216,9 +242,9 @@ func Open(ctx context.Context, loc chunkstore.Location, opts ClientOptions) (*St
 func (s *Store) String() string { return s.url }
 
 // Stats returns the store's counters. Hits and Misses count CHUNK and
-// MISSING answers, WireBytes the compressed bytes received, Retries the
-// requests retried on a new session, Corrupt the chunks that failed
-// verification.
+// MISSING answers, WireBytes the compressed bytes received and the ones
+// stored, Retries the requests and writes retried on a new session,
+// Corrupt the chunks that failed verification.
 func (s *Store) Stats() chunkstore.Stats {
 	return chunkstore.Stats{
 		Requests:  s.requests.Load(),
@@ -270,9 +296,12 @@ func decodeAnswer(d casync.Digest, id casync.ChunkID, m message) ([]byte, error)
 }
 
 // HasChunk reports whether the server has id. The casync protocol has no
-// way to ask that, so this requests the whole chunk and discards it: it
-// costs as much network as GetChunk (but no decompression). The server
-// verifies every chunk before sending it.
+// way to ask that of one chunk, so this requests the whole chunk and
+// discards it: a missing chunk costs one small MISSING answer, a present
+// one as much network as GetChunk (but no decompression). The server
+// verifies every chunk before sending it. (casync's push side only learns
+// what a server lacks from an index the client pushes, which the server
+// then stores: no use for a question about single chunks.)
 func (s *Store) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
 	m, err := s.fetch(ctx, id)
 	if err != nil {
@@ -349,10 +378,16 @@ func (s *Store) session(ctx context.Context, sl *slot) (*session, error) {
 }
 
 // Close ends every session with GOODBYE and closes its connection.
+// Writes still waiting for the server fail.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.quit)
+	for _, pu := range s.pushers {
+		pu.drop(nil)
+	}
+	s.pushWG.Wait()
 	for _, sl := range s.slots {
 		sl.mu.Lock()
 		if sl.sess != nil {
@@ -364,32 +399,46 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// dial connects to the server and logs in. The connection's deadline
+// stays set to DialTimeout from now, and ctx closes it, until the
+// returned stop is called: callers finish their own set-up first.
+func (s *Store) dial(ctx context.Context) (client *ssh.Client, stop func(), err error) {
+	deadline := time.Now().Add(s.opts.DialTimeout)
+	d := net.Dialer{Deadline: deadline}
+	c, err := d.DialContext(ctx, "tcp", s.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Until the caller is set up, the deadline and ctx bound every step.
+	c.SetDeadline(deadline)
+	unwatch := context.AfterFunc(ctx, func() { c.Close() })
+	conn, chans, reqs, err := ssh.NewClientConn(c, s.addr, s.config)
+	if err != nil {
+		unwatch()
+		c.Close()
+		if !errors.Is(err, ErrHostKey) && strings.Contains(err.Error(), "unable to authenticate") {
+			err = fmt.Errorf("%w: %s refused user %q with keys %v (is the public key in the server's authorized_keys?): %v", ErrAuth, s.addr, s.config.User, s.opts.IdentityFiles, err)
+		}
+		return nil, nil, err
+	}
+	stop = func() {
+		unwatch()
+		c.SetDeadline(time.Time{})
+	}
+	return ssh.NewClient(conn, chans, reqs), stop, nil
+}
+
 // open dials the server, logs in, runs the pull command and exchanges
 // HELLO, all within DialTimeout.
 func (s *Store) open(ctx context.Context) (*session, error) {
 	fail := func(err error) (*session, error) {
 		return nil, fmt.Errorf("sshstore: connect to %s: %w", s.url, err)
 	}
-	deadline := time.Now().Add(s.opts.DialTimeout)
-	d := net.Dialer{Deadline: deadline}
-	c, err := d.DialContext(ctx, "tcp", s.addr)
+	client, stop, err := s.dial(ctx)
 	if err != nil {
 		return fail(err)
 	}
-	// Until HELLO is through, the deadline and ctx bound every step.
-	c.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-
-	conn, chans, reqs, err := ssh.NewClientConn(c, s.addr, s.config)
-	if err != nil {
-		c.Close()
-		if !errors.Is(err, ErrHostKey) && strings.Contains(err.Error(), "unable to authenticate") {
-			err = fmt.Errorf("%w: %s refused user %q with keys %v (is the public key in the server's authorized_keys?): %v", ErrAuth, s.addr, s.config.User, s.opts.IdentityFiles, err)
-		}
-		return fail(err)
-	}
-	client := ssh.NewClient(conn, chans, reqs)
 	sess, err := newSession(client, s.cmd, s.opts.InFlight)
 	if err != nil {
 		client.Close()
@@ -402,7 +451,6 @@ func (s *Store) open(ctx context.Context) (*session, error) {
 		}
 		return fail(err)
 	}
-	c.SetDeadline(time.Time{})
 	s.log.Debug("ssh chunk store session open", "store", s.url)
 	go sess.readLoop()
 	go sess.writeLoop()

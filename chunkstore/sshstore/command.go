@@ -11,11 +11,16 @@ import (
 // not run. Its messages go to the client's stderr.
 var errCommand = errors.New("sshstore")
 
-// pullCommand is a parsed `casync [OPTIONS] pull BASE ARCHIVE INDEX WSTORE
-// [RSTORE...]` command line.
-type pullCommand struct {
+// remoteCommand is a parsed `casync [OPTIONS] pull|push BASE ARCHIVE
+// INDEX WSTORE [RSTORE...]` command line.
+type remoteCommand struct {
+	verb   string   // "pull" or "push"
+	index  string   // push: the index to write, "" for none
 	stores []string // WSTORE and RSTOREs that are not "-"
 }
+
+// usage is what the server runs, for error messages.
+const usage = "this server only runs `casync pull - - - STORE` and `casync push - - [INDEX] STORE`"
 
 // splitCommand splits an exec request's command string into words the way
 // a POSIX shell would for the commands casync and desync send: blanks
@@ -81,22 +86,23 @@ func splitCommand(s string) ([]string, error) {
 	return words, nil
 }
 
-// parsePullCommand accepts the commands casync (`casync pull - - - PATH`,
-// possibly with --log-level= and --rate-limit-bps= before the verb) and
-// desync (`casync pull - - - 'PATH'`) run over ssh. The program may be any
-// path whose base name is "casync" (CASYNC_REMOTE_PATH). Only chunk
-// requests are served: a base, archive or index argument other than "-" is
-// refused.
-func parsePullCommand(cmd string) (pullCommand, error) {
+// parseCommand accepts the commands casync (`casync pull - - - PATH`,
+// `casync push - - INDEX PATH`, possibly with --log-level= and
+// --rate-limit-bps= before the verb) and desync (`casync pull - - -
+// 'PATH'`) run over ssh. The program may be any path whose base name is
+// "casync" (CASYNC_REMOTE_PATH). Only chunks are served, and only chunks
+// and indexes stored: a base or archive argument other than "-" is
+// refused, and so is an index to pull.
+func parseCommand(cmd string) (remoteCommand, error) {
 	argv, err := splitCommand(cmd)
 	if err != nil {
-		return pullCommand{}, err
+		return remoteCommand{}, err
 	}
 	if len(argv) == 0 {
-		return pullCommand{}, fmt.Errorf("%w: empty command; this server only runs `casync pull - - - STORE`", errCommand)
+		return remoteCommand{}, fmt.Errorf("%w: empty command; %s", errCommand, usage)
 	}
 	if path.Base(argv[0]) != "casync" {
-		return pullCommand{}, fmt.Errorf("%w: %q: command not found; this server only runs `casync pull - - - STORE`", errCommand, argv[0])
+		return remoteCommand{}, fmt.Errorf("%w: %q: command not found; %s", errCommand, argv[0], usage)
 	}
 	args := argv[1:]
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "-" {
@@ -106,39 +112,46 @@ func parsePullCommand(cmd string) (pullCommand, error) {
 			// Accepted and ignored: they tune casync's own logging and
 			// pacing, which have no equivalent here.
 		default:
-			return pullCommand{}, fmt.Errorf("%w: casync: option %q is not supported by this chunk server", errCommand, args[0])
+			return remoteCommand{}, fmt.Errorf("%w: casync: option %q is not supported by this chunk server", errCommand, args[0])
 		}
 		args = args[1:]
 	}
 	if len(args) == 0 {
-		return pullCommand{}, fmt.Errorf("%w: casync: no verb; this server only runs `casync pull - - - STORE`", errCommand)
+		return remoteCommand{}, fmt.Errorf("%w: casync: no verb; %s", errCommand, usage)
 	}
-	switch args[0] {
-	case "pull":
-	case "push":
-		return pullCommand{}, fmt.Errorf("%w: casync push: this chunk store is read-only over ssh", errCommand)
-	default:
-		return pullCommand{}, fmt.Errorf("%w: casync %s: not supported; this server only runs `casync pull - - - STORE`", errCommand, args[0])
+	rc := remoteCommand{verb: args[0]}
+	if rc.verb != "pull" && rc.verb != "push" {
+		return remoteCommand{}, fmt.Errorf("%w: casync %s: not supported; %s", errCommand, rc.verb, usage)
 	}
 	args = args[1:]
 	if len(args) < 4 {
-		return pullCommand{}, fmt.Errorf("%w: casync pull: want BASE ARCHIVE INDEX STORE..., have %d arguments", errCommand, len(args))
+		return remoteCommand{}, fmt.Errorf("%w: casync %s: want BASE ARCHIVE INDEX STORE..., have %d arguments", errCommand, rc.verb, len(args))
 	}
-	for i, what := range []string{"base", "archive", "index"} {
-		if args[i] != "-" && args[i] != "" {
-			return pullCommand{}, fmt.Errorf("%w: casync pull: pulling a %s (%q) is not supported; this server only serves chunks", errCommand, what, args[i])
+	dash := func(s string) bool { return s == "-" || s == "" }
+	what := map[string]string{"pull": "pulling", "push": "pushing"}[rc.verb]
+	for i, name := range []string{"base", "archive"} {
+		if !dash(args[i]) {
+			return remoteCommand{}, fmt.Errorf("%w: casync %s: %s a %s (%q) is not supported; this server only exchanges chunks and indexes", errCommand, rc.verb, what, name, args[i])
 		}
 	}
-	var pc pullCommand
+	if !dash(args[2]) {
+		if rc.verb == "pull" {
+			return remoteCommand{}, fmt.Errorf("%w: casync pull: pulling a index (%q) is not supported; this server only serves chunks", errCommand, args[2])
+		}
+		rc.index = args[2]
+	}
 	for _, s := range args[3:] {
-		if s != "-" && s != "" {
-			pc.stores = append(pc.stores, s)
+		if !dash(s) {
+			rc.stores = append(rc.stores, s)
 		}
 	}
-	if len(pc.stores) == 0 {
-		return pullCommand{}, fmt.Errorf("%w: casync pull: no store given", errCommand)
+	if len(rc.stores) == 0 {
+		return remoteCommand{}, fmt.Errorf("%w: casync %s: no store given", errCommand, rc.verb)
 	}
-	return pc, nil
+	if rc.verb == "push" && dash(args[3]) {
+		return remoteCommand{}, fmt.Errorf("%w: casync push: no store to write (WSTORE is %q)", errCommand, args[3])
+	}
+	return rc, nil
 }
 
 // shellQuote quotes s as one word for the remote command line.

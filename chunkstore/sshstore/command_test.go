@@ -50,22 +50,28 @@ func TestSplitCommand(t *testing.T) {
 	}
 }
 
-func TestParsePullCommand(t *testing.T) {
+func TestParseCommand(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    []string // stores
+		want    remoteCommand
 		wantErr bool
 	}{
-		{name: "casync", in: "casync pull - - - /srv/store", want: []string{"/srv/store"}},
-		{name: "desync", in: "casync pull - - - '/srv/store'", want: []string{"/srv/store"}},
-		{name: "casync options", in: "casync --log-level=7 --rate-limit-bps=1000 pull - - - /s", want: []string{"/s"}},
-		{name: "remote path", in: "/usr/local/bin/casync pull - - - /s", want: []string{"/s"}},
-		{name: "read stores", in: "casync pull - - - - /a /b", want: []string{"/a", "/b"}},
-		{name: "write and read store", in: "casync pull - - - /a /b", want: []string{"/a", "/b"}},
+		{name: "casync", in: "casync pull - - - /srv/store", want: remoteCommand{verb: "pull", stores: []string{"/srv/store"}}},
+		{name: "desync", in: "casync pull - - - '/srv/store'", want: remoteCommand{verb: "pull", stores: []string{"/srv/store"}}},
+		{name: "casync options", in: "casync --log-level=7 --rate-limit-bps=1000 pull - - - /s", want: remoteCommand{verb: "pull", stores: []string{"/s"}}},
+		{name: "remote path", in: "/usr/local/bin/casync pull - - - /s", want: remoteCommand{verb: "pull", stores: []string{"/s"}}},
+		{name: "read stores", in: "casync pull - - - - /a /b", want: remoteCommand{verb: "pull", stores: []string{"/a", "/b"}}},
+		{name: "write and read store", in: "casync pull - - - /a /b", want: remoteCommand{verb: "pull", stores: []string{"/a", "/b"}}},
+		{name: "push chunks", in: "casync push - - - /s", want: remoteCommand{verb: "push", stores: []string{"/s"}}},
+		{name: "push index and chunks", in: "casync push - - /srv/x.caidx /s", want: remoteCommand{verb: "push", index: "/srv/x.caidx", stores: []string{"/s"}}},
+		{name: "push with options", in: "casync --log-level=3 push - - x.caidx '/s'", want: remoteCommand{verb: "push", index: "x.caidx", stores: []string{"/s"}}},
+		{name: "push no write store", in: "casync push - - /srv/x.caidx - /s", wantErr: true},
+		{name: "push archive", in: "casync push - /srv/x.catar - /s", wantErr: true},
+		{name: "push base", in: "casync push /srv/base - - /s", wantErr: true},
+		{name: "push nothing", in: "casync push - - - -", wantErr: true},
 		{name: "other program", in: "ls /", wantErr: true},
 		{name: "casync lookalike", in: "casync2 pull - - - /s", wantErr: true},
-		{name: "push", in: "casync push - - - /s", wantErr: true},
 		{name: "other verb", in: "casync extract x.caidx /", wantErr: true},
 		{name: "unknown option", in: "casync --store=/x pull - - - /s", wantErr: true},
 		{name: "index", in: "casync pull - - /srv/x.caidx /s", wantErr: true},
@@ -79,12 +85,18 @@ func TestParsePullCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parsePullCommand(tt.in)
+			got, err := parseCommand(tt.in)
 			if (err != nil) != tt.wantErr {
-				t.Fatalf("parsePullCommand(%q) = %q, %v, want error %v", tt.in, got.stores, err, tt.wantErr)
+				t.Fatalf("parseCommand(%q) = %+v, %v, want error %v", tt.in, got, err, tt.wantErr)
 			}
-			if err == nil && !reflect.DeepEqual(got.stores, tt.want) {
-				t.Errorf("parsePullCommand(%q) = %q, want %q", tt.in, got.stores, tt.want)
+			if err != nil {
+				if !errors.Is(err, errCommand) {
+					t.Errorf("parseCommand(%q) error %v does not wrap errCommand", tt.in, err)
+				}
+				return
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("parseCommand(%q) = %+v, want %+v", tt.in, got, tt.want)
 			}
 		})
 	}

@@ -40,6 +40,30 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// TestConformanceWrite runs the whole suite, writes included, against our
+// client writing to our server, over a Local store (frames stored as
+// pushed) and a Memory one (frames decompressed and stored).
+func TestConformanceWrite(t *testing.T) {
+	backends := []struct {
+		name  string
+		store func(t *testing.T) chunkstore.WriteStore
+	}{
+		{"local", func(t *testing.T) chunkstore.WriteStore { return localStore(t, nil) }},
+		{"memory", func(t *testing.T) chunkstore.WriteStore { return chunkstore.NewMemory(chunkstore.MemoryOptions{}) }},
+	}
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) chunkstore.WriteStore {
+				f := startWriteServer(t, b.store(t), ServerOptions{})
+				opts := f.clientOptions()
+				opts.Sessions = 2
+				opts.InFlight = 4
+				return f.newClient(t, opts)
+			})
+		})
+	}
+}
+
 func fill(t *testing.T, s chunkstore.WriteStore, chunks []storetest.Chunk) {
 	t.Helper()
 	for _, c := range chunks {

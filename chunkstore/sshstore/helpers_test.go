@@ -62,6 +62,20 @@ type fixture struct {
 // startServer serves store on a fresh loopback port.
 func startServer(t testing.TB, store chunkstore.Store, opts ServerOptions) *fixture {
 	t.Helper()
+	return startServerWith(t, store, opts, false, nil)
+}
+
+// startWriteServer serves store on a fresh loopback port, and lets the
+// fixture's client key write.
+func startWriteServer(t testing.TB, store chunkstore.Store, opts ServerOptions) *fixture {
+	t.Helper()
+	return startServerWith(t, store, opts, true, nil)
+}
+
+// startServerWith serves store, letting the client key write if write is
+// set, and calls tweak, if not nil, on the server before it serves.
+func startServerWith(t testing.TB, store chunkstore.Store, opts ServerOptions, write bool, tweak func(*Server)) *fixture {
+	t.Helper()
 	f := &fixture{dir: t.TempDir(), logs: &syncBuffer{}}
 	f.hostKey, f.hostPub = writeKey(t, f.dir, "host_key")
 	var clientPub ssh.PublicKey
@@ -83,19 +97,25 @@ func startServer(t testing.TB, store chunkstore.Store, opts ServerOptions) *fixt
 	}
 	opts.HostKeyFile = f.hostKey
 	opts.AuthorizedKeysFile = f.authKeys
+	if write {
+		opts.WriteAuthorizedKeysFile = f.authKeys
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	f.serve(t, store, opts, l)
+	f.serve(t, store, opts, l, tweak)
 	return f
 }
 
 // serve starts a server for store on l, closed at the end of the test.
-func (f *fixture) serve(t testing.TB, store chunkstore.Store, opts ServerOptions, l net.Listener) {
+func (f *fixture) serve(t testing.TB, store chunkstore.Store, opts ServerOptions, l net.Listener, tweak func(*Server)) {
 	t.Helper()
 	srv, err := NewServer(store, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(srv)
 	}
 	f.srv = srv
 	done := make(chan error, 1)

@@ -76,7 +76,7 @@ var _ [idSize]byte = casync.ChunkID{}
 
 // message is one decoded protocol message. Which fields are set depends on
 // typ: flags for HELLO, REQUEST and CHUNK; ids for REQUEST; id for CHUNK
-// and MISSING; data for CHUNK; errno and reason for ABORT.
+// and MISSING; data for CHUNK and INDEX; errno and reason for ABORT.
 type message struct {
 	typ    uint64
 	flags  uint64
@@ -116,9 +116,9 @@ func typeName(t uint64) string {
 
 // readMessage reads and validates one message with the same rules as
 // casync's validate_* functions. It returns io.EOF only for a clean end of
-// stream between messages. INDEX and ARCHIVE messages are well-formed but
-// unsupported here (this store only exchanges chunks) and are reported as
-// errors wrapping ErrProtocol.
+// stream between messages. ARCHIVE messages are well-formed but
+// unsupported here (this store only exchanges chunks and indexes) and are
+// reported as errors wrapping ErrProtocol.
 func readMessage(r io.Reader) (message, error) {
 	var hdr [headerSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -234,7 +234,9 @@ func (m *message) decode(b []byte) error {
 			}
 		}
 		m.reason = string(r)
-	case msgGoodbye:
+	case msgIndex:
+		m.data = b
+	case msgGoodbye, msgIndexEOF:
 	default:
 		return fmt.Errorf("%w: %s message is not supported by a chunk store session", ErrProtocol, typeName(m.typ))
 	}
@@ -275,6 +277,17 @@ func appendMissing(dst []byte, id casync.ChunkID) []byte {
 	return append(dst, id[:]...)
 }
 
+// appendIndex appends an INDEX message carrying the next bytes of an
+// index file; data must not be empty.
+func appendIndex(dst []byte, data []byte) []byte {
+	dst = appendHeader(dst, headerSize+len(data), msgIndex)
+	return append(dst, data...)
+}
+
+func appendIndexEOF(dst []byte) []byte {
+	return appendHeader(dst, headerSize, msgIndexEOF)
+}
+
 func appendGoodbye(dst []byte) []byte {
 	return appendHeader(dst, headerSize, msgGoodbye)
 }
@@ -308,13 +321,20 @@ func appendMessage(dst []byte, m message) []byte {
 		return appendMissing(dst, m.id)
 	case msgAbort:
 		return appendAbort(dst, m.errno, m.reason)
+	case msgIndex:
+		return appendIndex(dst, m.data)
+	case msgIndexEOF:
+		return appendIndexEOF(dst)
 	}
 	return appendGoodbye(dst)
 }
 
 // Linux errno values, which casync puts in ABORT messages.
 const (
+	errnoENOENT  = 2
 	errnoEIO     = 5
+	errnoEACCES  = 13
+	errnoEFBIG   = 27
 	errnoEBADE   = 52
 	errnoEBADMSG = 74
 )

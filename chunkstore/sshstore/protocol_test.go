@@ -52,6 +52,10 @@ func TestMessageLayout(t *testing.T) {
 			"3b00000000000000" + "8cbc840a18dd1352" + "0100000000000000" + hex.EncodeToString(id[:])},
 		{"missing", appendMissing(nil, id),
 			"3000000000000000" + "6c7b2bc8faf910d0" + hex.EncodeToString(id[:])},
+		{"index", appendIndex(nil, []byte{0xaa}),
+			"1100000000000000" + "f8273e2bdd912ab3" + "aa"},
+		{"index eof", appendIndexEOF(nil),
+			"1000000000000000" + "f5183704f132094f"},
 		{"goodbye", appendGoodbye(nil),
 			"1000000000000000" + "c386361abf5d20ad"},
 		{"abort", appendAbort(nil, 5, "no\n"),
@@ -106,8 +110,12 @@ func TestReadMessage(t *testing.T) {
 		{name: "abort not terminated", in: raw(26, msgAbort, le64(0), []byte("ab")), wantErr: ErrProtocol},
 		{name: "abort control byte", in: raw(28, msgAbort, le64(0), []byte("a\nb"), []byte{0}), wantErr: ErrProtocol},
 		{name: "abort huge errno", in: raw(25, msgAbort, le64(1<<31), []byte{0}), wantErr: ErrProtocol},
-		{name: "index unsupported", in: raw(17, msgIndex, []byte{1}), wantErr: ErrProtocol},
-		{name: "index eof unsupported", in: raw(16, msgIndexEOF), wantErr: ErrProtocol},
+		{name: "index", in: appendIndex(nil, []byte("caidx bytes")), want: message{typ: msgIndex, data: []byte("caidx bytes")}},
+		{name: "index eof", in: appendIndexEOF(nil), want: message{typ: msgIndexEOF}},
+		{name: "index empty", in: raw(16, msgIndex), wantErr: ErrProtocol},
+		{name: "index eof long", in: raw(17, msgIndexEOF, []byte{0}), wantErr: ErrProtocol},
+		{name: "archive unsupported", in: raw(17, msgArchive, []byte{1}), wantErr: ErrProtocol},
+		{name: "archive eof unsupported", in: raw(16, msgArchiveEOF), wantErr: ErrProtocol},
 		{name: "truncated body", in: appendMissing(nil, id)[:40], wantErr: ErrProtocol},
 		{name: "truncated big body", in: raw(maxMessage, msgChunk, le64(0), id[:], make([]byte, 100)), wantErr: ErrProtocol},
 	}
@@ -193,8 +201,11 @@ func FuzzReadMessage(f *testing.F) {
 	if b, err := os.ReadFile(filepath.Join("testdata", "casync-pull.out")); err == nil {
 		f.Add(b)
 	}
-	if b, err := os.ReadFile(filepath.Join("testdata", "casync-pull.in")); err == nil {
-		f.Add(b)
+	f.Add(append(appendIndex(nil, []byte("caidx")), appendIndexEOF(nil)...))
+	for _, name := range []string{"casync-pull.in", "casync-push.in", "casync-push.out"} {
+		if b, err := os.ReadFile(filepath.Join("testdata", name)); err == nil {
+			f.Add(b)
+		}
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := bytes.NewReader(in)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -34,10 +35,27 @@ type ServerOptions struct {
 	// options (from=, command=, ...) are ignored: the server runs nothing
 	// but the chunk protocol. Flag: --authorized-keys.
 	AuthorizedKeysFile string
+	// WriteAuthorizedKeysFile lists the public keys that may also store
+	// chunks, in authorized_keys format: they run `casync push`, as
+	// `casync make` and Store.StoreChunk do. These keys may log in and
+	// read too. Keys only in AuthorizedKeysFile read and never write;
+	// without this file the store is read-only over SSH, as the HTTP
+	// server is without a write token. Writing needs a store that is a
+	// chunkstore.WriteStore. Flag: --write-authorized-keys.
+	WriteAuthorizedKeysFile string
+	// IndexDir is the directory where the indexes that writers push are
+	// stored: `casync make --store=HOST:STORE HOST:INDEX` runs
+	// `casync push - - INDEX STORE`, and only pushes chunks together
+	// with an index. An absolute INDEX must lie inside IndexDir, a
+	// relative one is taken relative to it; nothing outside it is ever
+	// written, symbolic links included. An index is installed (renamed
+	// into place) only once every chunk it names is in the store.
+	// Without IndexDir, index pushes are refused. Flag: --index-dir.
+	IndexDir string
 	// StorePath, if set, is the only store path clients may name in
-	// `casync pull - - - PATH` (compared after path.Clean). If empty the
-	// path is logged and ignored: the server serves one store whatever a
-	// client calls it.
+	// `casync pull|push ... PATH` (compared after path.Clean). If empty
+	// the path is logged and ignored: the server serves one store
+	// whatever a client calls it.
 	StorePath string
 	// MaxSessions bounds the protocol sessions served at once over all
 	// connections; a client opening more is refused with "resource
@@ -59,15 +77,30 @@ type ServerOptions struct {
 const lookahead = 4
 
 // Server serves a chunk store over SSH to casync, desync and Store clients.
-// It authenticates with public keys only and runs nothing but the casync
-// protocol's serving side: always compressed frames (CHUNK flag
+// It authenticates with public keys only and runs nothing but casync's
+// protocol.
+//
+// Reading (`casync pull`): always compressed frames (CHUNK flag
 // COMPRESSED, as casync sends them and desync expects), taken as stored
 // from a chunkstore.FrameStore or compressed from GetChunk. Only chunks
 // the store verified are sent; a corrupt one is answered MISSING and
 // logged. Requests are answered in the order they arrive (casync would
 // answer high-priority requests first; every client sends only those).
+//
+// Writing (`casync push`, for keys in WriteAuthorizedKeysFile): as
+// casync's remote does, the server takes the index a client pushes,
+// REQUESTs the chunks it names that the store lacks, and stores each
+// CHUNK; once all are in it installs the index and says GOODBYE. It also
+// stores CHUNKs a client sends unasked, and answers the client's GOODBYE
+// with its own once every one of them is stored: that is how Store
+// learns that its writes are durable (a stock `casync push` would say
+// GOODBYE at once and store nothing without an index). Every chunk is
+// verified against its ID before it is stored, and stored atomically by
+// the store; a chunk that fails ends the session with ABORT.
 type Server struct {
 	store    chunkstore.Store
+	wstore   chunkstore.WriteStore // nil: read-only
+	indexes  *os.Root              // nil: no index pushes
 	opts     ServerOptions
 	config   *ssh.ServerConfig
 	log      *slog.Logger
@@ -116,21 +149,51 @@ func NewServer(store chunkstore.Store, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var (
+		writers map[string]bool
+		wstore  chunkstore.WriteStore
+		indexes *os.Root
+	)
+	if opts.WriteAuthorizedKeysFile != "" {
+		ws, ok := store.(chunkstore.WriteStore)
+		if !ok {
+			return nil, fmt.Errorf("sshstore: --write-authorized-keys given, but the store %v cannot be written", store)
+		}
+		if writers, err = loadAuthorizedKeys(opts.WriteAuthorizedKeysFile); err != nil {
+			return nil, err
+		}
+		wstore = ws
+	}
+	if opts.IndexDir != "" {
+		if opts.IndexDir, err = filepath.Abs(opts.IndexDir); err != nil {
+			return nil, fmt.Errorf("sshstore: index directory: %w", err)
+		}
+		if indexes, err = os.OpenRoot(opts.IndexDir); err != nil {
+			return nil, fmt.Errorf("sshstore: index directory (--index-dir): %w", err)
+		}
+	}
 	config := &ssh.ServerConfig{
 		// Only public keys: no PasswordCallback and no
 		// KeyboardInteractiveCallback, so those methods are never offered.
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if !allowed[string(key.Marshal())] {
+			k := string(key.Marshal())
+			ext := map[string]string{"key": ssh.FingerprintSHA256(key)}
+			switch {
+			case writers[k]:
+				ext["write"] = "yes"
+			case !allowed[k]:
 				return nil, fmt.Errorf("sshstore: key %s of user %q is not in %s", ssh.FingerprintSHA256(key), meta.User(), opts.AuthorizedKeysFile)
 			}
-			return &ssh.Permissions{Extensions: map[string]string{"key": ssh.FingerprintSHA256(key)}}, nil
+			return &ssh.Permissions{Extensions: ext}, nil
 		},
-		ServerVersion: "SSH-2.0-bootfs-chunkstore",
+		ServerVersion: serverVersion,
 	}
 	config.AddHostKey(signer)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		store:     store,
+		wstore:    wstore,
+		indexes:   indexes,
 		opts:      opts,
 		config:    config,
 		log:       logger,
@@ -276,6 +339,9 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	if s.indexes != nil {
+		s.indexes.Close()
+	}
 	return nil
 }
 
@@ -290,6 +356,7 @@ func (s *Server) handleConn(c net.Conn) {
 	c.SetDeadline(time.Time{})
 	defer sc.Close()
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions["key"])
+	writer := sc.Permissions.Extensions["write"] == "yes"
 	log.Debug("ssh connection")
 	go ssh.DiscardRequests(reqs)
 
@@ -311,14 +378,15 @@ func (s *Server) handleConn(c net.Conn) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-s.sessions }()
-			s.handleSession(nc, log)
+			s.handleSession(nc, writer, log)
 		}()
 	}
 }
 
 // handleSession answers the requests of one session channel: the first
-// exec (or shell) runs, everything else is declined.
-func (s *Server) handleSession(nc ssh.NewChannel, log *slog.Logger) {
+// exec (or shell) runs, everything else is declined. writer says whether
+// the connection's key may store chunks.
+func (s *Server) handleSession(nc ssh.NewChannel, writer bool, log *slog.Logger) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		log.Info("ssh session accept", "err", err)
@@ -361,7 +429,7 @@ func (s *Server) handleSession(nc ssh.NewChannel, log *slog.Logger) {
 			}
 			go func() {
 				defer close(done)
-				status := s.runCommand(ctx, ch, cmd, log)
+				status := s.runCommand(ctx, ch, cmd, writer, log)
 				ch.CloseWrite()
 				ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
 				ch.Close()
@@ -375,31 +443,50 @@ func (s *Server) handleSession(nc ssh.NewChannel, log *slog.Logger) {
 }
 
 // runCommand runs cmd on ch and returns its exit status.
-func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, log *slog.Logger) uint32 {
+func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, writer bool, log *slog.Logger) uint32 {
 	fail := func(err error) uint32 {
 		log.Info("ssh command refused", "command", cmd, "err", err)
 		fmt.Fprintf(ch.Stderr(), "%v\n", err)
 		return 1
 	}
 	if cmd == "" {
-		return fail(fmt.Errorf("%w: no shell here; this server only runs `casync pull - - - STORE`", errCommand))
+		return fail(fmt.Errorf("%w: no shell here; %s", errCommand, usage))
 	}
-	pc, err := parsePullCommand(cmd)
+	rc, err := parseCommand(cmd)
 	if err != nil {
 		return fail(err)
 	}
 	if s.opts.StorePath != "" {
-		for _, p := range pc.stores {
+		for _, p := range rc.stores {
 			if path.Clean(p) != s.opts.StorePath {
-				return fail(fmt.Errorf("%w: casync pull: no store at %q (this server serves %q)", errCommand, p, s.opts.StorePath))
+				return fail(fmt.Errorf("%w: casync %s: no store at %q (this server serves %q)", errCommand, rc.verb, p, s.opts.StorePath))
 			}
 		}
 	}
-	log = log.With("store", pc.stores[0])
-	log.Debug("casync pull session")
-	if err := s.serveChunks(ctx, ch, log); err != nil {
-		log.Info("casync pull session failed", "err", err)
-		fmt.Fprintf(ch.Stderr(), "casync pull: %v\n", err)
+	log = log.With("store", rc.stores[0])
+	var serve func() error
+	switch {
+	case rc.verb == "pull":
+		serve = func() error { return s.serveChunks(ctx, ch, log) }
+	case s.wstore == nil:
+		return fail(fmt.Errorf("%w: casync push: this chunk store is read-only over ssh (the server has no --write-authorized-keys)", errCommand))
+	case !writer:
+		return fail(fmt.Errorf("%w: casync push: your key may read but not write this store (add it to the server's --write-authorized-keys file)", errCommand))
+	default:
+		var ix *indexUpload
+		if rc.index != "" {
+			if ix, err = s.createIndex(rc.index); err != nil {
+				return fail(err)
+			}
+			defer ix.discard()
+			log = log.With("index", ix.name)
+		}
+		serve = func() error { return s.servePush(ctx, ch, ix, log) }
+	}
+	log.Debug("casync " + rc.verb + " session")
+	if err := serve(); err != nil {
+		log.Info("casync "+rc.verb+" session failed", "err", err)
+		fmt.Fprintf(ch.Stderr(), "casync %s: %v\n", rc.verb, err)
 		return 1
 	}
 	return 0

@@ -505,7 +505,7 @@ func TestReconnect(t *testing.T) {
 	if err != nil {
 		t.Skipf("cannot listen on %s again: %v", f.addr, err)
 	}
-	f.serve(t, mem, ServerOptions{HostKeyFile: f.hostKey, AuthorizedKeysFile: f.authKeys}, l)
+	f.serve(t, mem, ServerOptions{HostKeyFile: f.hostKey, AuthorizedKeysFile: f.authKeys}, l, nil)
 	for id, want := range chunks {
 		got, err := s.GetChunk(context.Background(), id)
 		if err != nil || !bytes.Equal(got, want) {

@@ -1,6 +1,7 @@
 // Command chunkstore serves, verifies and prunes a casync chunk store.
 //
 //	chunkstore serve  --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
+//	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
 //	chunkstore verify --dir DIR [--repair]
 //	chunkstore prune  --dir DIR [--yes] INDEX...
 //
@@ -40,9 +41,10 @@ const usage = `usage: chunkstore COMMAND [flags]
 
 commands:
   serve   --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
-          [--ssh ADDR --host-key F --authorized-keys F]
+          [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
           serve the store over HTTP (GET, HEAD, PUT with the token; /metrics)
-          and/or SSH (casync's protocol, as casync and desync speak it)
+          and/or SSH (casync's protocol, as casync and desync speak it; casync
+          push for the keys in --write-authorized-keys)
   verify  --dir DIR [--repair]
           check every chunk; with --repair, remove the bad ones
   prune   --dir DIR [--yes] INDEX...
@@ -143,9 +145,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var (
 		httpAddr, tlsCert, tlsKey, tokenFile string
 		sshAddr, hostKey, authorizedKeys     string
+		writeKeys, indexDir                  string
 		maxConcurrent                        int
 	)
-	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F] [--ssh ADDR --host-key F --authorized-keys F]", stderr, &c)
+	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F] [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]", stderr, &c)
 	fs.StringVar(&httpAddr, "http", "", "serve HTTP on `ADDR`, such as :8080")
 	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate `file`: serve HTTPS (and HTTP/2)")
 	fs.StringVar(&tlsKey, "tls-key", "", "PEM key `file` for --tls-cert")
@@ -153,7 +156,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunk requests handled at once (default 16 per CPU)")
 	fs.StringVar(&sshAddr, "ssh", "", "serve casync's protocol over SSH on `ADDR`, such as :2222")
 	fs.StringVar(&hostKey, "host-key", "", "SSH host private key `file` (for --ssh)")
-	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh); passwords are never accepted")
+	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh) and read; passwords are never accepted")
+	fs.StringVar(&writeKeys, "write-authorized-keys", "", "`file` of the public keys that may also write chunks over --ssh (casync push, mkimage --store ssh://); without it the SSH store is read-only")
+	fs.StringVar(&indexDir, "index-dir", "", "`DIR` for the indexes writers push over --ssh (casync make --store=HOST:STORE HOST:INDEX); INDEX must lie inside it")
 	d, log, err := parse(fs, args, &c, stderr)
 	if err != nil {
 		return err
@@ -171,6 +176,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if sshAddr != "" && (hostKey == "" || authorizedKeys == "") {
 		return usageErr("--ssh needs --host-key and --authorized-keys")
+	}
+	if sshAddr == "" && (writeKeys != "" || indexDir != "") {
+		return usageErr("--write-authorized-keys and --index-dir are for --ssh")
+	}
+	if indexDir != "" && writeKeys == "" {
+		return usageErr("--index-dir needs --write-authorized-keys: only writers push indexes")
 	}
 	if (tlsCert == "") != (tlsKey == "") {
 		return usageErr("--tls-cert and --tls-key go together")
@@ -201,9 +212,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if sshAddr != "" {
 		srv, err := sshstore.NewServer(store, sshstore.ServerOptions{
-			HostKeyFile:        hostKey,
-			AuthorizedKeysFile: authorizedKeys,
-			Logger:             log,
+			HostKeyFile:             hostKey,
+			AuthorizedKeysFile:      authorizedKeys,
+			WriteAuthorizedKeysFile: writeKeys,
+			IndexDir:                indexDir,
+			Logger:                  log,
 		})
 		if err != nil {
 			return err
@@ -212,7 +225,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("ssh: %w", err)
 		}
-		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir)
+		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir, "writable", writeKeys != "")
 		g.Go(func() error {
 			<-ctx.Done()
 			return srv.Close()

@@ -14,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/sshstore"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -43,6 +47,8 @@ func TestUsage(t *testing.T) {
 		{"bad log level", []string{"verify", "--dir", dir, "--log-level", "loud"}, 2, "bad --log-level"},
 		{"serve nothing", []string{"serve", "--dir", dir}, 2, "nothing to serve"},
 		{"serve half tls", []string{"serve", "--dir", dir, "--http", ":0", "--tls-cert", "x"}, 2, "go together"},
+		{"write keys without ssh", []string{"serve", "--dir", dir, "--http", ":0", "--write-authorized-keys", "k"}, 2, "are for --ssh"},
+		{"index dir without writers", []string{"serve", "--dir", dir, "--ssh", ":0", "--host-key", "h", "--authorized-keys", "a", "--index-dir", dir}, 2, "--index-dir needs --write-authorized-keys"},
 		{"prune no index", []string{"prune", "--dir", dir}, 2, "at least one INDEX"},
 		{"verify missing dir", []string{"verify", "--dir", filepath.Join(dir, "nope")}, 1, "no such file"},
 		{"flag help", []string{"verify", "-h"}, 0, "usage: chunkstore verify"},
@@ -186,6 +192,94 @@ func TestServeCommand(t *testing.T) {
 	if !found {
 		t.Error("/metrics does not count the PUT")
 	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("serve after cancel exited %d, want 0", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop on cancel")
+	}
+}
+
+// TestServeSSHWrite runs `chunkstore serve --ssh` with a reader key and a
+// writer key: the writer stores a chunk through our SSH client, the
+// reader may not.
+func TestServeSSHWrite(t *testing.T) {
+	l, _ := storeWith(t, 1)
+	dir := t.TempDir()
+	hostKey, hostPub := testenv.WriteSSHKey(t, dir, "host_key")
+	readerKey, readerPub := testenv.WriteSSHKey(t, dir, "reader")
+	writerKey, writerPub := testenv.WriteSSHKey(t, dir, "writer")
+	readers := filepath.Join(dir, "authorized_keys")
+	writers := filepath.Join(dir, "write_authorized_keys")
+	os.WriteFile(readers, ssh.MarshalAuthorizedKey(readerPub), 0o600)
+	os.WriteFile(writers, ssh.MarshalAuthorizedKey(writerPub), 0o600)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := &pipeLog{lines: make(chan string, 100)}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--dir", l.Dir(), "--ssh", "127.0.0.1:0", "--host-key", hostKey,
+			"--authorized-keys", readers, "--write-authorized-keys", writers, "--index-dir", dir}, io.Discard, log)
+	}()
+	var addr string
+	re := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+).*writable=true`)
+	for addr == "" {
+		select {
+		case line := <-log.lines:
+			if m := re.FindStringSubmatch(line); m != nil {
+				addr = m[1]
+			}
+		case code := <-done:
+			t.Fatalf("serve exited with %d", code)
+		case <-time.After(10 * time.Second):
+			t.Fatal("serve did not log its SSH address as writable")
+		}
+	}
+	knownHosts := filepath.Join(dir, "known_hosts")
+	os.WriteFile(knownHosts, []byte(knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostPub)+"\n"), 0o600)
+
+	data := bytes.Repeat([]byte("written over ssh\n"), 500)
+	id := casync.SHA512_256.Sum(data)
+	for _, tt := range []struct {
+		name    string
+		key     string
+		wantErr string
+	}{
+		{name: "reader", key: readerKey, wantErr: "may read but not write"},
+		{name: "writer", key: writerKey},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			client, err := sshstore.New("ssh://root@"+addr+l.Dir(), sshstore.ClientOptions{
+				IdentityFiles:  []string{tt.key},
+				KnownHostsFile: knownHosts,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			err = client.StoreChunk(ctx, id, data)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("StoreChunk as %s = %v, want an error saying %q", tt.name, err, tt.wantErr)
+				}
+				if has, _ := l.HasChunk(ctx, id); has {
+					t.Fatalf("StoreChunk as %s stored the chunk", tt.name)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("StoreChunk as %s = %v", tt.name, err)
+			}
+			if got, err := l.GetChunk(ctx, id); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("chunk in the served directory = %d bytes, %v; want the %d stored", len(got), err, len(data))
+			}
+		})
+	}
+
 	cancel()
 	select {
 	case code := <-done:
