@@ -10,6 +10,12 @@
 //     file reads go through a Reader.
 //   - RunMount is `boot mount`: open the index, store and TOC, mount, serve
 //     until the context ends, unmount.
+//   - Init is the init of a converted image: FUSE, overlay, binds, the
+//     workload in its own mount and PID namespaces, signals, reaping.
+//     Started setuid root by docker run --user (see Caller), it becomes
+//     root for its own work and runs the workload as that user.
+//   - Exec is `boot exec`: a command in a running workload's namespaces.
+//   - Recorder lists the files a workload read, for mkimage --prefetch.
 //
 // boot ships inside every converted image as a small static binary. It
 // depends on casync and chunkstore only; it must never import desync,

@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 
@@ -32,8 +34,14 @@ type ChunkError struct {
 }
 
 func (e *ChunkError) Error() string {
-	return fmt.Sprintf("chunk %s (#%d at archive offset %d) from %s, %d attempt(s): %v (is the store the one the index was made with, and reachable?)",
-		e.ID, e.Index, e.Offset, e.Store, e.Attempts, e.Err)
+	hint := "is the store the one the index was made with, and reachable?"
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	if errors.As(e.Err, &cv) || errors.As(e.Err, &ua) {
+		hint = "the https store's certificate is not trusted: give its CA certificate with BOOTFS_CA_FILE, or boot mount --ca-file"
+	}
+	return fmt.Sprintf("chunk %s (#%d at archive offset %d) from %s, %d attempt(s): %v (%s)",
+		e.ID, e.Index, e.Offset, e.Store, e.Attempts, e.Err, hint)
 }
 
 // Unwrap returns ErrUnavailable and the underlying error, so errors.Is

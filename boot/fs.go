@@ -28,6 +28,9 @@ type FSOptions struct {
 	FsName string
 	// Debug logs every FUSE request (very verbose).
 	Debug bool
+	// Recorder, if set, records every regular file whose content is
+	// read (see Recorder). It must be of the same TOC.
+	Recorder *Recorder
 }
 
 // cacheTimeout is how long the kernel may keep entries and attributes.
@@ -60,6 +63,9 @@ func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
 	}
 	if !toc.IsDir(0) {
 		return nil, fmt.Errorf("%w: the archive's root is not a directory (mode %#o)", ErrMismatch, toc.Mode(0))
+	}
+	if opts.Recorder != nil && opts.Recorder.toc != toc {
+		return nil, fmt.Errorf("%w: the Recorder is of another TOC", ErrMismatch)
 	}
 	if opts.FsName == "" {
 		opts.FsName = "bootfs"
@@ -329,6 +335,9 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		return fuse.ReadResultData(nil), 0
 	}
 	want := min(int64(len(dest)), size-off)
+	if rec := n.fsys.opts.Recorder; rec != nil {
+		rec.Add(n.i)
+	}
 	r := n.fsys.r
 	if h, ok := fh.(*handle); ok && r.ReadAhead() > 0 {
 		if ahead := h.readAhead(off, want, r.ReadAhead()); ahead > 0 {

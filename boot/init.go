@@ -70,6 +70,9 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if store == "" {
 		return 0, fmt.Errorf("boot: no chunk store: the image's config names none; set %s=URL (http://, ssh:// or a path)", EnvStore)
 	}
+	if err := opts.checkCallerStore(store); err != nil {
+		return 0, err
+	}
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return 0, fmt.Errorf("boot: %w", err)
@@ -80,7 +83,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 
 	im, err := OpenImage(ctx, opts.Index, ImageOptions{
-		Store: store, Cache: opts.Cache, TOC: opts.TOC, Dialers: opts.Dialers,
+		Store: store, Cache: opts.Cache, TOC: opts.TOC, Dialers: opts.Dialers, CAFile: opts.CAFile,
 		Reader: opts.Reader, Logger: log,
 	})
 	if err != nil {
@@ -99,7 +102,11 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		}
 	}()
 
-	fsys, err := NewFS(im.TOC, im.Reader, FSOptions{Logger: log, AllowSuidDev: true})
+	var rec *Recorder
+	if opts.Record != "" {
+		rec = NewRecorder(im.TOC)
+	}
+	fsys, err := NewFS(im.TOC, im.Reader, FSOptions{Logger: log, AllowSuidDev: true, Recorder: rec})
 	if err != nil {
 		return 0, err
 	}
@@ -111,13 +118,23 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	log.Debug("root ready", "root", r.root, "took", time.Since(start).Round(time.Millisecond))
 
 	img := cfg.Image
-	if opts.User != "" {
+	var extraGroups []int
+	switch {
+	case opts.Caller != nil:
+		img.User = opts.Caller.spec()
+		// Docker lists the gid it gave among the groups too.
+		for _, g := range opts.Caller.Groups {
+			if g != opts.Caller.GID {
+				extraGroups = append(extraGroups, g)
+			}
+		}
+	case opts.User != "":
 		img.User = opts.User
 	}
 	if opts.WorkingDir != "" {
 		img.WorkingDir = opts.WorkingDir
 	}
-	w, err := startWorkload(r.root, argv, img)
+	w, err := startWorkload(r.root, argv, img, extraGroups)
 	if err != nil {
 		return 0, err
 	}
@@ -128,10 +145,19 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	} else {
 		execAt = time.Now()
 		log.Debug("workload started", "pid", w.pid, "start_to_exec", execAt.Sub(start).Round(time.Millisecond))
+		if err := writeExecState(execState{InitPID: os.Getpid(), PID: w.pid, WorkingDir: img.WorkingDir}); err != nil {
+			log.Warn("boot exec will not work", "err", err)
+		} else {
+			defer removeExecState()
+		}
 	}
 
-	if opts.Background && !execAt.IsZero() {
+	filled := make(chan struct{})
+	if !opts.Background || execAt.IsZero() {
+		close(filled)
+	} else {
 		go func() {
+			defer close(filled)
 			<-prefetched
 			n, err := im.FillCache(bg, 2, log)
 			if err != nil {
@@ -156,13 +182,23 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		log.Info("bootfs stats", "chunks_fetched", s.ChunksFetched, "bytes_fetched", s.BytesFetched, "cache_hits", s.CacheHits,
 			"memory_hits", s.MemoryHits, "retries", s.Retries, "errors", s.Errors, "start_to_exec_ms", s.StartToExecMS)
 		if opts.Stats != "" {
-			if err := WriteStats(opts.Stats, s); err != nil {
+			if err := writeStats(opts.Stats, s, opts.Caller); err != nil {
 				log.Warn("cannot write stats", "file", opts.Stats, "err", err)
+			}
+		}
+		if rec != nil {
+			if err := rec.WriteFile(opts.Record, opts.Caller); err != nil {
+				log.Warn("cannot write the list of files read", "file", opts.Record, "err", err)
 			}
 		}
 	}
 	status := w.supervise(report, log)
+	// The fill and the prefetch stop before the stats are taken and the
+	// stores close: what they fetched is counted, and no fetch outlives
+	// the image.
 	stopBG()
+	<-filled
+	<-prefetched
 	report()
 	return status, nil
 }
@@ -316,9 +352,38 @@ func (r *rootfs) build(fsys *FS, upper string, mounts []MountInfo) error {
 }
 
 // overlay mounts the overlay of the image and the writable layer on
-// r.root.
+// r.root. overlayfs shows its options in /proc/mounts as they were given,
+// so they are paths relative to r.dir, where init changes to for the
+// mount: the workload's mount table then never names /.bootfs.
 func (r *rootfs) overlay(up, work string) error {
-	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", r.lower, up, work)
+	rel := func(p string) (string, error) {
+		s, err := filepath.Rel(r.dir, p)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrRootfs, err)
+		}
+		if strings.ContainsAny(s, ",:") {
+			// overlayfs splits its options at commas and lowerdir at colons.
+			return "", fmt.Errorf("%w: %s: a path for overlayfs must not hold ',' or ':'", ErrRootfs, p)
+		}
+		return s, nil
+	}
+	var dirs [3]string
+	for i, p := range []string{r.lower, up, work} {
+		var err error
+		if dirs[i], err = rel(p); err != nil {
+			return err
+		}
+	}
+	back, err := os.Open(".")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRootfs, err)
+	}
+	defer back.Close()
+	if err := os.Chdir(r.dir); err != nil {
+		return fmt.Errorf("%w: %v", ErrRootfs, err)
+	}
+	defer back.Chdir()
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", dirs[0], dirs[1], dirs[2])
 	if err := r.mount("overlay", r.root, "overlay", 0, data); err != nil {
 		return fmt.Errorf("%w (BOOTFS_UPPER must not be on an overlay filesystem; use a volume)", err)
 	}
@@ -428,6 +493,9 @@ type workloadSpec struct {
 	ImageEnv   []string `json:"image_env"`
 	User       string   `json:"user"`
 	WorkingDir string   `json:"working_dir"`
+	// ExtraGroups are supplementary groups to add to the user's own
+	// (Docker's --group-add for a Caller).
+	ExtraGroups []int `json:"extra_groups,omitempty"`
 }
 
 // workload is the running workload process.
@@ -454,10 +522,10 @@ func forwarded() []os.Signal {
 
 // startWorkload re-executes this binary as WorkloadCommand in new PID and
 // mount namespaces.
-func startWorkload(root string, argv []string, img bootconfig.Image) (*workload, error) {
+func startWorkload(root string, argv []string, img bootconfig.Image, extraGroups []int) (*workload, error) {
 	spec, err := json.Marshal(workloadSpec{
 		Root: root, Argv: argv, Env: os.Environ(), ImageEnv: img.Env,
-		User: img.User, WorkingDir: img.WorkingDir,
+		User: img.User, WorkingDir: img.WorkingDir, ExtraGroups: extraGroups,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)

@@ -25,8 +25,10 @@ func TestInitOptionsFromEnv(t *testing.T) {
 		{name: "all", env: map[string]string{
 			EnvStore: " http://a,http://b ", EnvCache: "/c", EnvUpper: "/u", EnvLog: "debug", EnvStats: "/s.json",
 			EnvBackground: "1", EnvSSHKey: "/k1, /k2", EnvSSHKnownHosts: "/kh", EnvTimeout: "5s", EnvUser: "alice:wheel",
+			EnvRecord: "/r.list", EnvCAFile: "/ca.pem",
 		}, want: func(o InitOptions) bool {
 			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.Debug && o.Stats == "/s.json" &&
+				o.Record == "/r.list" && o.CAFile == "/ca.pem" &&
 				o.Background && slices.Equal(o.SSHKeys, []string{"/k1", "/k2"}) && o.SSHKnownHosts == "/kh" &&
 				o.Reader.Timeout == 5*time.Second && o.User == "alice:wheel"
 		}},

@@ -31,13 +31,28 @@ type InitOptions struct {
 	// Stats is a file to write Stats to as JSON at exit and on SIGUSR1
 	// (BOOTFS_STATS).
 	Stats string
+	// Record is a file to write the list of image files the workload
+	// read to, at exit and on SIGUSR1 (BOOTFS_RECORD): the input of
+	// mkimage --prefetch. See Recorder.
+	Record string
+	// CAFile is a PEM file of CA certificates trusted for https stores,
+	// besides the system's (BOOTFS_CA_FILE).
+	CAFile string
 	// Background fetches the whole image into the cache after the
 	// workload starts, at low priority (BOOTFS_BACKGROUND=1).
 	Background bool
 	// User overrides the image's User (BOOTFS_USER): name or uid, with
-	// an optional :group. docker run --user cannot be used, as it would
-	// apply to init, which must run as root.
+	// an optional :group, resolved in the image's /etc/passwd and
+	// /etc/group. docker run --user UID[:GID] works too (see Caller); a
+	// --user NAME fails in Docker before boot runs, as the boot image has
+	// no /etc/passwd.
 	User string
+	// Caller is who started boot, if a non-root user did and boot runs
+	// setuid root (docker run --user; see SetuidCaller). The workload then
+	// runs as Caller, and ConfineToCaller must have checked the options.
+	Caller *Caller
+	// confined records that ConfineToCaller accepted the options.
+	confined bool
 	// WorkingDir overrides the image's working directory. Init takes it
 	// from its own working directory when that is not "/": docker run -w
 	// sets that.
@@ -74,6 +89,8 @@ const (
 	EnvSSHKnownHosts = "BOOTFS_SSH_KNOWN_HOSTS"
 	EnvTimeout       = "BOOTFS_TIMEOUT"
 	EnvUser          = "BOOTFS_USER"
+	EnvRecord        = "BOOTFS_RECORD"
+	EnvCAFile        = "BOOTFS_CA_FILE"
 	envPrefix        = "BOOTFS_"
 )
 
@@ -86,6 +103,8 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		Cache:         getenv(EnvCache),
 		Upper:         getenv(EnvUpper),
 		Stats:         getenv(EnvStats),
+		Record:        getenv(EnvRecord),
+		CAFile:        getenv(EnvCAFile),
 		SSHKnownHosts: getenv(EnvSSHKnownHosts),
 		User:          getenv(EnvUser),
 	}

@@ -35,6 +35,9 @@ type ImageOptions struct {
 	// Dialers open stores of schemes chunkstore does not know, such as
 	// ssh (see chunkstore.Options).
 	Dialers map[string]chunkstore.Dialer
+	// CAFile is a PEM file of CA certificates trusted for https stores,
+	// besides the system's (--ca-file).
+	CAFile string
 	// Reader tunes fetching.
 	Reader ReaderOptions
 	// Logger receives progress and errors; nil discards.
@@ -67,7 +70,9 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 		return nil, err
 	}
 	digest := idx.Digest()
-	remote, err := chunkstore.Open(ctx, opts.Store, chunkstore.Options{Digest: digest, Dialers: opts.Dialers, Logger: log})
+	remote, err := chunkstore.Open(ctx, opts.Store, chunkstore.Options{
+		Digest: digest, Dialers: opts.Dialers, Logger: log, HTTP: chunkstore.HTTPOptions{CAFile: opts.CAFile},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
@@ -200,24 +205,15 @@ func (im *Image) Close() error {
 }
 
 // WriteStats writes s as JSON to name, atomically.
-func WriteStats(name string, s Stats) error {
+func WriteStats(name string, s Stats) error { return writeStats(name, s, nil) }
+
+// writeStats writes s as JSON to name, atomically, with c's rights.
+func writeStats(name string, s Stats, c *Caller) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
-	if err != nil {
-		return fmt.Errorf("boot: write stats: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), name)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := writeFileAtomic(name, append(b, '\n'), c); err != nil {
 		return fmt.Errorf("boot: write stats: %w", err)
 	}
 	return nil
@@ -230,6 +226,10 @@ type MountOptions struct {
 	// Stats is a file to write Stats to as JSON, at unmount and on
 	// SIGUSR1 (--stats). Empty means none.
 	Stats string
+	// Record is a file to write the image paths read through the mount
+	// to, at unmount and on SIGUSR1 (--record); see Recorder. Empty
+	// means none.
+	Record string
 	// FS tunes the filesystem; its Logger defaults to ImageOptions.Logger.
 	FS FSOptions
 }
@@ -251,6 +251,9 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 		return err
 	}
 	defer im.Close()
+	if opts.Record != "" {
+		opts.FS.Recorder = NewRecorder(im.TOC)
+	}
 	fsys, err := NewFS(im.TOC, im.Reader, opts.FS)
 	if err != nil {
 		return err
@@ -276,6 +279,11 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 		if opts.Stats != "" {
 			if err := WriteStats(opts.Stats, s); err != nil {
 				log.Error("cannot write stats", "file", opts.Stats, "err", err)
+			}
+		}
+		if rec := opts.FS.Recorder; rec != nil {
+			if err := rec.WriteFile(opts.Record, nil); err != nil {
+				log.Error("cannot write the list of files read", "file", opts.Record, "err", err)
 			}
 		}
 	}

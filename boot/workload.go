@@ -47,6 +47,10 @@ func RunWorkload() error {
 	if spec == nil || execW == nil {
 		return &ExitError{Status: 1, Err: errors.New("boot: " + WorkloadCommand + " is internal: init runs it")}
 	}
+	if c, err := SetuidCaller(); err != nil || c != nil {
+		// Init becomes root before it starts the workload process.
+		return &ExitError{Status: 1, Err: fmt.Errorf("%w: %s is internal: init runs it as root", ErrSetuid, WorkloadCommand)}
+	}
 	unix.CloseOnExec(4)
 	err := runWorkload(spec)
 	io.WriteString(execW, err.Error())
@@ -78,6 +82,7 @@ func runWorkload(specFile *os.File) error {
 	if err != nil {
 		return err
 	}
+	u.Groups = mergeGroups(u.Groups, s.ExtraGroups)
 	env := workloadEnv(s.Env, s.ImageEnv, u.Home)
 	wd := s.WorkingDir
 	if wd == "" {

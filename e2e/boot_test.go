@@ -112,14 +112,16 @@ func TestExitCodes(t *testing.T) {
 }
 
 // TestIsolation: the workload is PID 1 of its own namespace, no boot
-// process or /.bootfs in sight, and it can write anywhere.
+// process or /.bootfs in sight (not in / nor in the mount table), and it
+// can write anywhere.
 func TestIsolation(t *testing.T) {
 	e := setup(t)
 	script := `echo pid=$$; ps -o pid,args | grep -v 'ps -o' | grep -c '[b]oot'; ls -d /.bootfs 2>&1 >/dev/null | grep -c 'No such file';
+cat /proc/mounts /proc/self/mountinfo | grep -c '[.]bootfs'; ls -a / | grep -c '[.]bootfs';
 echo etc > /etc/new && mkdir /newdir && echo top > /newdir/f && echo tmp > /tmp/t && echo over > /bin/busybox.txt &&
 cat /etc/new /newdir/f /tmp/t /bin/busybox.txt && rm /data/hello && ls /data`
 	got := e.run(t, true, nil, e.bbBoot, "sh", "-c", script)
-	want := "pid=1\n0\n1\netc\ntop\ntmp\nover\nsub\n"
+	want := "pid=1\n0\n1\n0\n0\netc\ntop\ntmp\nover\nsub\n"
 	if got.stdout != want || got.code != 0 {
 		t.Errorf("isolation script: exit %d, stdout:\n%s\nwant:\n%s\nstderr: %s", got.code, got.stdout, want, got.stderr)
 	}

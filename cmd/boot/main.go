@@ -2,7 +2,8 @@
 // and fetches its chunks lazily.
 //
 //	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
-//	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] INDEX MOUNTPOINT
+//	boot exec -- CMD [ARG...]   (docker exec CONTAINER /.bootfs/boot exec -- CMD)
+//	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
 // boot. Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -27,6 +28,16 @@ import (
 
 func main() {
 	args := os.Args[1:]
+	caller, err := boot.SetuidCaller()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if caller != nil {
+		// Started setuid root by a non-root user: only the init of a
+		// container run with --user, and boot exec into it.
+		os.Exit(runSetuid(args, caller, os.Stderr))
+	}
 	if len(args) > 0 && (args[0] == "--" || args[0] == boot.WorkloadCommand) {
 		// As init, every signal is the workload's: boot.Init forwards
 		// them, so none may cancel the context.
@@ -46,14 +57,56 @@ commands:
           --device /dev/fuse IMAGE): mount the image, run CMD in it, forward
           signals, exit with its status; configured by BOOTFS_STORE,
           BOOTFS_CACHE, BOOTFS_UPPER, BOOTFS_LOG=debug, BOOTFS_STATS=FILE,
-          BOOTFS_BACKGROUND=1, BOOTFS_USER, BOOTFS_SSH_KEY,
-          BOOTFS_SSH_KNOWN_HOSTS and BOOTFS_TIMEOUT
-  mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] INDEX MOUNTPOINT
+          BOOTFS_RECORD=FILE, BOOTFS_BACKGROUND=1, BOOTFS_USER,
+          BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS and
+          BOOTFS_TIMEOUT (see below)
+  exec -- CMD [ARG...]
+          run CMD inside the workload of a running converted image:
+          docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD; CMD gets
+          the workload's root, mount and PID namespaces, user, groups,
+          environment and working directory; exits with CMD's status
+  mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE]
+          [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
           lazily, until interrupted (SIGINT or SIGTERM); SIGUSR1 writes stats
   help    show this text
 
 Run "boot COMMAND -h" for the flags of a command.
+
+As init, boot reads these variables (and removes every BOOTFS_* from the
+workload's environment); FILE paths are in the container's view, such as
+a mounted volume:
+  BOOTFS_STORE=URL[,URL...]  chunk stores, in failover order (default: the
+                             image's)
+  BOOTFS_CACHE=DIR|none      chunk cache (default /.bootfs/cache: mount the
+                             node's cache volume there)
+  BOOTFS_UPPER=DIR           the overlay's writable layer (default a tmpfs)
+  BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
+  BOOTFS_RECORD=FILE         the image files the workload read, one absolute
+                             path a line in first-read order (Go-quoted if
+                             it holds a newline), at exit and on SIGUSR1:
+                             the input of mkimage --prefetch
+  BOOTFS_BACKGROUND=1        fetch the rest of the image into the cache
+                             once the workload runs
+  BOOTFS_USER=USER[:GROUP]   run the workload as this user of the image
+  BOOTFS_CA_FILE=FILE        PEM CA certificates for https:// stores
+  BOOTFS_SSH_KEY=FILE[,...]  private keys for ssh:// stores
+  BOOTFS_SSH_KNOWN_HOSTS=FILE  the ssh store's host key
+  BOOTFS_TIMEOUT=DURATION    bound on each chunk fetch (default 30s)
+  BOOTFS_LOG=debug           log more
+
+docker run --user UID[:GID] works: /.bootfs/boot is setuid root, becomes
+root to mount the image, and runs the workload as UID with the primary
+group (when Docker gives gid 0, as it does for --user UID and for
+--user UID:0 alike, the one the image's /etc/passwd gives UID), the
+supplementary groups and the HOME of the image's /etc/passwd and
+/etc/group, plus any --group-add. docker run --user NAME fails in Docker
+before boot runs (the boot image has no /etc/passwd to find NAME in): use
+--user UID, or -e BOOTFS_USER=NAME. Started setuid by a non-root user,
+boot refuses every command but the init (as PID 1) and exec, refuses
+BOOTFS_USER, BOOTFS_UPPER and a BOOTFS_CACHE other than /.bootfs/cache,
+reads and writes the files the other variables name with that user's
+rights, and lets exec enter only a workload of that same uid.
 `
 
 // errUsage marks errors that exit with status 2.
@@ -67,7 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "--":
-		return initCmd(ctx, args[1:], stderr)
+		return initCmd(ctx, args[1:], nil, stderr)
 	case boot.WorkloadCommand:
 		err := boot.RunWorkload()
 		fmt.Fprintln(stderr, err)
@@ -78,6 +131,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	case "mount":
 		err = mount(ctx, args[1:], stderr)
+	case "exec":
+		return execCmd(args[1:], nil, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -109,6 +164,8 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&opts.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
+	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
+	fs.StringVar(&opts.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&opts.FS.AllowSuidDev, "suid", false, "honour setuid bits and device nodes (mount without nosuid,nodev)")
 	if err := fs.Parse(args); err != nil {
@@ -137,13 +194,67 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	return boot.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
 }
 
+// runSetuid runs what a setuid-root boot started by caller may run: the
+// init (as root, with the workload as caller) and exec.
+func runSetuid(args []string, caller *boot.Caller, stderr io.Writer) int {
+	switch {
+	case len(args) > 0 && args[0] == "--" && os.Getpid() != 1:
+		fmt.Fprintf(stderr, "%v (uid %d): boot -- CMD runs setuid only as a container's init (PID 1)\n", boot.ErrSetuid, caller.UID)
+		return 1
+	case len(args) > 0 && args[0] == "--":
+		if err := boot.BecomeRoot(); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		return initCmd(context.Background(), args[1:], caller, stderr)
+	case len(args) > 0 && args[0] == "exec":
+		return execCmd(args[1:], caller, stderr)
+	}
+	cmd := "no command"
+	if len(args) > 0 {
+		cmd = fmt.Sprintf("%q", args[0])
+	}
+	fmt.Fprintf(stderr, "%v (uid %d): refusing %s: only the init of a container (boot -- CMD) and boot exec run setuid; run other commands as root\n",
+		boot.ErrSetuid, caller.UID, cmd)
+	return 1
+}
+
+// execCmd is `boot exec -- CMD...`.
+func execCmd(args []string, caller *boot.Caller, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(stderr, "usage: boot exec -- CMD [ARG...]\n\nrun in a bootfs container: docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD\n")
+		return 2
+	}
+	code, err := boot.Exec(args, boot.ExecOptions{Caller: caller})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		var ee *boot.ExitError
+		if errors.As(err, &ee) {
+			return ee.Status
+		}
+		return 126
+	}
+	return code
+}
+
 // initCmd is `boot -- CMD...`: the options come from the environment.
-func initCmd(ctx context.Context, argv []string, stderr io.Writer) int {
+// caller is who started boot setuid root, or nil.
+func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.Writer) int {
 	opts, err := boot.InitOptionsFromEnv(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	opts.Caller = caller
+	closeFiles, err := opts.ConfineToCaller()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer closeFiles()
 	level := slog.LevelInfo
 	if opts.Debug {
 		level = slog.LevelDebug
