@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"archive/tar"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +77,7 @@ func TestDebianSharedBase(t *testing.T) {
 	if shared := py.Bytes - py.NewBytes; shared < min.Bytes/2 {
 		t.Errorf("python image reused %d bytes of the %d-byte base, want at least half", shared, min.Bytes)
 	}
+	checkBootImages(t, minImg, pyImg)
 	again := e.convertJSON(t, pyImg, pyImg+"-boot2", store)
 	if again.NewChunks != 0 || again.BytesWritten != 0 {
 		t.Errorf("converting %s again wrote %d chunks (%d bytes), want 0", pyImg, again.NewChunks, again.BytesWritten)
@@ -130,5 +134,107 @@ func TestDebianSharedBase(t *testing.T) {
 	}
 	if took := time.Since(stopStart); took > 10*time.Second {
 		t.Errorf("the server took %v to stop after SIGINT: the signal did not reach it", took)
+	}
+}
+
+// checkBootImages checks the boot images of two different source images
+// (converted to SRC-boot): the configuration DESIGN.md gives, the same
+// first layer (so a node stores it once), and a second layer that holds
+// nothing but the index, the TOC and the config.
+func checkBootImages(t *testing.T, sources ...string) {
+	t.Helper()
+	var first string
+	for _, src := range sources {
+		boot := src + "-boot"
+		out, err := exec.Command("docker", "image", "inspect", src, boot).Output()
+		if err != nil {
+			t.Fatalf("docker image inspect %s %s: %v", src, boot, err)
+		}
+		var info []struct {
+			ID     string `json:"Id"`
+			Config struct {
+				Entrypoint, Cmd []string
+				User            string
+				Volumes         map[string]struct{}
+				Labels          map[string]string
+			}
+			RootFS struct{ Layers []string }
+		}
+		if err := json.Unmarshal(out, &info); err != nil || len(info) != 2 {
+			t.Fatalf("docker image inspect: %v", err)
+		}
+		orig, b := info[0], info[1]
+		c := b.Config
+		if len(c.Entrypoint) != 2 || c.Entrypoint[0] != "/.bootfs/boot" || c.Entrypoint[1] != "--" ||
+			strings.Join(c.Cmd, " ") != strings.Join(orig.Config.Cmd, " ") || c.User != "" {
+			t.Errorf("%s: Entrypoint %q, Cmd %q, User %q; want [/.bootfs/boot --], %q, \"\"", boot, c.Entrypoint, c.Cmd, c.User, orig.Config.Cmd)
+		}
+		if _, ok := c.Volumes["/.bootfs/cache"]; !ok {
+			t.Errorf("%s: Volumes %v lack /.bootfs/cache", boot, c.Volumes)
+		}
+		if got := c.Labels["org.bootfs.source-image"]; got != orig.ID {
+			t.Errorf("%s: source image label %q, want %s", boot, got, orig.ID)
+		}
+		if len(b.RootFS.Layers) != 2 {
+			t.Fatalf("%s has layers %v, want 2", boot, b.RootFS.Layers)
+		}
+		if first == "" {
+			first = b.RootFS.Layers[0]
+		} else if b.RootFS.Layers[0] != first {
+			t.Errorf("%s: layer 1 is %s, want %s as in the other boot image", boot, b.RootFS.Layers[0], first)
+		}
+		checkSecondLayer(t, boot)
+	}
+}
+
+// checkSecondLayer reads the boot image's second layer from docker save:
+// it holds only the cache directory, the config, the index and the TOC,
+// and is no bigger than those files plus tar headers.
+func checkSecondLayer(t *testing.T, image string) {
+	t.Helper()
+	save := exec.Command("docker", "save", image)
+	r, err := save.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := save.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer save.Wait()
+	outer := tar.NewReader(r)
+	for {
+		h, err := outer.Next()
+		if err != nil {
+			t.Fatalf("docker save %s: no layer with /.bootfs/rootfs.caidx (%v)", image, err)
+		}
+		if h.Typeflag != tar.TypeReg || !strings.HasSuffix(h.Name, ".tar") && !strings.Contains(h.Name, "blobs/") {
+			continue
+		}
+		var names []string
+		var files int64
+		inner := tar.NewReader(outer)
+		for {
+			ih, err := inner.Next()
+			if err != nil {
+				break
+			}
+			names = append(names, ih.Name)
+			files += ih.Size
+		}
+		if !slices.Contains(names, ".bootfs/rootfs.caidx") {
+			continue
+		}
+		slices.Sort(names)
+		want := []string{".bootfs/cache/", ".bootfs/config.json", ".bootfs/rootfs.caidx", ".bootfs/rootfs.toc"}
+		if !slices.Equal(names, want) {
+			t.Errorf("%s layer 2 holds %q, want %q", image, names, want)
+		}
+		// A header per entry, padding to 512 bytes and the end marker.
+		if limit := files + int64(len(names))*1024 + 10240; h.Size > limit {
+			t.Errorf("%s layer 2 is %d bytes for %d bytes of files, want at most %d", image, h.Size, files, limit)
+		}
+		t.Logf("%s: layer 2 is %d bytes (index, TOC and config: %d bytes)", image, h.Size, files)
+		io.Copy(io.Discard, r)
+		return
 	}
 }

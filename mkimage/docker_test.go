@@ -12,6 +12,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
@@ -30,17 +32,69 @@ func TestConvertDockerMatchesExport(t *testing.T) {
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "root")
 	writeTree(t, root)
-	tag := uniqueTag("convert-src")
+	tag, info := importTree(t, c, root, "convert-src")
+	src := checkExportMatches(t, casyncBin, tag, info)
+	store := filepath.Join(tmp, "store")
+	convert(t, src, Options{Store: store})
+
+	time.Sleep(time.Second) // a later export: Docker's mount points get later times
+	again := convert(t, src, Options{Store: store})
+	if again.NewChunks != 0 {
+		t.Errorf("second conversion of %s stored %d new chunks, want 0", tag, again.NewChunks)
+	}
+
+	// A failing conversion (the store cannot be created) removes its
+	// export container too.
+	_, err := Convert(ctx, src, Options{Store: "/proc/bootfs-no-store"})
+	if err == nil {
+		t.Fatal("Convert into /proc = nil error")
+	}
+	assertNoExportContainers(t, tag)
+
+	_, err = Convert(ctx, Source{Kind: "docker", Path: "bootfs-test/no-such-image:1"}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "--pull") {
+		t.Errorf("Convert(missing image) = %v, want an error that suggests --pull", err)
+	}
+}
+
+// TestConvertDebianMatchesExport is TestConvertDockerMatchesExport for a
+// debootstrapped Debian minbase image (bench/rootfs.sh, cached).
+func TestConvertDebianMatchesExport(t *testing.T) {
+	c := testDocker(t)
+	casyncBin := testenv.LookPath(t, "casync")
+	testenv.LookPath(t, "debootstrap")
+	testenv.RequireRoot(t)
+	out, err := exec.Command("../bench/rootfs.sh", "min", "").Output()
+	if err != nil {
+		t.Fatalf("bench/rootfs.sh min: %v", err)
+	}
+	tag, info := importTree(t, c, strings.TrimSpace(string(out)), "debian-src")
+	checkExportMatches(t, casyncBin, tag, info)
+}
+
+// importTree imports the directory root as an image and returns its tag
+// and inspection; the image is removed at the end of t.
+func importTree(t *testing.T, c *client.Client, root, name string) (string, image.InspectResponse) {
+	t.Helper()
+	tag := uniqueTag(name)
 	imp := exec.Command("sh", "-c", `tar --format=posix --numeric-owner --xattrs --xattrs-include='*' -C "$1" -c . | docker import -c 'CMD ["/bin/tool"]' - "$2"`, "sh", root, tag)
 	if out, err := imp.CombinedOutput(); err != nil {
 		t.Fatalf("docker import: %v\n%s", err, out)
 	}
-	info, err := c.ImageInspect(ctx, tag)
+	info, err := c.ImageInspect(context.Background(), tag)
 	if err != nil {
 		t.Fatal(err)
 	}
 	removeImage(t, c, info.ID)
+	return tag, info
+}
 
+// checkExportMatches converts the image tag into a fresh store and checks
+// that casync extract of the index gives what docker export gives, as
+// casync digest sees it: content, types, modes, owners, mtimes, xattrs.
+func checkExportMatches(t *testing.T, casyncBin, tag string, info image.InspectResponse) Source {
+	t.Helper()
+	tmp := t.TempDir()
 	store := filepath.Join(tmp, "store")
 	index := filepath.Join(tmp, "rootfs.caidx")
 	src, err := ParseSource(tag)
@@ -102,24 +156,7 @@ func TestConvertDockerMatchesExport(t *testing.T) {
 		}
 	}
 
-	time.Sleep(time.Second) // a later export: Docker's mount points get later times
-	again := convert(t, src, Options{Store: store})
-	if again.NewChunks != 0 {
-		t.Errorf("second conversion of %s stored %d new chunks, want 0", tag, again.NewChunks)
-	}
-
-	// A failing conversion (the store cannot be created) removes its
-	// export container too.
-	_, err = Convert(ctx, src, Options{Store: "/proc/bootfs-no-store"})
-	if err == nil {
-		t.Fatal("Convert into /proc = nil error")
-	}
-	assertNoExportContainers(t, tag)
-
-	_, err = Convert(ctx, Source{Kind: "docker", Path: "bootfs-test/no-such-image:1"}, Options{})
-	if err == nil || !strings.Contains(err.Error(), "--pull") {
-		t.Errorf("Convert(missing image) = %v, want an error that suggests --pull", err)
-	}
+	return src
 }
 
 func assertNoExportContainers(t *testing.T, image string) {
