@@ -83,6 +83,9 @@ type Store struct {
 	slots  []*slot
 	next   atomic.Uint64
 	closed atomic.Bool
+	// queries is set if the server is ours, which answers HasChunk and
+	// HasChunks with query sessions instead of sending the chunks.
+	queries bool
 
 	// Writing: StoreChunk queues on puts; pushers take batches off it.
 	pushCmd   string
@@ -97,6 +100,7 @@ type Store struct {
 
 var (
 	_ chunkstore.FrameWriteStore = (*Store)(nil)
+	_ chunkstore.BatchHaser      = (*Store)(nil)
 	_ chunkstore.StatsReporter   = (*Store)(nil)
 	_ chunkstore.Dialer          = Dial
 )
@@ -235,6 +239,7 @@ func Open(ctx context.Context, loc chunkstore.Location, opts ClientOptions) (*St
 		return nil, err
 	}
 	s.slots[0].sess = sess
+	s.queries = string(sess.client.ServerVersion()) == serverVersion
 	return s, nil
 }
 
@@ -295,14 +300,23 @@ func decodeAnswer(d casync.Digest, id casync.ChunkID, m message) ([]byte, error)
 	return append([]byte(nil), m.data...), nil
 }
 
-// HasChunk reports whether the server has id. The casync protocol has no
-// way to ask that of one chunk, so this requests the whole chunk and
-// discards it: a missing chunk costs one small MISSING answer, a present
-// one as much network as GetChunk (but no decompression). The server
-// verifies every chunk before sending it. (casync's push side only learns
-// what a server lacks from an index the client pushes, which the server
-// then stores: no use for a question about single chunks.)
+// HasChunk reports whether the server has id. Our Server is asked with a
+// query session (see HasChunks), which moves no chunk data. Any other
+// server is sent a request for the whole chunk, which is discarded: stock
+// casync has no way to ask about a chunk without storing an index, so
+// there a missing chunk costs one small MISSING answer and a present one
+// as much network as GetChunk (but no decompression).
 func (s *Store) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
+	if s.queries {
+		var has [1]bool
+		err := s.query(ctx, []casync.ChunkID{id}, has[:])
+		return has[0], err
+	}
+	return s.hasByFetch(ctx, id)
+}
+
+// hasByFetch answers HasChunk by requesting the chunk.
+func (s *Store) hasByFetch(ctx context.Context, id casync.ChunkID) (bool, error) {
 	m, err := s.fetch(ctx, id)
 	if err != nil {
 		return false, err
@@ -546,9 +560,9 @@ func (s *session) ended(err error) error {
 			werr = errors.New("exit status 0")
 		}
 		if msg != "" {
-			return fmt.Errorf("server ended the session: %v: %s", werr, msg)
+			return fmt.Errorf("server ended the session: %w: %s", werr, msg)
 		}
-		return fmt.Errorf("server ended the session: %v", werr)
+		return fmt.Errorf("server ended the session: %w", werr)
 	case <-time.After(2 * time.Second):
 		return errors.New("server closed its output")
 	}

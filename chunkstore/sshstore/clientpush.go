@@ -259,7 +259,13 @@ func (pu *pusher) pushBatch(batch *[]*put) error {
 	case m.typ != msgHello:
 		return broken(fmt.Errorf("%w: server sent %s before HELLO", ErrProtocol, typeName(m.typ)))
 	case m.flags&featWritableStore == 0:
-		return fmt.Errorf("%w: server HELLO %#x does not offer a writable store", chunkstore.ErrReadOnly, m.flags)
+		// Our server then ends the session with an ABORT that says why:
+		// the store or the key is read-only.
+		why := fmt.Sprintf("server HELLO %#x does not offer a writable store", m.flags)
+		if m, err := readMessage(br); err == nil && m.typ == msgAbort {
+			why = m.reason
+		}
+		return fmt.Errorf("%w: %s", chunkstore.ErrReadOnly, why)
 	}
 
 	var hdr []byte

@@ -19,6 +19,14 @@
 // against its ID and reconnects once when a session breaks. A write
 // returns once the server has confirmed that the chunk is stored.
 //
+// Store is also a chunkstore.BatchHaser. Our server answers which of a
+// batch of chunks it has in a query session: a `casync push` that names
+// no index and whose HELLO pushes an index but no chunks, something stock
+// casync never sends. The server REQUESTs the chunks of that index it
+// lacks, the client answers MISSING to each, the server says GOODBYE and
+// stores nothing. So a has-check moves no chunk data and needs no right
+// to write. Other servers are asked chunk by chunk, by pulling each.
+//
 // The package depends on casync and chunkstore. Like chunkstore, it must
 // not import desync, mkimage or the Docker client: boot links it.
 package sshstore

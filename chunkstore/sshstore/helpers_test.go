@@ -76,6 +76,13 @@ func startWriteServer(t testing.TB, store chunkstore.Store, opts ServerOptions) 
 // set, and calls tweak, if not nil, on the server before it serves.
 func startServerWith(t testing.TB, store chunkstore.Store, opts ServerOptions, write bool, tweak func(*Server)) *fixture {
 	t.Helper()
+	return startServerWrapped(t, store, opts, write, tweak, nil)
+}
+
+// startServerWrapped is startServerWith with the server's listener
+// wrapped by wrap, if not nil.
+func startServerWrapped(t testing.TB, store chunkstore.Store, opts ServerOptions, write bool, tweak func(*Server), wrap func(net.Listener) net.Listener) *fixture {
+	t.Helper()
 	f := &fixture{dir: t.TempDir(), logs: &syncBuffer{}}
 	f.hostKey, f.hostPub = writeKey(t, f.dir, "host_key")
 	var clientPub ssh.PublicKey
@@ -102,6 +109,9 @@ func startServerWith(t testing.TB, store chunkstore.Store, opts ServerOptions, w
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if wrap != nil {
+		l = wrap(l)
 	}
 	f.serve(t, store, opts, l, tweak)
 	return f

@@ -97,6 +97,13 @@ const lookahead = 4
 // GOODBYE at once and store nothing without an index). Every chunk is
 // verified against its ID before it is stored, and stored atomically by
 // the store; a chunk that fails ends the session with ABORT.
+//
+// Querying (any key): a push session that names no index and whose
+// client's HELLO pushes an index without chunks is a query. The server
+// REQUESTs the chunks of that index the store lacks, takes MISSING as the
+// answer to each, says GOODBYE and stores nothing (see Store.HasChunks).
+// A key that may not write may run queries, and only those: its other
+// push sessions end with an ABORT that says why.
 type Server struct {
 	store    chunkstore.Store
 	wstore   chunkstore.WriteStore // nil: read-only
@@ -465,14 +472,23 @@ func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, wri
 	}
 	log = log.With("store", rc.stores[0])
 	var serve func() error
+	var refuse error // why this client may not write
+	switch {
+	case rc.verb == "pull":
+	case s.wstore == nil:
+		refuse = fmt.Errorf("%w: casync push: this chunk store is read-only over ssh (the server has no --write-authorized-keys)", errCommand)
+	case !writer:
+		refuse = fmt.Errorf("%w: casync push: your key may read but not write this store (add it to the server's --write-authorized-keys file)", errCommand)
+	}
 	switch {
 	case rc.verb == "pull":
 		serve = func() error { return s.serveChunks(ctx, ch, log) }
-	case s.wstore == nil:
-		return fail(fmt.Errorf("%w: casync push: this chunk store is read-only over ssh (the server has no --write-authorized-keys)", errCommand))
-	case !writer:
-		return fail(fmt.Errorf("%w: casync push: your key may read but not write this store (add it to the server's --write-authorized-keys file)", errCommand))
+	case refuse != nil && rc.index != "":
+		return fail(refuse)
 	default:
+		// Without the right to write, a push session with no index may
+		// still be a query (see servePush); it learns which from the
+		// client's HELLO.
 		var ix *indexUpload
 		if rc.index != "" {
 			if ix, err = s.createIndex(rc.index); err != nil {
@@ -481,7 +497,7 @@ func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, wri
 			defer ix.discard()
 			log = log.With("index", ix.name)
 		}
-		serve = func() error { return s.servePush(ctx, ch, ix, log) }
+		serve = func() error { return s.servePush(ctx, ch, ix, refuse, log) }
 	}
 	log.Debug("casync " + rc.verb + " session")
 	if err := serve(); err != nil {

@@ -2,6 +2,7 @@ package sshstore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -34,6 +35,10 @@ const (
 	// about 100 GiB of archive at casync's default chunk size. The index
 	// is parsed whole once it is in.
 	maxIndexSize = 64 << 20
+	// maxQueryIndex bounds the index of a query session, which is held in
+	// memory: 4 MiB is about 100,000 chunk IDs. Store sends at most
+	// maxQueryChunks per query.
+	maxQueryIndex = 4 << 20
 )
 
 // servePush speaks the storing side of casync's protocol on rw, as
@@ -44,7 +49,21 @@ const (
 // sends unasked are stored as well; the client's GOODBYE is answered with
 // GOODBYE once every chunk is stored. Any failure ends the session with
 // ABORT and leaves no index.
-func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUpload, log *slog.Logger) error {
+//
+// A query is a session whose command names no index and whose client's
+// HELLO asks to push an index but no chunks (PUSH_INDEX and
+// PUSH_INDEX_CHUNKS without PUSH_CHUNKS; stock casync never sends that:
+// it pushes an index only to a named file, and always with its chunks).
+// The server REQUESTs the chunks of that index the store lacks, exactly
+// as for an index push; the client answers every REQUEST with MISSING,
+// and once all are answered the server says GOODBYE. A query stores
+// nothing, neither chunks nor the index, and moves no chunk data: it is
+// how Store learns which of a batch of chunks the store has.
+//
+// If refuse is not nil the client may not write (its key or the server
+// is read-only): it may run queries, and any other session is ended with
+// an ABORT that carries refuse.
+func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUpload, refuse error, log *slog.Logger) error {
 	br := bufio.NewReaderSize(rw, 64<<10)
 	bw := bufio.NewWriterSize(rw, 64<<10)
 	g, gctx := errgroup.WithContext(ctx)
@@ -57,6 +76,10 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 	}
 
 	services := featWritableStore
+	if refuse != nil {
+		// It can still say what the store holds.
+		services = featReadableStore
+	}
 	if ix != nil {
 		services |= featWritableIndex
 	}
@@ -66,7 +89,10 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 	}
 	hello, err := readMessage(br)
 	if err != nil {
-		if err == io.EOF {
+		switch {
+		case err == io.EOF && refuse != nil:
+			return refuse
+		case err == io.EOF:
 			return fmt.Errorf("%w: client closed before HELLO", ErrProtocol)
 		}
 		return abort(errnoEBADMSG, fmt.Errorf("read HELLO: %w", err))
@@ -75,13 +101,16 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 		return abort(errnoEBADMSG, fmt.Errorf("%w: got %s before HELLO", ErrProtocol, typeName(hello.typ)))
 	}
 	ops := hello.flags & featOperations
+	query := ix == nil && ops == featPushIndex && hello.flags&featPushIndexChunks != 0
 	switch {
 	case ops&^(featPushChunks|featPushIndex) != 0:
 		return abort(errnoEBADE, fmt.Errorf("%w: client asks for operations %#x; a push session only stores chunks and an index (%#x)", ErrProtocol, ops, featPushChunks|featPushIndex))
 	case ops == 0:
 		return abort(errnoEBADE, fmt.Errorf("%w: client HELLO %#x asks for nothing this server does", ErrProtocol, hello.flags))
-	case ops&featPushIndex != 0 && ix == nil:
-		return abort(errnoEBADE, fmt.Errorf("%w: client pushes an index, but the command names none", ErrProtocol))
+	case refuse != nil && !query:
+		return abort(errnoEACCES, refuse)
+	case ops&featPushIndex != 0 && ix == nil && !query:
+		return abort(errnoEBADE, fmt.Errorf("%w: client pushes an index and chunks, but the command names none (a query pushes an index and no chunks)", ErrProtocol))
 	case ops&featPushIndex == 0 && ix != nil:
 		return abort(errnoEBADE, fmt.Errorf("%w: the command names index %q, but the client does not push one", ErrProtocol, ix.name))
 	}
@@ -91,6 +120,9 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 		indexIn bool                            // INDEX_EOF seen
 		wanted  = map[casync.ChunkID]struct{}{} // requested, not yet received
 		stored  int
+		asked   int          // query: chunks the index names
+		lacking int          // query: chunks requested
+		qindex  bytes.Buffer // query: the index so far
 	)
 	// finish waits for the chunks in flight, installs the index and says
 	// GOODBYE: everything the client sent is stored.
@@ -103,6 +135,9 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 				return abort(errnoEIO, err)
 			}
 			log.Info("index stored", "index", ix.name, "chunks_received", stored)
+		}
+		if query {
+			log.Debug("chunk query answered", "chunks", asked, "lacking", lacking)
 		}
 		bw.Write(appendGoodbye(nil))
 		if err := bw.Flush(); err != nil {
@@ -123,6 +158,8 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 			switch {
 			case ix != nil:
 				return fmt.Errorf("client closed its end before the index %s was complete (%d requested chunks outstanding); index not stored", ix.name, len(wanted))
+			case query:
+				return fmt.Errorf("client closed its end before its query was answered (%d requested chunks unanswered)", len(wanted))
 			case werr != nil:
 				return werr
 			}
@@ -139,18 +176,34 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 		}
 		switch m.typ {
 		case msgIndex:
-			if ix == nil || indexIn {
+			switch {
+			case (ix == nil && !query) || indexIn:
 				return abort(errnoEBADMSG, fmt.Errorf("%w: unexpected INDEX", ErrProtocol))
-			}
-			if err := ix.write(m.data); err != nil {
-				return abort(errnoEFBIG, err)
+			case query:
+				if qindex.Len()+len(m.data) > maxQueryIndex {
+					return abort(errnoEFBIG, fmt.Errorf("query index is larger than %d bytes; refused (ask about fewer chunks at once)", maxQueryIndex))
+				}
+				qindex.Write(m.data)
+			default:
+				if err := ix.write(m.data); err != nil {
+					return abort(errnoEFBIG, err)
+				}
 			}
 		case msgIndexEOF:
-			if ix == nil || indexIn {
+			if (ix == nil && !query) || indexIn {
 				return abort(errnoEBADMSG, fmt.Errorf("%w: unexpected INDEX_EOF", ErrProtocol))
 			}
 			indexIn = true
-			ids, err := ix.finish()
+			var ids []casync.ChunkID
+			if query {
+				if ids, err = indexIDs(&qindex); err != nil {
+					err = fmt.Errorf("query index: %w", err)
+				}
+				qindex = bytes.Buffer{}
+				asked = len(ids)
+			} else {
+				ids, err = ix.finish()
+			}
 			if err != nil {
 				return abort(errnoEBADMSG, err)
 			}
@@ -163,10 +216,14 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 				}
 				log.Debug("index received", "chunks", len(ids), "requested", len(wanted))
 			}
+			lacking = len(wanted)
 			if len(wanted) == 0 {
 				return finish()
 			}
 		case msgChunk:
+			if query {
+				return abort(errnoEBADMSG, fmt.Errorf("%w: CHUNK %s in a query session (the client's HELLO pushes no chunks); nothing stored", ErrProtocol, m.id))
+			}
 			delete(wanted, m.id)
 			stored++
 			g.Go(func() error { return s.storeChunk(gctx, m, log) })
@@ -174,11 +231,23 @@ func (s *Server) servePush(ctx context.Context, rw io.ReadWriter, ix *indexUploa
 				return finish()
 			}
 		case msgMissing:
-			if _, ok := wanted[m.id]; ok {
+			_, ok := wanted[m.id]
+			if query && ok {
+				// The answer a query expects: the client has no chunks.
+				delete(wanted, m.id)
+				if len(wanted) == 0 {
+					return finish()
+				}
+				continue
+			}
+			if ok {
 				return abort(errnoENOENT, fmt.Errorf("client has no chunk %s, which its index names; index not stored", m.id))
 			}
 			return abort(errnoEBADMSG, fmt.Errorf("%w: MISSING for chunk %s, which was not requested", ErrProtocol, m.id))
 		case msgGoodbye:
+			if query {
+				return abort(errnoEBADMSG, fmt.Errorf("%w: client said GOODBYE before its query was answered", ErrProtocol))
+			}
 			if ix != nil {
 				return abort(errnoEBADMSG, fmt.Errorf("%w: client said GOODBYE before the index %s and its %d outstanding chunks were in; index not stored", ErrProtocol, ix.name, len(wanted)))
 			}
@@ -213,7 +282,7 @@ func (s *Server) requestMissing(ctx context.Context, bw *bufio.Writer, ids []cas
 			continue
 		}
 		seen[id] = struct{}{}
-		has, err := s.wstore.HasChunk(ctx, id)
+		has, err := s.store.HasChunk(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -334,9 +403,18 @@ func (u *indexUpload) finish() ([]casync.ChunkID, error) {
 		return nil, fmt.Errorf("read index %s: %w", u.name, err)
 	}
 	defer r.Close()
-	x, err := casync.ReadIndex(r)
+	ids, err := indexIDs(r)
 	if err != nil {
 		return nil, fmt.Errorf("pushed index %s: %w", u.name, err)
+	}
+	return ids, nil
+}
+
+// indexIDs reads a caidx or caibx and returns the IDs of its chunks.
+func indexIDs(r io.Reader) ([]casync.ChunkID, error) {
+	x, err := casync.ReadIndex(r)
+	if err != nil {
+		return nil, err
 	}
 	ids := make([]casync.ChunkID, len(x.Chunks))
 	for i, c := range x.Chunks {

@@ -58,8 +58,10 @@ func TestGetChunk(t *testing.T) {
 				{name: "present", id: ids[2], want: chunks[ids[2]], has: true},
 				{name: "present again", id: ids[3], want: chunks[ids[3]], has: true},
 				{name: "missing", id: unknown, wantErr: chunkstore.ErrNotFound},
-				{name: "garbage on disk", id: garbage, wantErr: chunkstore.ErrNotFound},
-				{name: "wrong data on disk", id: swapped, wantErr: chunkstore.ErrNotFound},
+				// HasChunk reports that a chunk file is there, as an
+				// HTTP HEAD does; only reads verify it.
+				{name: "garbage on disk", id: garbage, wantErr: chunkstore.ErrNotFound, has: true},
+				{name: "wrong data on disk", id: swapped, wantErr: chunkstore.ErrNotFound, has: true},
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
@@ -87,8 +89,8 @@ func TestGetChunk(t *testing.T) {
 				t.Errorf("server log has no debug line for request %s:\n%s", ids[2], logs)
 			}
 			st := s.Stats()
-			if st.Requests != 10 || st.Hits != 4 || st.Misses != 6 || st.Errors != 0 {
-				t.Errorf("Stats() = %+v, want 10 requests, 4 hits, 6 misses, 0 errors", st)
+			if st.Requests != 10 || st.Hits != 6 || st.Misses != 4 || st.Errors != 0 {
+				t.Errorf("Stats() = %+v, want 10 requests, 6 hits, 4 misses, 0 errors", st)
 			}
 		})
 	}
@@ -313,7 +315,14 @@ func TestCommandsRefused(t *testing.T) {
 		{name: "shell", stderr: "no shell here", status: 1},
 		{name: "other program", cmd: "cat /etc/passwd", stderr: `"cat": command not found`, status: 1},
 		{name: "injection", cmd: "casync pull - - - /srv/store; id", stderr: "shell syntax", status: 1},
-		{name: "push", cmd: "casync push - - - /srv/store", stderr: "read-only", status: 1},
+		// A push with no index may be a query, which needs no write
+		// access: the server refuses it after HELLO, once the client's
+		// HELLO shows that it is not one.
+		{name: "push", cmd: "casync push - - - /srv/store", stdin: appendHello(nil, featPushChunks),
+			stderr: "read-only", status: 1, wantOut: []string{"HELLO", "ABORT"}},
+		{name: "push, no hello", cmd: "casync push - - - /srv/store", stderr: "read-only", status: 1, wantOut: []string{"HELLO"}},
+		{name: "push index", cmd: "casync push - - /srv/x.caidx /srv/store", stdin: appendHello(nil, featPushChunks|featPushIndex),
+			stderr: "read-only", status: 1},
 		{name: "index", cmd: "casync pull - - /srv/x.caidx /srv/store", stderr: "pulling a index", status: 1},
 		{name: "wrong store", cmd: "casync pull - - - /srv/other", stderr: `no store at "/srv/other"`, status: 1},
 		{name: "garbage protocol", cmd: "casync pull - - - /srv/store", stdin: []byte("GET / HTTP/1.0\r\n\r\n"),
