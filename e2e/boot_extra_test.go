@@ -1,16 +1,10 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
 
 // TestNoBootfsInView: nothing the workload can read names /.bootfs: not
@@ -254,44 +249,14 @@ func TestRecord(t *testing.T) {
 }
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key
-// into dir, readable by anyone, and returns the certificate's pool too.
+// into dir, readable by anyone (dir and its parent too, for a container
+// user), and returns the certificate's pool too.
 func selfSigned(t *testing.T, dir string) (cert, key string, pool *x509.CertPool) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "bootfs e2e store"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeFile(t, key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
-	for _, p := range []string{cert, key, dir, filepath.Dir(dir)} {
+	cert, key, pool = testenv.WriteSelfSignedCert(t, dir)
+	for _, p := range []string{dir, filepath.Dir(dir)} {
 		os.Chmod(p, 0o755)
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(c)
 	return cert, key, pool
 }
 

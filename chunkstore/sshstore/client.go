@@ -501,30 +501,42 @@ func newSession(client *ssh.Client, cmd string, inFlight int) (*session, error) 
 	if err != nil {
 		return nil, fmt.Errorf("open session: %w", err)
 	}
-	stdin, err := ss.StdinPipe()
+	stdin, stdout, stderr, err := startCommand(ss, cmd, 256<<10)
 	if err != nil {
+		ss.Close()
 		return nil, err
 	}
-	stdout, err := ss.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	sess := &session{
+	return &session{
 		client:  client,
 		ssh:     ss,
 		stdin:   stdin,
-		stdout:  bufio.NewReaderSize(stdout, 256<<10),
-		stderr:  &tail{},
+		stdout:  stdout,
+		stderr:  stderr,
 		queue:   make(chan casync.ChunkID, inFlight),
 		slots:   make(chan struct{}, inFlight),
 		pending: make(map[casync.ChunkID]*call),
 		dead:    make(chan struct{}),
+	}, nil
+}
+
+// startCommand runs cmd on ss and returns its stdin, its stdout read
+// through a buffer of rsize bytes, and the tail of its stderr, which
+// explains a server's refusal.
+func startCommand(ss *ssh.Session, cmd string, rsize int) (io.WriteCloser, *bufio.Reader, *tail, error) {
+	stdin, err := ss.StdinPipe()
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	ss.Stderr = sess.stderr
+	stdout, err := ss.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stderr := &tail{}
+	ss.Stderr = stderr
 	if err := ss.Start(cmd); err != nil {
-		return nil, fmt.Errorf("run %q: %w", cmd, err)
+		return nil, nil, nil, fmt.Errorf("run %q: %w", cmd, err)
 	}
-	return sess, nil
+	return stdin, bufio.NewReaderSize(stdout, rsize), stderr, nil
 }
 
 // hello sends our HELLO and checks the server's.

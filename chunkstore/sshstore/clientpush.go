@@ -227,20 +227,11 @@ func (pu *pusher) pushBatch(batch *[]*put) error {
 		return broken(explain(fmt.Errorf("open session: %w", err)))
 	}
 	defer ss.Close()
-	stdin, err := ss.StdinPipe()
+	stdin, br, stderr, err := startCommand(ss, s.pushCmd, 4<<10)
 	if err != nil {
-		return broken(err)
+		return broken(explain(err))
 	}
-	stdout, err := ss.StdoutPipe()
-	if err != nil {
-		return broken(err)
-	}
-	sess := &session{ssh: ss, stderr: &tail{}}
-	ss.Stderr = sess.stderr
-	if err := ss.Start(s.pushCmd); err != nil {
-		return broken(explain(fmt.Errorf("run %q: %w", s.pushCmd, err)))
-	}
-	br := bufio.NewReaderSize(stdout, 4<<10)
+	sess := &session{ssh: ss, stderr: stderr}
 	bw := bufio.NewWriterSize(stdin, 256<<10)
 
 	// Both sides send HELLO at once. A server that refused the command

@@ -164,20 +164,11 @@ func (s *Store) runQuery(ctx context.Context, client *ssh.Client, index []byte, 
 		return broken(err)
 	}
 
-	stdin, err := ss.StdinPipe()
+	stdin, br, stderr, err := startCommand(ss, s.pushCmd, 64<<10)
 	if err != nil {
-		return broken(err)
+		return explain(err)
 	}
-	stdout, err := ss.StdoutPipe()
-	if err != nil {
-		return broken(err)
-	}
-	sess := &session{ssh: ss, stderr: &tail{}}
-	ss.Stderr = sess.stderr
-	if err := ss.Start(s.pushCmd); err != nil {
-		return explain(fmt.Errorf("run %q: %w", s.pushCmd, err))
-	}
-	br := bufio.NewReaderSize(stdout, 64<<10)
+	sess := &session{ssh: ss, stderr: stderr}
 	bw := bufio.NewWriterSize(stdin, 64<<10)
 
 	// HELLO and the whole index go out at once: both sides send HELLO
