@@ -156,8 +156,10 @@ func TestRunMountTOCAndCache(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if s := readStats(t, stats); s.CacheHits != first.ChunksFetched {
-		t.Errorf("second mount stats = %+v, want %d cache hits", s, first.ChunksFetched)
+	// Every chunk comes from the cache; reading ahead from the cache may
+	// load a few chunks past the file as well, never from the store.
+	if s := readStats(t, stats); s.ChunksFetched != 0 || s.CacheHits < first.ChunksFetched {
+		t.Errorf("second mount stats = %+v, want 0 chunks fetched, at least %d cache hits", s, first.ChunksFetched)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/bootfs/bootfs/casync"
@@ -22,7 +23,9 @@ type ReaderOptions struct {
 	// Jobs bounds the chunk fetches in flight (default 8).
 	Jobs int
 	// CacheBytes bounds the in-memory LRU of recently used chunks
-	// (default 64 MiB). It always holds at least one chunk.
+	// (default 16 MiB: the kernel's page cache keeps what was read, so
+	// the LRU only has to bridge read-ahead and chunks shared by
+	// neighbouring small files). It always holds at least one chunk.
 	CacheBytes int64
 	// ReadAhead is the largest read-ahead window, in bytes, that
 	// sequential reads of a file grow to (default 8 MiB, at most
@@ -49,7 +52,7 @@ func (o ReaderOptions) withDefaults(store chunkstore.Store) ReaderOptions {
 		o.Jobs = 8
 	}
 	if o.CacheBytes <= 0 {
-		o.CacheBytes = 64 << 20
+		o.CacheBytes = 16 << 20
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = 8 << 20
@@ -124,14 +127,37 @@ type Reader struct {
 	prefetching atomic.Int64
 
 	chunksFetched, bytesFetched, memoryHits, retries, errors atomic.Uint64
+
+	// Read-ahead from the local cache, for sequential reads of the
+	// archive: local is the store's network-free part, lastChunk the last
+	// chunk a read touched, aheadTo the last chunk loaded (or tried) ahead.
+	local        cachedGetter
+	lastChunk    atomic.Int64
+	aheadTo      atomic.Int64
+	aheadRunning atomic.Bool
 }
+
+// cachedGetter is a store with a local part that is read without the
+// network, such as chunkstore.Cache.
+type cachedGetter interface {
+	GetCached(ctx context.Context, id casync.ChunkID) ([]byte, error)
+}
+
+// localAhead is how many chunks past a sequential read are loaded from
+// the local cache into memory before the read gets there, localAheadJobs
+// of them at a time: a read that walks the archive (tar, cp -a, a scan of
+// a package tree) then waits for no cache-file I/O, file after file.
+const (
+	localAhead     = 32
+	localAheadJobs = 4
+)
 
 // NewReader returns a Reader of the archive that idx describes, made of
 // chunks in store. The Reader does not own store: Close leaves it open.
 func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *Reader {
 	opts = opts.withDefaults(store)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Reader{
+	r := &Reader{
 		idx:    idx,
 		store:  store,
 		opts:   opts,
@@ -142,6 +168,12 @@ func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *R
 		sem:    make(chan struct{}, opts.Jobs),
 		lru:    newChunkLRU(opts.CacheBytes),
 	}
+	if l, ok := store.(cachedGetter); ok && opts.ReadAhead > 0 {
+		r.local = l
+	}
+	r.lastChunk.Store(-2)
+	r.aheadTo.Store(-1)
+	return r
 }
 
 // Size returns the length of the archive.
@@ -205,6 +237,7 @@ func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	}
 	first := r.idx.ChunkAt(uint64(off))
 	last := r.idx.ChunkAt(uint64(off) + uint64(want) - 1)
+	r.aheadFromCache(first, last)
 
 	// Keep up to 2*Jobs chunk fetches started ahead of the one being
 	// copied, so a large read is pipelined but its memory stays bounded.
@@ -298,6 +331,60 @@ func (r *Reader) Prefetch(off, n int64) {
 		}
 		for len(pending) > 0 && wait() {
 		}
+	}()
+}
+
+// aheadFromCache notes a read of chunks first..last. When it continues
+// the previous read, it loads the next localAhead chunks that the local
+// cache holds into memory, in the background. It stops at the first chunk
+// the cache lacks: that one, and what follows, are for reads to fetch,
+// so this never costs network traffic.
+func (r *Reader) aheadFromCache(first, last int) {
+	prev := r.lastChunk.Swap(int64(last))
+	if r.local == nil {
+		return
+	}
+	if int64(first) != prev && int64(first) != prev+1 {
+		// Not sequential: forget the window of the previous streak.
+		r.aheadTo.Store(int64(last))
+		return
+	}
+	end := min(last+localAhead, len(r.idx.Chunks)-1)
+	from := max(int(r.aheadTo.Load())+1, last+1)
+	if end-from < localAhead/2 || !r.aheadRunning.CompareAndSwap(false, true) {
+		return
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.aheadRunning.Store(false)
+		return
+	}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		defer r.aheadRunning.Store(false)
+		defer r.aheadTo.Store(int64(end))
+		g, ctx := errgroup.WithContext(r.ctx)
+		g.SetLimit(localAheadJobs)
+		for i := from; i <= end && ctx.Err() == nil; i++ {
+			c := &r.idx.Chunks[i]
+			if r.lru.contains(c.ID) {
+				continue
+			}
+			g.Go(func() error {
+				data, err := r.local.GetCached(ctx, c.ID)
+				if err != nil {
+					return err // not cached: stop here
+				}
+				if uint64(len(data)) == c.Size {
+					r.lru.add(c.ID, data)
+				}
+				return nil
+			})
+		}
+		g.Wait()
 	}()
 }
 

@@ -440,3 +440,79 @@ func FuzzReaderReadAt(f *testing.F) {
 		}
 	})
 }
+
+// TestReaderAheadFromCache: sequential reads load the chunks after them
+// from the local cache into memory, but never ask the remote store for a
+// chunk no read needs.
+func TestReaderAheadFromCache(t *testing.T) {
+	b := newBlob(t, 11, 3<<20)
+	step := int(b.idx.Chunks[0].Size) / 2 // reads smaller than a chunk, as of small files
+
+	readAll := func(r *Reader) {
+		t.Helper()
+		p := make([]byte, step)
+		for off := int64(0); off < r.Size(); off += int64(step) {
+			n, err := r.ReadAt(p, off)
+			if err != nil && err != io.EOF {
+				t.Fatalf("ReadAt(%d): %v", off, err)
+			}
+			if !bytes.Equal(p[:n], b.data[off:off+int64(n)]) {
+				t.Fatalf("ReadAt(%d) returned wrong bytes", off)
+			}
+		}
+	}
+
+	// Cold: the cache is empty, so nothing is read ahead from it and the
+	// remote serves exactly the chunks the reads cover, once each.
+	remote := newRecordingStore(b.store)
+	cache, err := chunkstore.NewCache(remote, t.TempDir(), chunkstore.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(b.idx, cache, ReaderOptions{ReadAhead: -1})
+	readAll(r)
+	r.Close()
+	for id, n := range remote.fetched() {
+		if n != 1 {
+			t.Errorf("chunk %s fetched %d times from the remote, want once", id, n)
+		}
+	}
+	if got, want := len(remote.fetched()), len(uniqueIDs(b.idx)); got != want {
+		t.Errorf("remote served %d chunks, want the %d the reads cover", got, want)
+	}
+
+	// Warm: with read-ahead on, most chunks are already in memory when the
+	// read gets there, loaded from the cache, so the read path asks the
+	// cache for few of them; the remote is not asked at all.
+	counted := &countingCache{Cache: cache}
+	r = NewReader(b.idx, counted, ReaderOptions{})
+	defer r.Close()
+	before := len(remote.fetched())
+	readAll(r)
+	if n := counted.gets.Load(); n > int64(len(b.idx.Chunks))/2 {
+		t.Errorf("warm sequential read asked the cache for %d of %d chunks itself, want most read ahead", n, len(b.idx.Chunks))
+	}
+	if after := len(remote.fetched()); after != before {
+		t.Errorf("warm read fetched %d chunks from the remote", after-before)
+	}
+}
+
+// countingCache counts the GetChunk calls of the read path; GetCached,
+// the read-ahead's, is the embedded Cache's.
+type countingCache struct {
+	*chunkstore.Cache
+	gets atomic.Int64
+}
+
+func (c *countingCache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Cache.GetChunk(ctx, id)
+}
+
+func uniqueIDs(idx *casync.Index) map[casync.ChunkID]bool {
+	m := map[casync.ChunkID]bool{}
+	for _, c := range idx.Chunks {
+		m[c.ID] = true
+	}
+	return m
+}

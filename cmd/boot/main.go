@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -26,7 +27,17 @@ import (
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
+// memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
+// otherwise: boot lives beside the workload for its whole life, and its
+// heap is mostly chunk buffers that a collection frees at once, so it
+// collects early rather than letting the heap double (GOGC) to well past
+// what it holds.
+const memoryLimit = 48 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	args := os.Args[1:]
 	caller, err := boot.SetuidCaller()
 	if err != nil {
