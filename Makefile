@@ -12,7 +12,7 @@ STATIC  = CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false \
           -ldflags '-s -w -buildid= -X github.com/bootfs/bootfs/internal/version.Version=$(VERSION)'
 COMMANDS = $(notdir $(wildcard cmd/*))
 
-.PHONY: all build samples test unit e2e fuzz bench lint demo clean
+.PHONY: all build samples test unit e2e fuzz bench bench-quick lint demo clean
 
 all: build
 
@@ -35,10 +35,12 @@ samples: build
 	$(DOCKER) build -q -t bootfs/ssh-store -f samples/ssh-store/Dockerfile $(BIN)
 
 # test runs everything CI runs: lint, the unit tests with the race detector,
-# and the end-to-end suite (which unit leaves to e2e: it runs the built
-# binaries against Docker, and once is enough).
+# the end-to-end suite (which unit leaves to e2e: it runs the built
+# binaries against Docker, and once is enough), and bench-quick, which
+# keeps the benchmark harness working.
 test: lint build unit
 	@if ls e2e/*_test.go >/dev/null 2>&1; then $(MAKE) e2e; fi
+	$(MAKE) bench-quick
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /e2e)
@@ -57,11 +59,21 @@ fuzz:
 		done; \
 	done
 
-# bench needs a realistic root filesystem for the whole-conversion
-# comparison: bench/rootfs.sh debootstraps one once and caches it.
-bench:
-	BENCH_ROOTFS=$${BENCH_ROOTFS:-$$(bench/rootfs.sh gcc python3,gcc,libc6-dev)} \
-		$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+# bench runs the benchmark harness end to end (bench/run.sh, see
+# bench/README.md): images, conversions, every workload in every mode and
+# network, and the report in bench/results/<date>.md with PNG charts. It
+# debootstraps its images once (cached). GOBENCH=1 also runs the Go
+# benchmarks of every package.
+bench: build
+	bench/run.sh
+	@if [ "$(GOBENCH)" = 1 ]; then \
+		BENCH_ROOTFS=$${BENCH_ROOTFS:-$$(bench/rootfs.sh gcc python3,gcc,libc6-dev)} \
+		$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...; fi
+
+# bench-quick checks that the harness works: the busybox image only, one
+# sample, in under two minutes (CI).
+bench-quick: build
+	BENCH_QUICK=1 BENCH_OUT=$${BENCH_OUT:-bench/results/tmp} bench/run.sh
 
 lint:
 	$(GO) vet ./...

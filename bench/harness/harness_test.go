@@ -1,0 +1,284 @@
+package harness
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    counters
+		wantErr bool
+	}{
+		{
+			name: "chunkstore",
+			in: `# HELP bootfs_chunkstore_http_requests_total HTTP requests by method and status code.
+# TYPE bootfs_chunkstore_http_requests_total counter
+bootfs_chunkstore_http_requests_total{method="GET",code="200"} 64
+bootfs_chunkstore_http_requests_total{method="GET",code="404"} 2
+bootfs_chunkstore_http_requests_total{method="HEAD",code="200"} 5
+bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 9
+bootfs_chunkstore_http_in_flight 1
+bootfs_chunkstore_http_sent_bytes_total 1830829
+bootfs_chunkstore_http_received_bytes_total 77
+bootfs_chunkstore_store_bytes_total 99
+`,
+			want: counters{Requests: 71, Bytes: 1830829},
+		},
+		{name: "no requests yet", in: "bootfs_chunkstore_http_sent_bytes_total 0\n", want: counters{}},
+		{name: "not chunkstore", in: "go_goroutines 7\n", wantErr: true},
+		{name: "bad number", in: "bootfs_chunkstore_http_sent_bytes_total x\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMetrics(strings.NewReader(tc.in))
+			if (err != nil) != tc.wantErr || (err == nil && got != tc.want) {
+				t.Errorf("parseMetrics() = %+v, %v; want %+v, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestCountersSubDiscountsTheScrape(t *testing.T) {
+	before := counters{Requests: 10, Bytes: 5000, scrape: 1200}
+	after := counters{Requests: 14, Bytes: 5000 + 1200 + 300000}
+	if got, want := after.sub(before), (counters{Requests: 3, Bytes: 300000}); got != want {
+		t.Errorf("sub = %+v, want %+v", got, want)
+	}
+}
+
+func TestParseVmHWM(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     int64
+	}{
+		{"status", "Name:\tboot\nVmPeak:\t 1000 kB\nVmHWM:\t   17200 kB\nVmRSS:\t 100 kB\n", 17200 << 10},
+		{"missing", "Name:\tboot\n", 0},
+		{"odd unit", "VmHWM:\t 12 MB\n", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parseVmHWM(tc.in); got != tc.want {
+				t.Errorf("parseVmHWM(%q) = %d, want %d", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPeakRSSOfThisProcess(t *testing.T) {
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Skip("no /proc")
+	}
+	w := watchRSS(os.Getpid)
+	buf := make([]byte, 32<<20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	time.Sleep(50 * time.Millisecond)
+	got := w.Stop()
+	if got < int64(len(buf)) {
+		t.Errorf("peak RSS after touching %d bytes = %d", len(buf), got)
+	}
+	_ = buf[len(buf)-1]
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   []int64
+		want int64
+	}{
+		{"one", []int64{7}, 7},
+		{"odd", []int64{9, 1, 5}, 5},
+		{"even", []int64{4, 1, 10, 2}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := median(tc.in); got != tc.want {
+				t.Errorf("median(%v) = %d, want %d", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseConvertBench(t *testing.T) {
+	out := `goos: linux
+BenchmarkConvertDir/mkimage-j1-2         	       1	2000000000 ns/op	 185.00 MB/s	 1234 B/op	 5 allocs/op
+BenchmarkConvertDir/casync-make-2        	       1	4500000000 ns/op	  82.20 MB/s
+BenchmarkConvertDir/desync-tar-j2-2      	       1	3000000000 ns/op	 123.30 MB/s
+PASS
+`
+	got := parseConvertBench(out)
+	want := []ConvertRow{{"mkimage-j1", 2, 185}, {"casync-make", 4.5, 82.2}, {"desync-tar-j2", 3, 123.3}}
+	if len(got) != len(want) {
+		t.Fatalf("parseConvertBench = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("row %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestLookupUser(t *testing.T) {
+	passwd := filepath.Join(t.TempDir(), "passwd")
+	os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\npostgres:x:104:107:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n"), 0o644)
+	for _, tc := range []struct {
+		name, user string
+		uid, gid   int
+		home       string
+		wantErr    bool
+	}{
+		{"name", "postgres", 104, 107, "/var/lib/postgresql", false},
+		{"uid", "0", 0, 0, "/root", false},
+		{"missing", "nobody", 0, 0, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uid, gid, home, err := lookupUser(passwd, tc.user)
+			if (err != nil) != tc.wantErr || uid != tc.uid || gid != tc.gid || home != tc.home {
+				t.Errorf("lookupUser(%q) = %d, %d, %q, %v; want %d, %d, %q, error %v", tc.user, uid, gid, home, err, tc.uid, tc.gid, tc.home, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	if got := unescapeMount(`/mnt/a\040b`); got != "/mnt/a b" {
+		t.Errorf("unescapeMount = %q", got)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	base := Options{Bin: "b", Work: "w", Out: "o"}
+	for _, tc := range []struct {
+		name    string
+		change  func(*Options)
+		wantErr string
+		check   func(*testing.T, Options)
+	}{
+		{name: "defaults", check: func(t *testing.T, o Options) {
+			if o.Samples != 2 || len(o.Images) != 4 || len(o.Modes) != len(AllModes) || len(o.Networks) != 3 || len(o.Extras) != len(AllExtras) {
+				t.Errorf("defaults = %+v", o)
+			}
+		}},
+		{name: "quick", change: func(o *Options) { o.Quick = true }, check: func(t *testing.T, o Options) {
+			if len(o.Images) != 1 || o.Images[0] != "busybox" || len(o.Networks) != 2 {
+				t.Errorf("quick = %+v", o)
+			}
+		}},
+		{name: "bad image", change: func(o *Options) { o.Images = []string{"alpine"} }, wantErr: `unknown image "alpine"`},
+		{name: "bad mode", change: func(o *Options) { o.Modes = []string{"lazy"} }, wantErr: `unknown mode "lazy"`},
+		{name: "bad network", change: func(o *Options) { o.Networks = []string{"5g"} }, wantErr: `unknown network "5g"`},
+		{name: "bad extra", change: func(o *Options) { o.Extras = []string{"gpu"} }, wantErr: `unknown extra measurement "gpu"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := base
+			if tc.change != nil {
+				tc.change(&o)
+			}
+			err := o.resolve()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("resolve() = %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
+
+// TestReport renders a report from made-up runs and checks the table
+// cells, the goals and the files.
+func TestReport(t *testing.T) {
+	r := &Report{Samples: 3, Images: []string{"python"}, Modes: []string{ModeFull, ModeCasync, ModeCold, ModeWarm, ModePrefetch},
+		Networks: []string{"20ms-100mbit"}, Prefetch: "not available: test",
+		Sizes: []ImageSize{{Image: "python", SaveBytes: 100e6, BootBytes: 9e6, StoreBytes: 40e6}}}
+	add := func(mode string, ready time.Duration, image, store int64, err string) {
+		r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: mode, Ready: ready, ImageBytes: image, StoreBytes: store, Requests: 3, RSS: 20e6, Err: err})
+	}
+	for _, d := range []time.Duration{10, 12, 11} {
+		add(ModeFull, d*time.Second, 100e6, 0, "")
+	}
+	for _, d := range []time.Duration{3000, 2000, 2500} {
+		add(ModeCold, d*time.Millisecond, 9e6, 1e6, "")
+	}
+	add(ModeCasync, 5*time.Second, 0, 2e6, "")
+	add(ModeCasync, 0, 0, 0, "casync mount exited")
+	add(ModeWarm, time.Second, 0, 0, "")
+	r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: ModePrefetch, Skipped: "not available: test"})
+	md := r.Markdown([]string{"x-ready.png"})
+	for _, want := range []string{
+		"| python | 11.00 s (10.00–12.00) | 5.00 s, 1 failed | 2.50 s (2.00–3.00) | 1.00 s | n/a |",
+		"| python | 100.0 MB (100.0%), 3 req | 2.0 MB (2.0%), 3 req | 10.0 MB (10.0%), 3 req |",
+		"faster to ready than a full pull at 20ms-100mbit for python: **met** (4.4×",
+		"fetches ≤ 10% of the image's bytes, python: **met** (10.0%",
+		"bootfs cold beats casync mount, python on 20ms-100mbit: **met**",
+		"for postgres: not measured",
+		"python, 20ms-100mbit, casync-mount failed: casync mount exited",
+		"bootfs-prefetch: not available: test",
+		"![x-ready](x-ready.png)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	dir := t.TempDir()
+	file, err := r.Write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stem := strings.TrimSuffix(filepath.Base(file), ".md")
+	for _, f := range []string{stem + ".md", stem + ".json", stem + "-ready-20ms-100mbit.png", stem + "-fetched.png"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || fi.Size() == 0 {
+			t.Errorf("Write made no %s: %v", f, err)
+		}
+	}
+	again := t.TempDir()
+	file2, err := Render(filepath.Join(dir, stem+".json"), again)
+	if err != nil {
+		t.Fatalf("Render: %v", err)
+	}
+	if a, b := readFile(t, file), readFile(t, file2); a != b {
+		t.Errorf("Render of the raw runs gave a different report:\n%s\nwant:\n%s", b, a)
+	}
+	png, _ := os.ReadFile(filepath.Join(dir, stem+"-fetched.png"))
+	if !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Errorf("%s-fetched.png is not a PNG", stem)
+	}
+}
+
+func TestMemberOf(t *testing.T) {
+	group := filepath.Join(t.TempDir(), "group")
+	os.WriteFile(group, []byte("root:x:0:\nssl-cert:x:108:postgres\npostgres:x:107:\nwheel:x:10:alice,postgres,bob\naudio:x:29:alice\n"), 0o644)
+	for _, tc := range []struct {
+		name, user string
+		gid        int
+		want       string
+	}{
+		{"postgres", "postgres", 107, "107,108,10"},
+		{"no extra groups", "nobody", 65534, "65534"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := memberOf(group, tc.user, tc.gid)
+			if err != nil || got != tc.want {
+				t.Errorf("memberOf(%q, %d) = %q, %v; want %q", tc.user, tc.gid, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,314 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// image is one workload's images and the files made from them.
+type image struct {
+	wl     Workload
+	rootfs string
+	// Tags: the original, its boot image and the boot image with a
+	// prefetch list.
+	orig, boot, prefetch string
+	// docker save archives under the tar server, and their sizes.
+	origTar, bootTar, prefetchTar    string
+	origSize, bootSize, prefetchSize int64
+	// index is the bootfs caidx (with index.toc), casIndex casync make's.
+	index, casIndex string
+	conv            convertSummary
+	casMakeSeconds  float64
+	// storeBytes are the stored (compressed) bytes of the image's distinct
+	// chunks in the bootfs store, casStoreBytes in casync's.
+	storeBytes, casStoreBytes int64
+}
+
+// convertSummary is the part of mkimage --json the report uses.
+type convertSummary struct {
+	Entries      int     `json:"entries"`
+	Bytes        int64   `json:"bytes"`
+	Chunks       int     `json:"chunks"`
+	UniqueChunks int     `json:"unique_chunks"`
+	NewChunks    int     `json:"new_chunks"`
+	NewBytes     int64   `json:"new_bytes"`
+	BytesWritten int64   `json:"bytes_written"`
+	Seconds      float64 `json:"seconds"`
+}
+
+// rootfsOf returns the workload's root filesystem: bench/rootfs.sh's
+// cached debootstrap, or a fresh busybox tree.
+func (h *harness) rootfsOf(ctx context.Context, w Workload) (string, error) {
+	if w.Rootfs == "" {
+		dir := filepath.Join(h.opts.Work, "busybox-rootfs")
+		return dir, busyboxTree(dir)
+	}
+	out, err := command(ctx, filepath.Join(h.opts.Module, "bench", "rootfs.sh"), w.Rootfs, w.Packages)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// busyboxTree writes a busybox-static root filesystem at root.
+func busyboxTree(root string) error {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return fmt.Errorf("quick mode needs busybox (apt-get install busybox-static): %w", err)
+	}
+	os.RemoveAll(root)
+	for _, d := range []string{"bin", "dev", "etc", "proc", "tmp", "root", "usr/share/doc"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(bb)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755); err != nil {
+		return err
+	}
+	list, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		return fmt.Errorf("busybox --list: %w", err)
+	}
+	for c := range strings.FieldsSeq(string(list)) {
+		if c != "busybox" {
+			if err := os.Symlink("busybox", filepath.Join(root, "bin", c)); err != nil {
+				return err
+			}
+		}
+	}
+	files := map[string]string{
+		"etc/passwd":     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group":      "root:x:0:\nnogroup:x:65534:\n",
+		"etc/os-release": "NAME=\"bootfs bench busybox\"\nID=busybox\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	// Some bulk for the store and read measurements: 8 MiB of
+	// pseudo-random text in files of several sizes.
+	seed := uint64(1)
+	for i := range 32 {
+		buf := make([]byte, (i%8+1)<<16)
+		for j := range buf {
+			seed = seed*6364136223846793005 + 1442695040888963407
+			buf[j] = 'a' + byte(seed>>59)
+		}
+		if err := os.WriteFile(filepath.Join(root, "usr/share/doc", fmt.Sprintf("f%02d", i)), buf, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dockerImport imports the tree at dir as tag with docker import's changes.
+func dockerImport(ctx context.Context, dir, tag string, changes []string) error {
+	args := []string{"import"}
+	for _, c := range changes {
+		args = append(args, "-c", c)
+	}
+	args = append(args, "-", tag)
+	tar := exec.CommandContext(ctx, "tar", "-C", dir, "--numeric-owner", "-c", ".")
+	imp := exec.CommandContext(ctx, "docker", args...)
+	pipe, err := tar.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	imp.Stdin = pipe
+	var out strings.Builder
+	imp.Stdout, imp.Stderr = &out, &out
+	if err := tar.Start(); err != nil {
+		return err
+	}
+	if err := imp.Run(); err != nil {
+		tar.Wait()
+		return fmt.Errorf("docker import %s: %w: %s", tag, err, tail(out.String(), 1000))
+	}
+	return tar.Wait()
+}
+
+// prepare builds, converts and archives one workload's images.
+func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
+	im := &image{wl: w,
+		orig:     prefix + "/" + w.Name + ":orig",
+		boot:     prefix + "/" + w.Name + ":boot",
+		prefetch: prefix + "/" + w.Name + ":prefetch",
+	}
+	var err error
+	if im.rootfs, err = h.rootfsOf(ctx, w); err != nil {
+		return nil, err
+	}
+	h.logf("%s: import %s as %s", w.Name, im.rootfs, im.orig)
+	h.removeImageAtEnd(im.orig)
+	if err := dockerImport(ctx, im.rootfs, im.orig, w.Changes); err != nil {
+		return nil, err
+	}
+	im.origTar = w.Name + "-orig.tar"
+	if im.origSize, err = h.save(ctx, im.orig, im.origTar); err != nil {
+		return nil, err
+	}
+
+	h.logf("%s: convert with mkimage", w.Name)
+	im.index = filepath.Join(h.opts.Work, "index", w.Name+".caidx")
+	h.removeImageAtEnd(im.boot)
+	out, err := command(ctx, filepath.Join(h.opts.Bin, "mkimage"), "--store", h.storeDir(),
+		"--runtime-store", h.store.url, "--index-out", im.index, "--json", "--quiet", im.orig, im.boot)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(out), &im.conv); err != nil {
+		return nil, fmt.Errorf("mkimage --json: %w: %q", err, tail(out, 500))
+	}
+	im.bootTar = w.Name + "-boot.tar"
+	if im.bootSize, err = h.save(ctx, im.boot, im.bootTar); err != nil {
+		return nil, err
+	}
+	if im.storeBytes, err = indexStoreBytes(im.index, h.storeDir()); err != nil {
+		return nil, err
+	}
+
+	if h.needCasync() {
+		h.logf("%s: casync make", w.Name)
+		im.casIndex = filepath.Join(h.opts.Work, "index", w.Name+"-casync.caidx")
+		args := append([]string{"make", "--store=" + h.casStoreDir()}, casync.CasyncMakeArgs...)
+		start := time.Now()
+		if _, err := command(ctx, "casync", append(args, im.casIndex, im.rootfs)...); err != nil {
+			return nil, err
+		}
+		im.casMakeSeconds = time.Since(start).Seconds()
+		if im.casStoreBytes, err = indexStoreBytes(im.casIndex, h.casStoreDir()); err != nil {
+			return nil, err
+		}
+	}
+	return im, nil
+}
+
+// save writes `docker save tag` to name under the tar directory and
+// returns its size.
+func (h *harness) save(ctx context.Context, tag, name string) (int64, error) {
+	file := filepath.Join(h.tarDir(), name)
+	if _, err := docker(ctx, "save", "-o", file, tag); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func (h *harness) removeImageAtEnd(tag string) {
+	if h.opts.Keep {
+		return
+	}
+	h.clean.add(func() { docker(context.Background(), "rmi", "-f", tag) })
+}
+
+// indexStoreBytes returns the stored size of the distinct chunks index
+// references in the local store dir.
+func indexStoreBytes(index, dir string) (int64, error) {
+	f, err := os.Open(index)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	x, err := casync.ReadIndex(f)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", index, err)
+	}
+	seen := map[casync.ChunkID]bool{}
+	var n int64
+	for _, c := range x.Chunks {
+		if seen[c.ID] {
+			continue
+		}
+		seen[c.ID] = true
+		fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(chunkstore.ChunkPath(c.ID))))
+		if err != nil {
+			return 0, fmt.Errorf("chunk %s of %s: %w", c.ID, index, err)
+		}
+		n += fi.Size()
+	}
+	return n, nil
+}
+
+// serveTars serves the docker save archives over HTTP on loopback.
+func (h *harness) serveTars() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: http.FileServer(http.Dir(h.tarDir()))}
+	go srv.Serve(ln)
+	h.clean.add(func() { srv.Close() })
+	return "http://" + ln.Addr().String(), nil
+}
+
+// load fetches a docker save archive from url and pipes it into docker
+// load, like a pull without a registry. It returns the bytes received.
+func load(ctx context.Context, url string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("fetch %s: %s", url, resp.Status)
+	}
+	cmd := exec.CommandContext(ctx, "docker", "load", "-q")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	n, copyErr := io.Copy(stdin, resp.Body)
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		return n, fmt.Errorf("docker load of %s: %w: %s", url, err, tail(out.String(), 1000))
+	}
+	if copyErr != nil {
+		return n, fmt.Errorf("fetch %s: %w", url, copyErr)
+	}
+	return n, nil
+}
+
+// prefetchSupport says why mode bootfs-prefetch cannot run, or "".
+func (h *harness) prefetchSupport(ctx context.Context) string {
+	help, _ := exec.CommandContext(ctx, filepath.Join(h.opts.Bin, "mkimage"), "-h").CombinedOutput()
+	if !strings.Contains(string(help), "-prefetch") {
+		return "not available: this mkimage has no --prefetch flag"
+	}
+	help, _ = exec.CommandContext(ctx, filepath.Join(h.opts.Bin, "boot"), "help").CombinedOutput()
+	if !strings.Contains(string(help), "BOOTFS_RECORD") {
+		return "not available: this boot does not know BOOTFS_RECORD"
+	}
+	return ""
+}

@@ -1,0 +1,497 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// Report is what a Run measured; Write renders it.
+type Report struct {
+	Date    time.Time
+	Samples int
+	// CasyncSamples is how many of the samples ran casync mount.
+	CasyncSamples int `json:",omitempty"`
+	Images        []string
+	Modes         []string
+	Networks      []string
+	Quick         bool
+	Seed          int64
+	Machine       string
+	// Prefetch says why bootfs-prefetch could not run, or "".
+	Prefetch string
+	Sizes    []ImageSize
+	Runs     []Sample
+	Notes    []string
+
+	ConvertTree string
+	Convert     []ConvertRow
+	Dedup       *DedupReport
+	Chunkers    []ChunkerRow
+	FUSEImage   string
+	FUSE        []FUSERow
+	PgVersion   []PgVersionRow
+}
+
+// ImageSize is an image as a full pull and as bootfs delivers it.
+type ImageSize struct {
+	Image      string
+	SaveBytes  int64 // docker save of the original
+	BootBytes  int64 // docker save of the boot image
+	StoreBytes int64 // its distinct chunks in the store, compressed
+}
+
+// DedupRow is one image's conversion into the shared store.
+type DedupRow struct {
+	Image       string
+	SaveBytes   int64
+	CatarBytes  int64
+	Chunks      int
+	Written     int64 // new compressed bytes this image added to the bootfs store
+	StoreBytes  int64 // its distinct chunks in the bootfs store
+	CasyncBytes int64 // its distinct chunks in casync's store
+}
+
+// DedupReport compares the shared stores with the docker save archives.
+type DedupReport struct {
+	Rows                     []DedupRow
+	SaveTotal, Store, Casync int64
+}
+
+func newReport(o Options, prefetch string) *Report {
+	r := &Report{Date: time.Now(), Samples: o.Samples, CasyncSamples: o.CasyncSamples, Images: o.Images, Modes: o.Modes,
+		Networks: o.Networks, Quick: o.Quick, Prefetch: prefetch}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	dv, _ := docker(context.Background(), "version", "--format", "{{.Server.Version}}")
+	r.Machine = fmt.Sprintf("%d CPUs, %.1f GB RAM, Linux %s, Docker %s, %s", runtime.NumCPU(), float64(memTotal())/1e9,
+		strings.TrimSpace(string(kernel)), strings.TrimSpace(dv), runtime.Version())
+	return r
+}
+
+func (r *Report) addImages(ims []*image) {
+	for _, im := range ims {
+		r.Sizes = append(r.Sizes, ImageSize{Image: im.wl.Name, SaveBytes: im.origSize, BootBytes: im.bootSize, StoreBytes: im.storeBytes})
+	}
+}
+
+func (r *Report) add(s Sample) { r.Runs = append(r.Runs, s) }
+
+// cell aggregates the runs of one image, network and mode.
+type cell struct {
+	ok                         []Sample
+	errs                       []string
+	skipped                    string
+	ready, readyMin, readyMax  time.Duration
+	fetched, requests, peakRSS int64
+	store                      int64 // chunk bytes alone (median)
+}
+
+func (r *Report) cell(img, net, mode string) cell {
+	var c cell
+	var ready []time.Duration
+	var fetched, reqs, store []int64
+	for _, s := range r.Runs {
+		if s.Image != img || s.Mode != mode || (net != "" && s.Network != net) {
+			continue
+		}
+		switch {
+		case s.Skipped != "":
+			c.skipped = s.Skipped
+		case s.Err != "":
+			c.errs = append(c.errs, s.Err)
+		default:
+			c.ok = append(c.ok, s)
+			ready = append(ready, s.Ready)
+			fetched = append(fetched, s.Fetched())
+			store = append(store, s.StoreBytes)
+			reqs = append(reqs, s.Requests)
+			c.peakRSS = max(c.peakRSS, s.RSS)
+		}
+	}
+	if len(ready) > 0 {
+		c.ready = median(ready)
+		c.readyMin, c.readyMax = slices.Min(ready), slices.Max(ready)
+		c.fetched, c.requests, c.store = median(fetched), median(reqs), median(store)
+	}
+	return c
+}
+
+// median returns the middle value (the mean of the two middle ones for
+// an even count) of a non-empty slice.
+func median[T int64 | time.Duration](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (r *Report) size(img string) ImageSize {
+	for _, s := range r.Sizes {
+		if s.Image == img {
+			return s
+		}
+	}
+	return ImageSize{Image: img}
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+func mb(n int64) string           { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+// readyText is a table cell: median (min–max), or why there is none.
+func (c cell) readyText() string {
+	switch {
+	case len(c.ok) > 0:
+		s := secs(c.ready)
+		if len(c.ok) > 1 {
+			s += fmt.Sprintf(" (%.2f–%.2f)", c.readyMin.Seconds(), c.readyMax.Seconds())
+		}
+		if len(c.errs) > 0 {
+			s += fmt.Sprintf(", %d failed", len(c.errs))
+		}
+		return s
+	case len(c.errs) > 0:
+		return "failed"
+	case c.skipped != "":
+		return "n/a"
+	}
+	return "–"
+}
+
+// Markdown renders the report; charts are the PNG names to link.
+func (r *Report) Markdown(charts []string) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	title := "bootfs benchmark"
+	if r.Quick {
+		title += " (quick)"
+	}
+	p("# %s, %s\n\n", title, r.Date.Format("2006-01-02 15:04"))
+	casync := ""
+	if r.CasyncSamples > 0 && r.CasyncSamples < r.Samples {
+		casync = fmt.Sprintf(" (casync mount, the slowest by far: %d)", r.CasyncSamples)
+	}
+	p("Machine: %s. %d sample(s) of every cell%s, in shuffled order (seed %d); each cell is the median, with min–max. Made by `bench/run.sh` (see bench/README.md for what each mode does and how it is measured).\n\n", r.Machine, r.Samples, casync, r.Seed)
+
+	p("## Images\n\n| image | docker save | boot image (docker save) | its chunks in the store |\n| --- | ---: | ---: | ---: |\n")
+	for _, s := range r.Sizes {
+		p("| %s | %s | %s | %s |\n", s.Image, mb(s.SaveBytes), mb(s.BootBytes), mb(s.StoreBytes))
+	}
+
+	p("\n## Time to ready\n\nFrom the start of the pull (or mount) until the workload exits successfully, or until a server logs that it is ready.\n")
+	for _, n := range r.Networks {
+		p("\n### %s\n\n| image |", n)
+		for _, m := range r.Modes {
+			p(" %s |", m)
+		}
+		p("\n| --- |%s\n", strings.Repeat(" ---: |", len(r.Modes)))
+		for _, img := range r.Images {
+			p("| %s |", img)
+			for _, m := range r.Modes {
+				p(" %s |", r.cell(img, n, m).readyText())
+			}
+			p("\n")
+		}
+	}
+
+	p("\n## Bytes fetched\n\nEverything received over the network per run (image archive plus chunks), the share of the original image's docker save size, and the HTTP requests; medians over all networks.\n\n| image |")
+	for _, m := range r.Modes {
+		p(" %s |", m)
+	}
+	p("\n| --- |%s\n", strings.Repeat(" ---: |", len(r.Modes)))
+	for _, img := range r.Images {
+		p("| %s |", img)
+		size := r.size(img).SaveBytes
+		for _, m := range r.Modes {
+			c := r.cell(img, "", m)
+			if len(c.ok) == 0 {
+				p(" %s |", c.readyText())
+				continue
+			}
+			p(" %s (%.1f%%), %d req |", mb(c.fetched), pct(c.fetched, size), c.requests)
+		}
+		p("\n")
+	}
+
+	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init) or casync mount, sampled every 10 ms; the highest over all runs.\n\n| image |")
+	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeFull })
+	for _, m := range fuseModes {
+		p(" %s |", m)
+	}
+	p("\n| --- |%s\n", strings.Repeat(" ---: |", len(fuseModes)))
+	for _, img := range r.Images {
+		p("| %s |", img)
+		for _, m := range fuseModes {
+			c := r.cell(img, "", m)
+			if len(c.ok) == 0 || c.peakRSS == 0 {
+				p(" %s |", c.readyText())
+				continue
+			}
+			p(" %s |", mb(c.peakRSS))
+		}
+		p("\n")
+	}
+
+	p("\n## Goals\n\n")
+	for _, g := range r.Goals() {
+		p("- %s\n", g)
+	}
+
+	if len(r.Convert) > 0 {
+		p("\n## Conversion throughput\n\n`BenchmarkConvertDir` once on the %s tree (in the page cache), into an empty local store; MB/s of file content.\n\n| tool | seconds | MB/s |\n| --- | ---: | ---: |\n", r.ConvertTree)
+		for _, c := range r.Convert {
+			p("| %s | %.2f | %.1f |\n", c.Tool, c.Seconds, c.MBps)
+		}
+	}
+	if d := r.Dedup; d != nil {
+		p("\n## Store size and dedup\n\nAll images converted into one bootfs store (mkimage, from Docker) and one casync store (`casync make`, from the same trees), against the sum of their docker save archives.\n\n| image | docker save | catar | chunks | new bytes written | its chunks (bootfs) | its chunks (casync) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, row := range d.Rows {
+			p("| %s | %s | %s | %d | %s | %s | %s |\n", row.Image, mb(row.SaveBytes), mb(row.CatarBytes), row.Chunks, mb(row.Written), mb(row.StoreBytes), mb(row.CasyncBytes))
+		}
+		p("| **all** | %s | | | | **%s** bootfs store (%.1f%%) | **%s** casync store (%.1f%%) |\n", mb(d.SaveTotal), mb(d.Store), pct(d.Store, d.SaveTotal), mb(d.Casync), pct(d.Casync, d.SaveTotal))
+	}
+	if len(r.Chunkers) > 0 {
+		p("\n## buzhash against Rabin\n\nEvery tree converted (`mkimage dir:`, 16k:64k:256k) into a fresh store per chunker, page cache dropped before each.\n\n| chunker | seconds | MB/s | distinct chunks | distinct bytes | dedup | store on disk |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, c := range r.Chunkers {
+			p("| %s | %.2f | %.1f | %d | %s | %.1f%% | %s |\n", c.Chunker, c.Seconds, float64(c.CatarBytes)/1e6/c.Seconds, c.Distinct, mb(c.DistinctBytes), 100-pct(c.DistinctBytes, c.CatarBytes), mb(c.StoreBytes))
+		}
+	}
+	if len(r.FUSE) > 0 {
+		native := r.FUSE[0]
+		p("\n## FUSE metadata and sequential read (%s)\n\n`find` of the whole tree and a read of every file, each after dropping the page cache. boot mount's cache was filled by a first read over loopback HTTP (shown as cold read); casync mount reads its store from local disk.\n\n| filesystem | entries | find | vs native | read | MB/s | vs native | peak RSS | cold read |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", r.FUSEImage)
+		for _, f := range r.FUSE {
+			rss, cold := "–", "–"
+			if f.RSS > 0 {
+				rss = mb(f.RSS)
+			}
+			if f.ColdRead > 0 {
+				cold = fmt.Sprintf("%s (%s fetched)", secs(f.ColdRead), mb(f.ColdFetched))
+			}
+			p("| %s | %d | %s | %.2f× | %s | %.1f | %.0f%% | %s | %s |\n", f.System, f.Entries, secs(f.Find), f.Find.Seconds()/native.Find.Seconds(),
+				secs(f.Read), mbps(f.ReadBytes, f.Read), 100*mbps(f.ReadBytes, f.Read)/mbps(native.ReadBytes, native.Read), rss, cold)
+		}
+	}
+	if len(r.PgVersion) > 0 {
+		p("\n## postgres --version from an empty cache (loopback HTTP)\n\n| system | time | fetched | requests | share of the image's store bytes | peak RSS |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, v := range r.PgVersion {
+			p("| %s | %s | %s | %d | %.1f%% of %s | %s |\n", v.System, secs(v.Took), mb(v.Bytes), v.Requests, pct(v.Bytes, v.ImageStore), mb(v.ImageStore), mb(v.RSS))
+		}
+	}
+	if len(charts) > 0 {
+		p("\n## Charts\n\n")
+		for _, c := range charts {
+			p("![%s](%s)\n", strings.TrimSuffix(c, ".png"), c)
+		}
+	}
+	var notes []string
+	if r.Prefetch != "" {
+		notes = append(notes, "bootfs-prefetch: "+r.Prefetch)
+	}
+	notes = append(notes, r.Notes...)
+	for _, s := range r.Runs {
+		if s.Err != "" {
+			notes = append(notes, fmt.Sprintf("%s, %s, %s failed: %s", s.Image, s.Network, s.Mode, oneLine(s.Err)))
+		}
+	}
+	if len(notes) > 0 {
+		p("\n## Notes\n\n")
+		for _, n := range notes {
+			p("- %s\n", n)
+		}
+	}
+	return b.String()
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 400 {
+		s = s[:400] + "…"
+	}
+	return s
+}
+
+func pct(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
+}
+
+func mbps(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / 1e6 / d.Seconds()
+}
+
+// Goals checks the issue's targets against the measurements; each line
+// says met, missed or not measured, with the numbers.
+func (r *Report) Goals() []string {
+	var g []string
+	mark := func(ok bool) string {
+		if ok {
+			return "**met**"
+		}
+		return "**missed**"
+	}
+	const slow = "20ms-100mbit"
+	for _, img := range []string{"postgres", "python"} {
+		full, cold := r.cell(img, slow, ModeFull), r.cell(img, slow, ModeCold)
+		if len(full.ok) == 0 || len(cold.ok) == 0 {
+			g = append(g, fmt.Sprintf("bootfs cold ≥ 3× faster to ready than a full pull at %s for %s: not measured", slow, img))
+			continue
+		}
+		x := full.ready.Seconds() / cold.ready.Seconds()
+		g = append(g, fmt.Sprintf("bootfs cold ≥ 3× faster to ready than a full pull at %s for %s: %s (%.1f×: %s against %s)", slow, img, mark(x >= 3), x, secs(cold.ready), secs(full.ready)))
+	}
+	for _, img := range r.Images {
+		c := r.cell(img, "", ModeCold)
+		if len(c.ok) == 0 {
+			continue
+		}
+		size := r.size(img).SaveBytes
+		g = append(g, fmt.Sprintf("bootfs cold fetches ≤ 10%% of the image's bytes, %s: %s (%.1f%%: %s of %s, boot image included; the chunks alone %.1f%%)",
+			img, mark(pct(c.fetched, size) <= 10), pct(c.fetched, size), mb(c.fetched), mb(size), pct(c.store, size)))
+	}
+	for _, img := range r.Images {
+		for _, n := range r.Networks {
+			c, k := r.cell(img, n, ModeCold), r.cell(img, n, ModeCasync)
+			if len(c.ok) == 0 || len(k.ok) == 0 {
+				continue
+			}
+			g = append(g, fmt.Sprintf("bootfs cold beats casync mount, %s on %s: %s (%s against %s)", img, n, mark(c.ready < k.ready), secs(c.ready), secs(k.ready)))
+		}
+	}
+	for _, v := range r.PgVersion {
+		if v.System == "bootfs" {
+			g = append(g, fmt.Sprintf("`postgres --version` fetches ≤ 10%% of the image's store bytes: %s (%.1f%%, %d requests)", mark(pct(v.Bytes, v.ImageStore) <= 10), pct(v.Bytes, v.ImageStore), v.Requests))
+		}
+	}
+	if len(r.FUSE) >= 2 {
+		native, boot := r.FUSE[0], r.FUSE[1]
+		x := boot.Find.Seconds() / native.Find.Seconds()
+		g = append(g, fmt.Sprintf("`find` on boot mount with a warm cache ≤ 2× native: %s (%.2f×)", mark(x <= 2), x))
+		y := mbps(boot.ReadBytes, boot.Read) / mbps(native.ReadBytes, native.Read)
+		g = append(g, fmt.Sprintf("sequential read on boot mount with a warm cache ≥ 50%% of native: %s (%.0f%%)", mark(y >= 0.5), 100*y))
+	}
+	var peak int64
+	for _, s := range r.Runs {
+		if s.Err == "" && (s.Mode == ModeCold || s.Mode == ModeWarm || s.Mode == ModePrefetch) {
+			peak = max(peak, s.RSS)
+		}
+	}
+	if peak > 0 {
+		g = append(g, fmt.Sprintf("boot's RSS ≤ 64 MB: %s (highest peak over all runs: %s)", mark(peak <= 64<<20), mb(peak)))
+	}
+	return g
+}
+
+// Write writes the report as OUT/<date>.md with its charts beside it and
+// the raw runs as OUT/<date>.json, and returns the Markdown file's path.
+func (r *Report) Write(out string) (string, error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return "", err
+	}
+	stem := r.Date.Format("2006-01-02-1504")
+	if r.Quick {
+		stem += "-quick"
+	}
+	var charts []string
+	for _, n := range r.Networks {
+		name := fmt.Sprintf("%s-ready-%s.png", stem, n)
+		if err := r.chart(filepath.Join(out, name), "time to ready, "+n+" (s, median)", func(img, m string) (float64, bool) {
+			c := r.cell(img, n, m)
+			return c.ready.Seconds(), len(c.ok) > 0
+		}); err != nil {
+			return "", err
+		}
+		charts = append(charts, name)
+	}
+	name := stem + "-fetched.png"
+	if err := r.chart(filepath.Join(out, name), "bytes fetched (MB, median over networks)", func(img, m string) (float64, bool) {
+		c := r.cell(img, "", m)
+		return float64(c.fetched) / 1e6, len(c.ok) > 0
+	}); err != nil {
+		return "", err
+	}
+	charts = append(charts, name)
+	raw, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(out, stem+".json"), raw, 0o644); err != nil {
+		return "", err
+	}
+	file := filepath.Join(out, stem+".md")
+	return file, os.WriteFile(file, []byte(r.Markdown(charts)), 0o644)
+}
+
+// palette colours the modes in every chart alike.
+var palette = []color.Color{
+	color.RGBA{0x99, 0x99, 0x99, 0xff}, // full pull
+	color.RGBA{0xe6, 0x9f, 0x00, 0xff}, // casync
+	color.RGBA{0x00, 0x72, 0xb2, 0xff}, // bootfs cold
+	color.RGBA{0x56, 0xb4, 0xe9, 0xff}, // warm
+	color.RGBA{0x00, 0x9e, 0x73, 0xff}, // prefetch
+}
+
+// chart draws a grouped bar chart: a group per image, a bar per mode.
+func (r *Report) chart(file, title string, value func(img, mode string) (float64, bool)) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(40)
+	p.Y.Min = 0
+	width := vg.Points(float64(90) / float64(max(1, len(r.Modes))))
+	for i, m := range r.Modes {
+		vals := make(plotter.Values, len(r.Images))
+		any := false
+		for j, img := range r.Images {
+			if v, ok := value(img, m); ok {
+				vals[j], any = v, true
+			}
+		}
+		if !any {
+			continue
+		}
+		bars, err := plotter.NewBarChart(vals, width)
+		if err != nil {
+			return err
+		}
+		bars.Color = palette[slices.Index(AllModes, m)%len(palette)]
+		bars.LineStyle.Width = 0
+		bars.Offset = width * vg.Length(float64(i)-float64(len(r.Modes)-1)/2)
+		p.Add(bars)
+		p.Legend.Add(m, bars)
+	}
+	p.NominalX(r.Images...)
+	return p.Save(vg.Length(max(5, 2*len(r.Images)))*vg.Inch, 4*vg.Inch, file)
+}
+
+// Render reads the raw runs a Run wrote (<date>.json) and writes the
+// report and charts again into out, with this version's rendering.
+func Render(file, out string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return "", fmt.Errorf("read report %s: %w", file, err)
+	}
+	return r.Write(out)
+}
