@@ -95,6 +95,19 @@ func TestDebianSharedBase(t *testing.T) {
 		t.Errorf("converted python image: exit %d, stdout %q, stderr %s; want %q", got.code, got.stdout, got.stderr, want.stdout)
 	}
 
+	// Two images with a common base share the node's cache: after the
+	// minbase image read its shell and libc, the python image reads them
+	// from the cache and fetches only the few chunks that differ.
+	e.convertJSON(t, minImg, minImg+"-shared", e.store)
+	cache := e.volume(t, "debian-cache")
+	read := []string{"md5sum", "/bin/bash", "/usr/bin/ls", "/usr/lib/x86_64-linux-gnu/libc.so.6"}
+	baseRun := statsOf(t, e, minImg+"-shared", cache, read...)
+	pyRun := statsOf(t, e, pyImg+"-shared", cache, read...)
+	if baseRun.ChunksFetched == 0 || pyRun.CacheHits == 0 || pyRun.ChunksFetched*4 > baseRun.ChunksFetched {
+		t.Errorf("shared cache across images: minbase run %+v, then python run %+v; want the python run served mostly from the cache", baseRun, pyRun)
+	}
+	t.Logf("shared cache: minbase fetched %d chunks; python then fetched %d, %d cache hits", baseRun.ChunksFetched, pyRun.ChunksFetched, pyRun.CacheHits)
+
 	// A server workload reaches readiness: python's HTTP server answers
 	// on loopback, and docker stop ends it promptly.
 	port := freePort(t)
@@ -237,4 +250,16 @@ func checkSecondLayer(t *testing.T, image string) {
 		io.Copy(io.Discard, r)
 		return
 	}
+}
+
+// statsOf runs args in the boot image with the cache volume and returns
+// boot's stats of the run.
+func statsOf(t *testing.T, e *env, image, cache string, args ...string) stats {
+	t.Helper()
+	dir := t.TempDir()
+	got := e.run(t, true, []string{"-v", cache + ":/.bootfs/cache", "-v", dir + ":/stats", "-e", "BOOTFS_STATS=/stats/s.json"}, image, args...)
+	if got.code != 0 {
+		t.Fatalf("docker run %s %q: exit %d; stderr: %s", image, args, got.code, got.stderr)
+	}
+	return readStats(t, filepath.Join(dir, "s.json"))
 }
