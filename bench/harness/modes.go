@@ -108,6 +108,24 @@ type process struct {
 	stop func() // ends a server gracefully
 }
 
+// startProcess starts cmd with w's stdin, watching its combined output
+// for w's ready line.
+func startProcess(cmd *exec.Cmd, w Workload) (process, error) {
+	if w.Stdin != "" {
+		cmd.Stdin = strings.NewReader(w.Stdin)
+	}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	out := watchOutput(pr, w)
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return process{}, err
+	}
+	wait := make(chan error, 1)
+	go func() { err := cmd.Wait(); pw.Close(); wait <- err }()
+	return process{wait: wait, out: out}, nil
+}
+
 // await waits until the workload is ready (a server) or has exited
 // successfully, and returns the time since start. A server is then stopped.
 func await(ctx context.Context, w Workload, p process, start time.Time) (time.Duration, error) {
@@ -186,17 +204,10 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 	}
 	args = append(append(args, c.image), argv...)
 	cmd := exec.CommandContext(ctx, "docker", args...)
-	if w.Stdin != "" {
-		cmd.Stdin = strings.NewReader(w.Stdin)
-	}
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	out := watchOutput(pr, w)
-	if err := cmd.Start(); err != nil {
+	p, err := startProcess(cmd, w)
+	if err != nil {
 		return 0, 0, err
 	}
-	wait := make(chan error, 1)
-	go func() { err := cmd.Wait(); pw.Close(); wait <- err }()
 	var rw *rssWatcher
 	if c.watchRSS {
 		var last time.Time
@@ -208,9 +219,8 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 			return containerPid(name)
 		})
 	}
-	took, err := await(ctx, w, process{wait: wait, out: out, stop: func() {
-		docker(context.Background(), "stop", "-t", "20", name)
-	}}, start)
+	p.stop = func() { docker(context.Background(), "stop", "-t", "20", name) }
+	took, err := await(ctx, w, p, start)
 	var rss int64
 	if rw != nil {
 		rss = rw.Stop()
@@ -346,17 +356,10 @@ func (h *harness) runCasync(ctx context.Context, im *image, store string, argv [
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if w.Stdin != "" {
-		cmd.Stdin = strings.NewReader(w.Stdin)
-	}
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	out := watchOutput(pr, w)
-	if err := cmd.Start(); err != nil {
+	p, err := startProcess(cmd, w)
+	if err != nil {
 		return 0, 0, err
 	}
-	wait := make(chan error, 1)
-	go func() { err := cmd.Wait(); pw.Close(); wait <- err }()
 	pg := cmd.Process.Pid
 	stop := func() {
 		syscall.Kill(-pg, syscall.SIGINT)
@@ -365,7 +368,8 @@ func (h *harness) runCasync(ctx context.Context, im *image, store string, argv [
 			syscall.Kill(-pg, syscall.SIGKILL)
 		}()
 	}
-	took, err := await(ctx, w, process{wait: wait, out: out, stop: stop}, start)
+	p.stop = stop
+	took, err := await(ctx, w, p, start)
 	if err != nil {
 		syscall.Kill(-pg, syscall.SIGKILL)
 	}

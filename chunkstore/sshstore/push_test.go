@@ -175,28 +175,58 @@ func testIndex(t *testing.T, chunks [][]byte) []byte {
 	return b.Bytes()
 }
 
+// rawSession is a command run on the server by hand, its protocol bytes
+// written and read by the test.
+type rawSession struct {
+	sess   *ssh.Session
+	stdin  io.WriteCloser
+	stdout io.Reader
+	stderr syncBuffer
+}
+
+// startRaw starts cmd on c and sends first.
+func startRaw(t *testing.T, c *ssh.Client, cmd string, first []byte) *rawSession {
+	t.Helper()
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	r := &rawSession{sess: sess}
+	r.stdin, _ = sess.StdinPipe()
+	r.stdout, _ = sess.StdoutPipe()
+	sess.Stderr = &r.stderr
+	if err := sess.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	r.stdin.Write(first)
+	return r
+}
+
+// wait waits for the command to end and returns its exit status and
+// stderr.
+func (r *rawSession) wait(t *testing.T) (int, string) {
+	t.Helper()
+	status := 0
+	var ee *ssh.ExitError
+	if err := r.sess.Wait(); errors.As(err, &ee) {
+		status = ee.ExitStatus()
+	} else if err != nil {
+		t.Fatalf("Wait() = %v", err)
+	}
+	return status, r.stderr.String()
+}
+
 // pushSession runs cmd on c, writes the messages from script as answers
 // to what the server sends, and returns the types the server sent, its
 // exit status and stderr. script is called with each server message and
 // returns what to send next (nil: nothing).
 func pushSession(t *testing.T, c *ssh.Client, cmd string, first []byte, script func(m message) []byte) ([]string, int, string) {
 	t.Helper()
-	sess, err := c.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	var stderr bytes.Buffer
-	sess.Stderr = &stderr
-	if err := sess.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	stdin.Write(first)
+	r := startRaw(t, c, cmd, first)
 	var got []string
 	for {
-		m, err := readMessage(stdout)
+		m, err := readMessage(r.stdout)
 		if err != nil {
 			if err != io.EOF {
 				t.Errorf("server output: %v", err)
@@ -205,18 +235,12 @@ func pushSession(t *testing.T, c *ssh.Client, cmd string, first []byte, script f
 		}
 		got = append(got, typeName(m.typ))
 		if b := script(m); b != nil {
-			stdin.Write(b)
+			r.stdin.Write(b)
 		}
 	}
-	stdin.Close()
-	status := 0
-	var ee *ssh.ExitError
-	if err := sess.Wait(); errors.As(err, &ee) {
-		status = ee.ExitStatus()
-	} else if err != nil {
-		t.Fatalf("Wait() = %v", err)
-	}
-	return got, status, stderr.String()
+	r.stdin.Close()
+	status, stderr := r.wait(t)
+	return got, status, stderr
 }
 
 // TestPushIndex drives the push side of the server by hand: an index

@@ -505,37 +505,19 @@ func oversizedIndex() []byte {
 // what pushSession does.
 func closingSession(t *testing.T, c *ssh.Client, cmd string, first []byte, requested *[]casync.ChunkID) ([]string, int, string) {
 	t.Helper()
-	sess, err := c.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	var stderr syncBuffer
-	sess.Stderr = &stderr
-	if err := sess.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	stdin.Write(first)
+	r := startRaw(t, c, cmd, first)
 	var got []string
 	for {
-		m, err := readMessage(stdout)
+		m, err := readMessage(r.stdout)
 		if err != nil {
 			break
 		}
 		got = append(got, typeName(m.typ))
 		if m.typ == msgRequest {
 			*requested = append(*requested, m.ids...)
-			stdin.Close()
+			r.stdin.Close()
 		}
 	}
-	status := 0
-	var ee *ssh.ExitError
-	if err := sess.Wait(); errors.As(err, &ee) {
-		status = ee.ExitStatus()
-	} else if err != nil {
-		t.Fatalf("Wait() = %v", err)
-	}
-	return got, status, stderr.String()
+	status, stderr := r.wait(t)
+	return got, status, stderr
 }
