@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/sshstore"
 	"github.com/bootfs/bootfs/internal/bootconfig"
 )
 
@@ -85,8 +86,8 @@ const (
 	EnvLog           = "BOOTFS_LOG"
 	EnvStats         = "BOOTFS_STATS"
 	EnvBackground    = "BOOTFS_BACKGROUND"
-	EnvSSHKey        = "BOOTFS_SSH_KEY"
-	EnvSSHKnownHosts = "BOOTFS_SSH_KNOWN_HOSTS"
+	EnvSSHKey        = sshstore.EnvKeys
+	EnvSSHKnownHosts = sshstore.EnvKnownHosts
 	EnvTimeout       = "BOOTFS_TIMEOUT"
 	EnvUser          = "BOOTFS_USER"
 	EnvRecord        = "BOOTFS_RECORD"
@@ -122,11 +123,7 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 	default:
 		return InitOptions{}, fmt.Errorf("boot: %s=%q: want 1 or 0", EnvBackground, v)
 	}
-	for k := range strings.SplitSeq(getenv(EnvSSHKey), ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			o.SSHKeys = append(o.SSHKeys, k)
-		}
-	}
+	o.SSHKeys = sshstore.ParseKeyList(getenv(EnvSSHKey))
 	if v := getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {

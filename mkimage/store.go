@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -51,26 +50,16 @@ func openWriteStore(ctx context.Context, spec string, opts Options) (chunkstore.
 	return ws, nil
 }
 
-// Environment variables for ssh:// stores, the same ones boot reads
-// (boot.EnvSSHKey and boot.EnvSSHKnownHosts; mkimage does not import
-// boot).
-const (
-	envSSHKey        = "BOOTFS_SSH_KEY"
-	envSSHKnownHosts = "BOOTFS_SSH_KNOWN_HOSTS"
-)
-
 // sshClientOptions returns the options of ssh:// stores: keys and
 // known_hosts from the environment, and trusted writes, since mkimage
 // computes every chunk ID from the bytes it stores (the server still
 // verifies each chunk).
 func sshClientOptions(getenv func(string) string) sshstore.ClientOptions {
-	o := sshstore.ClientOptions{KnownHostsFile: getenv(envSSHKnownHosts), TrustWrites: true}
-	for k := range strings.SplitSeq(getenv(envSSHKey), ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			o.IdentityFiles = append(o.IdentityFiles, k)
-		}
+	return sshstore.ClientOptions{
+		IdentityFiles:  sshstore.ParseKeyList(getenv(sshstore.EnvKeys)),
+		KnownHostsFile: getenv(sshstore.EnvKnownHosts),
+		TrustWrites:    true,
 	}
-	return o
 }
 
 // syncStore makes the chunks written to a local store durable.

@@ -121,7 +121,7 @@ func sshStoreServer(t *testing.T) sshStore {
 	if err := os.WriteFile(known, []byte(knownhosts.Line([]string{addr}, hostPub)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(envSSHKnownHosts, known)
+	t.Setenv(sshstore.EnvKnownHosts, known)
 	st.url = "ssh://mkimage@" + addr + st.dir
 	return st
 }
@@ -133,7 +133,7 @@ func sshStoreServer(t *testing.T) sshStore {
 // uploader asks the server in query sessions, which move no chunk data.
 func TestConvertToSSHStore(t *testing.T) {
 	st := sshStoreServer(t)
-	t.Setenv(envSSHKey, st.writerKey)
+	t.Setenv(sshstore.EnvKeys, st.writerKey)
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "root")
 	writeTree(t, root)
@@ -182,7 +182,7 @@ func TestConvertToSSHStore(t *testing.T) {
 // which chunks the store has needs no right to write.
 func TestConvertToSSHStoreReadOnlyKey(t *testing.T) {
 	st := sshStoreServer(t)
-	t.Setenv(envSSHKey, st.readerKey)
+	t.Setenv(sshstore.EnvKeys, st.readerKey)
 	root := filepath.Join(t.TempDir(), "root")
 	writeTree(t, root)
 	_, err := Convert(context.Background(), Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
@@ -193,9 +193,9 @@ func TestConvertToSSHStoreReadOnlyKey(t *testing.T) {
 		t.Errorf("refused conversion left %d chunks in the store", len(files))
 	}
 
-	t.Setenv(envSSHKey, st.writerKey)
+	t.Setenv(sshstore.EnvKeys, st.writerKey)
 	convert(t, Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
-	t.Setenv(envSSHKey, st.readerKey)
+	t.Setenv(sshstore.EnvKeys, st.readerKey)
 	sum, err := Convert(context.Background(), Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
 	if err != nil || sum.NewChunks != 0 {
 		t.Fatalf("Convert with a read-only key of a tree already in the store = %v; want success with no new chunks", err)
@@ -227,8 +227,8 @@ func TestSSHClientOptions(t *testing.T) {
 		wantHosts string
 	}{
 		{name: "defaults", env: nil},
-		{name: "one key", env: map[string]string{envSSHKey: "/k/id"}, wantKeys: []string{"/k/id"}},
-		{name: "list", env: map[string]string{envSSHKey: "/k/a, /k/b,", envSSHKnownHosts: "/k/known"},
+		{name: "one key", env: map[string]string{sshstore.EnvKeys: "/k/id"}, wantKeys: []string{"/k/id"}},
+		{name: "list", env: map[string]string{sshstore.EnvKeys: "/k/a, /k/b,", sshstore.EnvKnownHosts: "/k/known"},
 			wantKeys: []string{"/k/a", "/k/b"}, wantHosts: "/k/known"},
 	}
 	for _, tt := range tests {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -125,3 +126,23 @@ type probeKey struct{}
 func (probeKey) Type() string                        { return "bootfs-probe" }
 func (probeKey) Marshal() []byte                     { return []byte("bootfs-probe") }
 func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe key") }
+
+// The environment variables that name an ssh:// store's client keys (a
+// comma-separated list, see ParseKeyList) and its known_hosts file, for
+// boot and mkimage alike.
+const (
+	EnvKeys       = "BOOTFS_SSH_KEY"
+	EnvKnownHosts = "BOOTFS_SSH_KNOWN_HOSTS"
+)
+
+// ParseKeyList splits a comma-separated list of key files, as EnvKeys
+// holds it, dropping blanks.
+func ParseKeyList(s string) []string {
+	var keys []string
+	for k := range strings.SplitSeq(s, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
