@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,23 +19,35 @@ import (
 )
 
 // startMount runs RunMount in the background until the returned stop is
-// called, which returns RunMount's error.
+// called, which returns RunMount's error. It returns once RunMount has
+// logged "mounted": the filesystem then serves requests and has told the
+// kernel that it does not poll. Using the mount before that, as soon as it
+// shows in mountinfo, can deadlock this process, which serves its own
+// mount: Go registers every file it opens with epoll, and a FUSE file
+// answers that with a POLL request to the server.
 func startMount(t *testing.T, index, mnt string, opts MountOptions) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	mounted := make(chan struct{})
+	inner := opts.Logger
+	if inner == nil {
+		inner = slog.New(slog.DiscardHandler)
+	}
+	opts.Logger = slog.New(mountedSignal{Handler: inner.Handler(), once: new(sync.Once), mounted: mounted})
 	done := make(chan error, 1)
 	go func() { done <- RunMount(ctx, index, mnt, opts) }()
-	deadline := time.After(30 * time.Second)
-	for !isMounted(mnt) {
-		select {
-		case err := <-done:
-			cancel()
-			t.Fatalf("RunMount(%s) = %v before mounting", index, err)
-		case <-deadline:
-			cancel()
-			t.Fatalf("RunMount(%s) did not mount within 30s", index)
-		case <-time.After(20 * time.Millisecond):
-		}
+	select {
+	case <-mounted:
+	case err := <-done:
+		cancel()
+		t.Fatalf("RunMount(%s) = %v before mounting", index, err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatalf("RunMount(%s) did not mount within 30s", index)
+	}
+	if !isMounted(mnt) {
+		cancel()
+		t.Fatalf("RunMount(%s) logged \"mounted\", but %s is not a mount point", index, mnt)
 	}
 	stopped := false
 	stop = func() error {
@@ -238,4 +252,34 @@ func TestFindTOC(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mountedSignal passes records on to Handler (at the levels it takes) and
+// closes mounted at RunMount's "mounted" line.
+type mountedSignal struct {
+	slog.Handler
+	once    *sync.Once
+	mounted chan struct{}
+}
+
+func (h mountedSignal) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h mountedSignal) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "mounted" {
+		h.once.Do(func() { close(h.mounted) })
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h mountedSignal) WithAttrs(as []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
+func (h mountedSignal) WithGroup(name string) slog.Handler {
+	h.Handler = h.Handler.WithGroup(name)
+	return h
 }

@@ -135,6 +135,10 @@ type Reader struct {
 	lastChunk    atomic.Int64
 	aheadTo      atomic.Int64
 	aheadRunning atomic.Bool
+	// fetching holds the IDs of the chunks being fetched, which reading
+	// ahead from the cache leaves alone: a chunk the store is writing
+	// into the cache is about to be in memory.
+	fetching sync.Map
 }
 
 // cachedGetter is a store with a local part that is read without the
@@ -370,7 +374,7 @@ func (r *Reader) aheadFromCache(first, last int) {
 		g.SetLimit(localAheadJobs)
 		for i := from; i <= end && ctx.Err() == nil; i++ {
 			c := &r.idx.Chunks[i]
-			if r.lru.contains(c.ID) {
+			if _, busy := r.fetching.Load(c.ID); busy || r.lru.contains(c.ID) {
 				continue
 			}
 			g.Go(func() error {
@@ -400,6 +404,8 @@ func (r *Reader) fetch(i int) ([]byte, error) {
 		r.memoryHits.Add(1)
 		return data, nil
 	}
+	r.fetching.Store(c.ID, struct{}{})
+	defer r.fetching.Delete(c.ID)
 	fail := func(attempts int, err error) error {
 		r.errors.Add(1)
 		return &ChunkError{Index: i, Offset: c.Start, ID: c.ID, Store: r.opts.StoreName, Attempts: attempts, Err: err}
