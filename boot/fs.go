@@ -97,7 +97,10 @@ func (f *FS) MountOptions() *fs.Options {
 			DirectMountFlags: flags,
 			MaxWrite:         maxRead,
 			MaxReadAhead:     maxRead,
-			Debug:            f.opts.Debug,
+			// Reads are answered from memory, never from a file
+			// descriptor: splicing would only add system calls.
+			DisableSplice: true,
+			Debug:         f.opts.Debug,
 		},
 		EntryTimeout:    &t,
 		AttrTimeout:     &t,
@@ -109,11 +112,59 @@ func (f *FS) MountOptions() *fs.Options {
 // Mount mounts the filesystem on dir and serves it until it is
 // unmounted. Unmount it with the server's Unmount (or Unmount).
 func (f *FS) Mount(dir string) (*fuse.Server, error) {
-	srv, err := fs.Mount(dir, f.Root(), f.MountOptions())
+	opts := f.MountOptions()
+	raw := noOpenDir{fs.NewNodeFS(f.Root(), opts)}
+	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
+	if err == nil {
+		go srv.Serve()
+		err = srv.WaitMount()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("boot: mount FUSE filesystem on %s: %w", dir, err)
 	}
 	return srv, nil
+}
+
+// noOpenDir answers OPENDIR with ENOSYS, which tells the kernel never to
+// send OPENDIR (nor RELEASEDIR) again and to cache every listing
+// (FOPEN_CACHE_DIR is what it assumes without OPENDIR): listing a
+// directory costs one round trip fewer, and listing it again none.
+//
+// go-fuse's node bridge serves READDIR(PLUS) only on a handle its OPENDIR
+// made, so a READDIR(PLUS) without one opens a handle in-process, reads
+// at the kernel's offset (dirStream seeks) and releases it.
+type noOpenDir struct{ fuse.RawFileSystem }
+
+func (noOpenDir) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
+}
+
+func (r noOpenDir) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return r.withHandle(cancel, in, func(in *fuse.ReadIn) fuse.Status {
+		return r.RawFileSystem.ReadDirPlus(cancel, in, out)
+	})
+}
+
+func (r noOpenDir) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return r.withHandle(cancel, in, func(in *fuse.ReadIn) fuse.Status {
+		return r.RawFileSystem.ReadDir(cancel, in, out)
+	})
+}
+
+// withHandle runs read with in's directory opened for it, unless the
+// kernel sent a handle of its own.
+func (r noOpenDir) withHandle(cancel <-chan struct{}, in *fuse.ReadIn, read func(*fuse.ReadIn) fuse.Status) fuse.Status {
+	if in.Fh != 0 {
+		return read(in)
+	}
+	var opened fuse.OpenOut
+	if st := r.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: in.InHeader}, &opened); !st.Ok() {
+		return st
+	}
+	defer r.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: in.InHeader, Fh: opened.Fh})
+	withFh := *in
+	withFh.Fh = opened.Fh
+	return read(&withFh)
 }
 
 // errno converts err from an operation on node i into an errno: EINTR
@@ -148,6 +199,7 @@ type node struct {
 	i     int
 	e     *casync.Entry
 	nlink uint32
+	seq   sequence // of a regular file's reads
 }
 
 var (
@@ -289,14 +341,14 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
+// Open answers ENOSYS, which tells the kernel never to send OPEN (nor
+// RELEASE) again: opening a file then costs no round trip, and the kernel
+// keeps each file's page cache across opens (FOPEN_KEEP_CACHE is what it
+// assumes without OPEN). Nothing is lost: the mount is read-only, so the
+// kernel refuses opens for writing itself, and the read-ahead state lives
+// in the node.
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if n.e.Type() != casync.ModeRegular {
-		return nil, 0, syscall.EINVAL
-	}
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	return &handle{}, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, 0, syscall.ENOSYS
 }
 
 // Flush answers ENOSYS, which tells the kernel never to send FLUSH again:
@@ -305,9 +357,10 @@ func (n *node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	return syscall.ENOSYS
 }
 
-// handle is an open regular file. It tracks sequential reads to grow the
-// read-ahead window.
-type handle struct {
+// sequence tracks a file's sequential reads to grow its read-ahead
+// window. It is per file, not per open: without OPEN there are no handles,
+// and two processes reading one file at once are rare in an image.
+type sequence struct {
 	mu     sync.Mutex
 	next   int64 // where a sequential read would start
 	window int64 // current read-ahead, 0 after a random read
@@ -317,7 +370,7 @@ type handle struct {
 // ahead after it. Reads within maxRead of where the last one ended count
 // as sequential: the kernel sends read-ahead requests concurrently, so
 // they arrive slightly out of order.
-func (h *handle) readAhead(off, n, limit int64) int64 {
+func (h *sequence) readAhead(off, n, limit int64) int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	seq := off == 0 || (off >= h.next-maxRead && off <= h.next+maxRead)
@@ -345,8 +398,8 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		rec.Add(n.i)
 	}
 	r := n.fsys.r
-	if h, ok := fh.(*handle); ok && r.ReadAhead() > 0 {
-		if ahead := h.readAhead(off, want, r.ReadAhead()); ahead > 0 {
+	if r.ReadAhead() > 0 {
+		if ahead := n.seq.readAhead(off, want, r.ReadAhead()); ahead > 0 {
 			from := off + want
 			if left := size - from; left > 0 {
 				r.Prefetch(n.e.PayloadOffset+from, min(ahead, left))

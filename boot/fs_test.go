@@ -2,7 +2,9 @@ package boot
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -399,4 +401,188 @@ func TestMountIsReadOnly(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Errorf("ReadDir(mount) = %q, want %q", names, want)
 	}
+}
+
+// A file read once is served from the kernel's page cache afterwards, by
+// any process that opens it: no read reaches the filesystem again.
+func TestMountKeepsPageCacheAcrossOpens(t *testing.T) {
+	im := newTreeImage(t)
+	mnt, r := mountImage(t, im, im.localStore(t), ReaderOptions{})
+	want, _ := os.ReadFile(filepath.Join(im.src, "big.bin"))
+	for i := range 3 {
+		before := r.Stats()
+		got, err := os.ReadFile(filepath.Join(mnt, "big.bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %d of big.bin returned wrong bytes", i+1)
+		}
+		after := r.Stats()
+		if i == 0 && after.ChunksFetched == before.ChunksFetched {
+			t.Fatalf("the first read fetched nothing: %+v", after)
+		}
+		if i > 0 && after != before {
+			t.Errorf("read %d of big.bin reached the filesystem: stats %+v, then %+v", i+1, before, after)
+		}
+	}
+}
+
+// A directory too big for one FUSE reply lists completely and in order,
+// in small batches, again after a rewind, from a position taken in the
+// middle, and by several processes at once.
+func TestMountBigDirectory(t *testing.T) {
+	requireFUSE(t)
+	src := t.TempDir()
+	var want []string
+	for i := range 1500 {
+		name := fmt.Sprintf("entry-%04d-%s", i, strings.Repeat("n", i%100))
+		want = append(want, name)
+		if i%10 == 0 {
+			if err := os.Mkdir(filepath.Join(src, name), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(src, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := buildImage(t, src, smallChunks)
+	mnt, _ := mountImage(t, im, im.localStore(t), ReaderOptions{})
+
+	f, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var got []string
+	for {
+		names, err := f.Readdirnames(7)
+		got = append(got, names...)
+		if err == io.EOF || len(got) > 2*len(want) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listing in batches of 7: %d names, want %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
+	}
+
+	// Rewind, then list with getdents and note each entry's offset.
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	ents := getdents(t, int(f.Fd()))
+	if names := direntNames(ents); !slices.Equal(names, want) {
+		t.Fatalf("listing after a rewind: %d names, want %d (first difference at %d)", len(names), len(want), firstDiff(names, want))
+	}
+	for _, k := range []int{1, 137, 1000, len(ents) - 2} {
+		if _, err := unix.Seek(int(f.Fd()), ents[k].off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		rest := direntNames(getdents(t, int(f.Fd())))
+		if wantRest := direntNames(ents[k+1:]); !slices.Equal(rest, wantRest) {
+			t.Errorf("listing from the offset of entry %d: %d names, want %d (first difference at %d)", k, len(rest), len(wantRest), firstDiff(rest, wantRest))
+		}
+	}
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for range 5 {
+				names, err := readDirNames(filepath.Join(mnt))
+				if err != nil {
+					t.Errorf("lister %d: %v", g, err)
+					return
+				}
+				if !slices.Equal(names, want) {
+					t.Errorf("lister %d: %d names, want %d (first difference at %d)", g, len(names), len(want), firstDiff(names, want))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, name := range []string{want[0], want[1], want[999], want[1499]} {
+		st, err := os.Stat(filepath.Join(mnt, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantDir := name == want[0]; st.IsDir() != wantDir {
+			t.Errorf("%s: IsDir = %v, want %v", name, st.IsDir(), wantDir)
+		}
+	}
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var names []string
+	for len(names) <= 10000 { // a listing that never ends fails, not hangs
+		batch, err := f.Readdirnames(100)
+		names = append(names, batch...)
+		if err == io.EOF {
+			return names, nil
+		}
+		if err != nil {
+			return names, err
+		}
+	}
+	return names, nil
+}
+
+type dirent struct {
+	name string
+	off  int64
+}
+
+// getdents lists fd from its position with getdents64, in small reads,
+// leaving out "." and "..".
+func getdents(t *testing.T, fd int) []dirent {
+	t.Helper()
+	var out []dirent
+	buf := make([]byte, 2048)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatalf("getdents: %v", err)
+		}
+		if n == 0 || len(out) > 10000 {
+			return out // the end, or a listing that never ends
+		}
+		for b := buf[:n]; len(b) > 0; {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+			off := int64(binary.NativeEndian.Uint64(b[8:16]))
+			reclen := binary.NativeEndian.Uint16(b[16:18])
+			name := string(b[19:reclen])
+			name = name[:strings.IndexByte(name, 0)]
+			if name != "." && name != ".." {
+				out = append(out, dirent{name: name, off: off})
+			}
+			b = b[reclen:]
+		}
+	}
+}
+
+func direntNames(ents []dirent) []string {
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.name)
+	}
+	return names
+}
+
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

@@ -376,9 +376,9 @@ func TestReaderPrefetch(t *testing.T) {
 	}
 }
 
-func TestHandleReadAhead(t *testing.T) {
+func TestSequenceReadAhead(t *testing.T) {
 	const limit = 8 << 20
-	h := &handle{}
+	h := &sequence{}
 	for _, tc := range []struct {
 		name string
 		off  int64
