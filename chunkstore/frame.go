@@ -57,8 +57,10 @@ func decodeFrame(d casync.Digest, id casync.ChunkID, frame []byte) ([]byte, erro
 	return data, nil
 }
 
-// verifyFrame checks frame as decodeFrame does without keeping the data.
-func verifyFrame(d casync.Digest, id casync.ChunkID, frame []byte) error {
+// VerifyFrame checks that frame decompresses to data that hashes to id
+// under d, without keeping the data. Every failure wraps
+// *casync.ChecksumError.
+func VerifyFrame(d casync.Digest, id casync.ChunkID, frame []byte) error {
 	bp := scratch.Get().(*[]byte)
 	data, err := casync.DecompressChunk((*bp)[:0], frame)
 	if err != nil {
@@ -85,4 +87,19 @@ func ctxErr(ctx context.Context, op string, id casync.ChunkID) error {
 		return fmt.Errorf("%s chunk %s: %w", op, id, err)
 	}
 	return nil
+}
+
+// StoreFrame stores the compressed chunk frame under id in ws: with
+// ws.StoreFrame if ws is a FrameWriteStore, else decompressed through
+// ws.StoreChunk. Either verifies it; a frame that does not decompress
+// gives an error wrapping *casync.ChecksumError (d names its digest).
+func StoreFrame(ctx context.Context, ws WriteStore, d casync.Digest, id casync.ChunkID, frame []byte) error {
+	if fws, ok := ws.(FrameWriteStore); ok {
+		return fws.StoreFrame(ctx, id, frame)
+	}
+	data, err := casync.DecompressChunk(nil, frame)
+	if err != nil {
+		return corruptError(d, id, frame, err)
+	}
+	return ws.StoreChunk(ctx, id, data)
 }

@@ -200,7 +200,7 @@ func (s *HTTP) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+	if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
 		return nil, s.corrupt(id, err)
 	}
 	s.stats.hits.Add(1)
@@ -269,7 +269,7 @@ func (s *HTTP) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) e
 // StoreFrame verifies frame against id and uploads it as is.
 func (s *HTTP) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
 	if !s.opts.TrustWrites {
-		if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+		if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
 			s.stats.requests.Add(1)
 			s.stats.errors.Add(1)
 			return fmt.Errorf("store chunk on %s: %w", s.base, err)
@@ -438,4 +438,19 @@ func (s *HTTP) Stats() Stats { return s.stats.snapshot() }
 func (s *HTTP) Close() error {
 	s.client.CloseIdleConnections()
 	return nil
+}
+
+// ReadTokenFile returns the bearer token in the file name (for a client's
+// HTTPOptions.Token or a server's write token), without surrounding
+// white space. An empty one is an error.
+func ReadTokenFile(name string) (string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", fmt.Errorf("read token: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("token file %s is empty", name)
+	}
+	return token, nil
 }

@@ -269,17 +269,7 @@ func (h *Handler) put(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	if fws, ok := ws.(FrameWriteStore); ok {
-		err = fws.StoreFrame(r.Context(), id, frame)
-	} else {
-		var data []byte
-		data, err = casync.DecompressChunk(nil, frame)
-		if err != nil {
-			err = corruptError(casync.SHA512_256, id, frame, err)
-		} else {
-			err = ws.StoreChunk(r.Context(), id, data)
-		}
-	}
+	err = StoreFrame(r.Context(), ws, casync.SHA512_256, id, frame)
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusCreated)

@@ -114,7 +114,7 @@ func (s *Local) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyFrame(s.opts.Digest, id, frame); err != nil {
+	if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
 		s.stats.errors.Add(1)
 		s.stats.corrupt.Add(1)
 		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
@@ -243,7 +243,7 @@ func (s *Local) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte)
 		s.stats.errors.Add(1)
 		return err
 	}
-	if err := s.verifyWrite(verifyFrame, id, frame); err != nil {
+	if err := s.verifyWrite(VerifyFrame, id, frame); err != nil {
 		return err
 	}
 	if s.has(id) {

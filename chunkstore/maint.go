@@ -114,7 +114,7 @@ func Verify(ctx context.Context, dir string, repair bool, opts MaintenanceOption
 				return nil
 			}
 			if err == nil {
-				err = verifyFrame(opts.Digest, ci.ID, frame)
+				err = VerifyFrame(opts.Digest, ci.ID, frame)
 			} else {
 				// Unreadable for a reason other than absence
 				// (too large, not a regular file): as bad as corrupt.

@@ -50,15 +50,25 @@ func HasChunks(ctx context.Context, s Store, ids []casync.ChunkID, parallel int)
 	if b, ok := s.(BatchHaser); ok {
 		return b.HasChunks(ctx, ids)
 	}
-	has := make([]bool, len(ids))
+	return HasEach(ctx, ids, parallel, s.HasChunk)
+}
+
+// HasEach reports, for each of ids, what has says of it, with up to
+// parallel calls of has at once. The first error stops the rest and is
+// returned, with no answers.
+func HasEach(ctx context.Context, ids []casync.ChunkID, parallel int, has func(context.Context, casync.ChunkID) (bool, error)) ([]bool, error) {
+	out := make([]bool, len(ids))
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(parallel, 1))
 	for i, id := range ids {
 		g.Go(func() error {
-			ok, err := s.HasChunk(ctx, id)
-			has[i] = ok
+			ok, err := has(ctx, id)
+			out[i] = ok
 			return err
 		})
 	}
-	return has, g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

@@ -83,9 +83,10 @@ type Store struct {
 	slots  []*slot
 	next   atomic.Uint64
 	closed atomic.Bool
-	// queries is set if the server is ours, which answers HasChunk and
-	// HasChunks with query sessions instead of sending the chunks.
-	queries bool
+	// version is the server's SSH version, as Open found it. Ours
+	// (serverVersion) answers HasChunk and HasChunks with query sessions
+	// instead of sending the chunks, and confirms pushed chunks.
+	version string
 
 	// Writing: StoreChunk queues on puts; pushers take batches off it.
 	pushCmd   string
@@ -239,9 +240,12 @@ func Open(ctx context.Context, loc chunkstore.Location, opts ClientOptions) (*St
 		return nil, err
 	}
 	s.slots[0].sess = sess
-	s.queries = string(sess.client.ServerVersion()) == serverVersion
+	s.version = string(sess.client.ServerVersion())
 	return s, nil
 }
+
+// ours reports whether the server is a bootfs chunk server.
+func (s *Store) ours() bool { return s.version == serverVersion }
 
 // String returns the store's location.
 func (s *Store) String() string { return s.url }
@@ -307,7 +311,7 @@ func decodeAnswer(d casync.Digest, id casync.ChunkID, m message) ([]byte, error)
 // there a missing chunk costs one small MISSING answer and a present one
 // as much network as GetChunk (but no decompression).
 func (s *Store) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	if s.queries {
+	if s.ours() {
 		var has [1]bool
 		err := s.query(ctx, []casync.ChunkID{id}, has[:])
 		return has[0], err

@@ -68,7 +68,7 @@ func (s *Store) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 // as soon as StoreFrame returns.
 func (s *Store) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
 	if !s.opts.TrustWrites {
-		if _, err := casync.DecodeChunk(s.opts.Digest, id, frame); err != nil {
+		if err := chunkstore.VerifyFrame(s.opts.Digest, id, frame); err != nil {
 			s.requests.Add(1)
 			s.errors.Add(1)
 			s.corrupt.Add(1)
@@ -91,6 +91,9 @@ func (s *Store) push(ctx context.Context, id casync.ChunkID, frame []byte) error
 	}
 	if s.closed.Load() {
 		return fail(net.ErrClosed)
+	}
+	if !s.ours() {
+		return fail(fmt.Errorf("%w: %s is %q, not a bootfs chunk server: a stock `casync push` stores only the chunks an index names, so chunks cannot be written there one by one (serve the store with `chunkstore serve --ssh ... --write-authorized-keys F`)", chunkstore.ErrReadOnly, s.addr, s.version))
 	}
 	s.pushStart.Do(func() {
 		for _, pu := range s.pushers {
@@ -172,10 +175,6 @@ func (pu *pusher) connect() (*ssh.Client, error) {
 		return nil, fmt.Errorf("sshstore: connect to %s: %w", s.url, err)
 	}
 	stop()
-	if v := string(client.ServerVersion()); v != serverVersion {
-		client.Close()
-		return nil, fmt.Errorf("%w: %s is %q, not a bootfs chunk server: a stock `casync push` stores only the chunks an index names, so chunks cannot be written there one by one (serve the store with `chunkstore serve --ssh ... --write-authorized-keys F`)", chunkstore.ErrReadOnly, s.addr, v)
-	}
 	pu.client = client
 	return client, nil
 }

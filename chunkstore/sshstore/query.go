@@ -9,9 +9,9 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 )
 
 // maxQueryChunks bounds the chunk IDs one query session asks about; a
@@ -35,22 +35,10 @@ const maxQueryChunks = 16 << 10
 // Any other server is asked chunk by chunk, as HasChunk does there, with
 // the requests pipelined over the store's sessions.
 func (s *Store) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, error) {
-	has := make([]bool, len(ids))
-	if !s.queries {
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(len(s.slots) * s.opts.InFlight)
-		for i, id := range ids {
-			g.Go(func() error {
-				ok, err := s.hasByFetch(gctx, id)
-				has[i] = ok
-				return err
-			})
-		}
-		if err := g.Wait(); err != nil {
-			return nil, err
-		}
-		return has, nil
+	if !s.ours() {
+		return chunkstore.HasEach(ctx, ids, len(s.slots)*s.opts.InFlight, s.hasByFetch)
 	}
+	has := make([]bool, len(ids))
 	for start := 0; start < len(ids); start += maxQueryChunks {
 		end := min(start+maxQueryChunks, len(ids))
 		if err := s.query(ctx, ids[start:end], has[start:end]); err != nil {

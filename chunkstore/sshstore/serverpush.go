@@ -311,16 +311,9 @@ func (s *Server) requestMissing(ctx context.Context, bw *bufio.Writer, ids []cas
 func (s *Server) storeChunk(ctx context.Context, m message, log *slog.Logger) error {
 	start := time.Now()
 	var err error
-	switch fs, ok := s.wstore.(chunkstore.FrameWriteStore); {
-	case m.flags&chunkCompressed != 0 && ok:
-		err = fs.StoreFrame(ctx, m.id, m.data)
+	switch {
 	case m.flags&chunkCompressed != 0:
-		var data []byte
-		if data, err = casync.DecompressChunk(nil, m.data); err != nil {
-			err = fmt.Errorf("%w (%w)", &casync.ChecksumError{Want: m.id}, err)
-			break
-		}
-		err = s.wstore.StoreChunk(ctx, m.id, data)
+		err = chunkstore.StoreFrame(ctx, s.wstore, casync.SHA512_256, m.id, m.data)
 	case len(m.data) > casync.MaxChunkSize:
 		err = fmt.Errorf("%w: chunk %s of %d bytes exceeds %d", casync.ErrFormat, m.id, len(m.data), casync.MaxChunkSize)
 	default:

@@ -188,12 +188,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	var token string
 	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return fmt.Errorf("read write token: %w", err)
-		}
-		if token = strings.TrimSpace(string(b)); token == "" {
-			return fmt.Errorf("write token file %s is empty", tokenFile)
+		var err error
+		if token, err = chunkstore.ReadTokenFile(tokenFile); err != nil {
+			return fmt.Errorf("write token: %w", err)
 		}
 	}
 	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})

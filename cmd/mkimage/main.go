@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/mkimage"
 )
 
@@ -97,12 +98,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
 	}
 	if *tokenFile != "" {
-		b, err := os.ReadFile(*tokenFile)
-		if err != nil {
+		var err error
+		if opts.StoreToken, err = chunkstore.ReadTokenFile(*tokenFile); err != nil {
 			return usageError(stderr, "--token-file", err)
-		}
-		if opts.StoreToken = strings.TrimSpace(string(b)); opts.StoreToken == "" {
-			return usageError(stderr, "--token-file", fmt.Errorf("%s is empty", *tokenFile))
 		}
 	}
 	if *prefetch != "" {
