@@ -151,12 +151,9 @@ func (r noOpenDir) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Di
 	})
 }
 
-// withHandle runs read with in's directory opened for it, unless the
-// kernel sent a handle of its own.
+// withHandle runs read with in's directory opened for it: the kernel
+// has no handle to send, as OpenDir never makes one.
 func (r noOpenDir) withHandle(cancel <-chan struct{}, in *fuse.ReadIn, read func(*fuse.ReadIn) fuse.Status) fuse.Status {
-	if in.Fh != 0 {
-		return read(in)
-	}
 	var opened fuse.OpenOut
 	if st := r.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: in.InHeader}, &opened); !st.Ok() {
 		return st

@@ -304,16 +304,8 @@ func (r *Reader) Prefetch(off, n int64) {
 	if first > last || r.prefetching.Load() >= int64(r.opts.Jobs) {
 		return
 	}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return
-	}
-	r.wg.Add(1)
 	r.prefetching.Add(1)
-	r.mu.Unlock()
-	go func() {
-		defer r.wg.Done()
+	started := r.goBackground(func() {
 		defer r.prefetching.Add(-1)
 		var pending []func() ([]byte, error)
 		wait := func() bool {
@@ -335,7 +327,10 @@ func (r *Reader) Prefetch(off, n int64) {
 		}
 		for len(pending) > 0 && wait() {
 		}
-	}()
+	})
+	if !started {
+		r.prefetching.Add(-1)
+	}
 }
 
 // aheadFromCache notes a read of chunks first..last. When it continues
@@ -344,10 +339,10 @@ func (r *Reader) Prefetch(off, n int64) {
 // the cache lacks: that one, and what follows, are for reads to fetch,
 // so this never costs network traffic.
 func (r *Reader) aheadFromCache(first, last int) {
-	prev := r.lastChunk.Swap(int64(last))
 	if r.local == nil {
 		return
 	}
+	prev := r.lastChunk.Swap(int64(last))
 	if int64(first) != prev && int64(first) != prev+1 {
 		// Not sequential: forget the window of the previous streak.
 		r.aheadTo.Store(int64(last))
@@ -358,16 +353,7 @@ func (r *Reader) aheadFromCache(first, last int) {
 	if end-from < localAhead/2 || !r.aheadRunning.CompareAndSwap(false, true) {
 		return
 	}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		r.aheadRunning.Store(false)
-		return
-	}
-	r.wg.Add(1)
-	r.mu.Unlock()
-	go func() {
-		defer r.wg.Done()
+	started := r.goBackground(func() {
 		defer r.aheadRunning.Store(false)
 		defer r.aheadTo.Store(int64(end))
 		g, ctx := errgroup.WithContext(r.ctx)
@@ -389,7 +375,22 @@ func (r *Reader) aheadFromCache(first, last int) {
 			})
 		}
 		g.Wait()
-	}()
+	})
+	if !started {
+		r.aheadRunning.Store(false)
+	}
+}
+
+// goBackground runs f in a goroutine that Close waits for, unless the
+// Reader is closed; it reports whether it started f.
+func (r *Reader) goBackground(f func()) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Go(f)
+	return true
 }
 
 // ReadAhead returns the largest read-ahead window in bytes, 0 if
@@ -404,8 +405,10 @@ func (r *Reader) fetch(i int) ([]byte, error) {
 		r.memoryHits.Add(1)
 		return data, nil
 	}
-	r.fetching.Store(c.ID, struct{}{})
-	defer r.fetching.Delete(c.ID)
+	if r.local != nil { // for aheadFromCache
+		r.fetching.Store(c.ID, struct{}{})
+		defer r.fetching.Delete(c.ID)
+	}
 	fail := func(attempts int, err error) error {
 		r.errors.Add(1)
 		return &ChunkError{Index: i, Offset: c.Start, ID: c.ID, Store: r.opts.StoreName, Attempts: attempts, Err: err}

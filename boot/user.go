@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -48,13 +47,7 @@ func ResolveUser(spec string, passwd, group io.Reader) (User, error) {
 	if err != nil {
 		return User{}, err
 	}
-	groups := []int{u.GID}
-	for _, g := range u.Groups {
-		if !slices.Contains(groups, g) {
-			groups = append(groups, g)
-		}
-	}
-	u.Groups = groups
+	u.Groups = mergeGroups([]int{u.GID}, u.Groups)
 	return u, nil
 }
 
