@@ -251,8 +251,10 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 		return err
 	}
 	defer im.Close()
+	var rec *Recorder // the one --record writes out
 	if opts.Record != "" {
-		opts.FS.Recorder = NewRecorder(im.TOC)
+		rec = NewRecorder(im.TOC)
+		opts.FS.Recorder = rec
 	}
 	fsys, err := NewFS(im.TOC, im.Reader, opts.FS)
 	if err != nil {
@@ -281,7 +283,7 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 				log.Error("cannot write stats", "file", opts.Stats, "err", err)
 			}
 		}
-		if rec := opts.FS.Recorder; rec != nil {
+		if rec != nil {
 			if err := rec.WriteFile(opts.Record, nil); err != nil {
 				log.Error("cannot write the list of files read", "file", opts.Record, "err", err)
 			}
