@@ -12,12 +12,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bootfs/bootfs/boot"
 )
 
 // prefix names every container, image and volume the harness makes, so
@@ -279,36 +282,16 @@ func isMountpoint(dir string) bool {
 	if err != nil {
 		return false
 	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return false
 	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMount(f[4]) == abs {
-			return true
-		}
+	defer f.Close()
+	mounts, err := boot.ParseMountInfo(f)
+	if err != nil {
+		return false
 	}
-	return false
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return slices.ContainsFunc(mounts, func(m boot.MountInfo) bool { return m.Point == abs })
 }
 
 // unmount detaches dir if it is mounted.
@@ -320,9 +303,8 @@ func unmount(dir string) {
 	}
 }
 
-// dirSize returns the total size of the regular files under dir and
-// their number.
-func dirSize(dir string) (bytes int64, files int, err error) {
+// dirSize returns the total size of the regular files under dir.
+func dirSize(dir string) (bytes int64, err error) {
 	err = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -333,11 +315,10 @@ func dirSize(dir string) (bytes int64, files int, err error) {
 				return err
 			}
 			bytes += fi.Size()
-			files++
 		}
 		return nil
 	})
-	return bytes, files, err
+	return bytes, err
 }
 
 // memTotal returns the machine's memory in bytes, or 0.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/mkimage"
 )
 
 // extras runs the measurements besides the mode table. A failure is
@@ -113,8 +114,8 @@ func (h *harness) extraDedup() {
 			Chunks: im.conv.Chunks, Written: im.conv.BytesWritten, StoreBytes: im.storeBytes, CasyncBytes: im.casStoreBytes})
 		d.SaveTotal += im.origSize
 	}
-	d.Store, _, _ = dirSize(h.storeDir())
-	d.Casync, _, _ = dirSize(h.casStoreDir())
+	d.Store, _ = dirSize(h.storeDir())
+	d.Casync, _ = dirSize(h.casStoreDir())
 	h.report.Dedup = d
 }
 
@@ -146,7 +147,7 @@ func (h *harness) extraChunkers(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			var s convertSummary
+			var s mkimage.Summary
 			if err := json.Unmarshal([]byte(out), &s); err != nil {
 				return fmt.Errorf("mkimage --json: %w", err)
 			}
@@ -170,7 +171,7 @@ func (h *harness) extraChunkers(ctx context.Context) error {
 			}
 		}
 		var err error
-		if row.StoreBytes, _, err = dirSize(filepath.Join(dir, "store")); err != nil {
+		if row.StoreBytes, err = dirSize(filepath.Join(dir, "store")); err != nil {
 			return err
 		}
 		os.RemoveAll(dir)
@@ -430,7 +431,7 @@ func (h *harness) extraPgVersion(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	took, rss, err = h.runCasync(ctx, &im, h.casStore.url+"/", nil, time.Now())
+	took, rss, err = h.runCasync(ctx, &im, h.casStore.url+"/", time.Now())
 	if err != nil {
 		return err
 	}

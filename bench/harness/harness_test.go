@@ -3,6 +3,7 @@ package harness
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,31 +123,31 @@ PASS
 	}
 }
 
-func TestLookupUser(t *testing.T) {
-	passwd := filepath.Join(t.TempDir(), "passwd")
-	os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\npostgres:x:104:107:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n"), 0o644)
+func TestImageUser(t *testing.T) {
+	rootfs := t.TempDir()
+	os.Mkdir(filepath.Join(rootfs, "etc"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/bash\npostgres:x:104:107:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n"), 0o644)
+	os.WriteFile(filepath.Join(rootfs, "etc/group"), []byte("root:x:0:\nssl-cert:x:108:postgres\npostgres:x:107:\nwheel:x:10:alice,postgres,bob\naudio:x:29:alice\n"), 0o644)
 	for _, tc := range []struct {
 		name, user string
 		uid, gid   int
+		groups     []int
 		home       string
 		wantErr    bool
 	}{
-		{"name", "postgres", 104, 107, "/var/lib/postgresql", false},
-		{"uid", "0", 0, 0, "/root", false},
-		{"missing", "nobody", 0, 0, "", true},
+		{"name", "postgres", 104, 107, []int{107, 108, 10}, "/var/lib/postgresql", false},
+		{"uid", "0", 0, 0, []int{0}, "/root", false},
+		{"missing", "nobody", 0, 0, nil, "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			uid, gid, home, err := lookupUser(passwd, tc.user)
-			if (err != nil) != tc.wantErr || uid != tc.uid || gid != tc.gid || home != tc.home {
-				t.Errorf("lookupUser(%q) = %d, %d, %q, %v; want %d, %d, %q, error %v", tc.user, uid, gid, home, err, tc.uid, tc.gid, tc.home, tc.wantErr)
+			u, err := imageUser(rootfs, tc.user)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("imageUser(%q) = %+v, %v; want error %v", tc.user, u, err, tc.wantErr)
+			}
+			if err == nil && (u.UID != tc.uid || u.GID != tc.gid || u.Home != tc.home || !slices.Equal(u.Groups, tc.groups)) {
+				t.Errorf("imageUser(%q) = %+v; want %d, %d, groups %v, home %q", tc.user, u, tc.uid, tc.gid, tc.groups, tc.home)
 			}
 		})
-	}
-}
-
-func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/mnt/a\040b`); got != "/mnt/a b" {
-		t.Errorf("unescapeMount = %q", got)
 	}
 }
 
@@ -251,26 +252,6 @@ func TestReport(t *testing.T) {
 	png, _ := os.ReadFile(filepath.Join(dir, stem+"-fetched.png"))
 	if !strings.HasPrefix(string(png), "\x89PNG") {
 		t.Errorf("%s-fetched.png is not a PNG", stem)
-	}
-}
-
-func TestMemberOf(t *testing.T) {
-	group := filepath.Join(t.TempDir(), "group")
-	os.WriteFile(group, []byte("root:x:0:\nssl-cert:x:108:postgres\npostgres:x:107:\nwheel:x:10:alice,postgres,bob\naudio:x:29:alice\n"), 0o644)
-	for _, tc := range []struct {
-		name, user string
-		gid        int
-		want       string
-	}{
-		{"postgres", "postgres", 107, "107,108,10"},
-		{"no extra groups", "nobody", 65534, "65534"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := memberOf(group, tc.user, tc.gid)
-			if err != nil || got != tc.want {
-				t.Errorf("memberOf(%q, %d) = %q, %v; want %q", tc.user, tc.gid, got, err, tc.want)
-			}
-		})
 	}
 }
 

@@ -11,10 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/mkimage"
 )
 
 // image is one workload's images and the files made from them.
@@ -25,27 +25,14 @@ type image struct {
 	// prefetch list.
 	orig, boot, prefetch string
 	// docker save archives under the tar server, and their sizes.
-	origTar, bootTar, prefetchTar    string
-	origSize, bootSize, prefetchSize int64
+	origTar, bootTar, prefetchTar string
+	origSize, bootSize            int64
 	// index is the bootfs caidx (with index.toc), casIndex casync make's.
 	index, casIndex string
-	conv            convertSummary
-	casMakeSeconds  float64
+	conv            mkimage.Summary // mkimage --json
 	// storeBytes are the stored (compressed) bytes of the image's distinct
 	// chunks in the bootfs store, casStoreBytes in casync's.
 	storeBytes, casStoreBytes int64
-}
-
-// convertSummary is the part of mkimage --json the report uses.
-type convertSummary struct {
-	Entries      int     `json:"entries"`
-	Bytes        int64   `json:"bytes"`
-	Chunks       int     `json:"chunks"`
-	UniqueChunks int     `json:"unique_chunks"`
-	NewChunks    int     `json:"new_chunks"`
-	NewBytes     int64   `json:"new_bytes"`
-	BytesWritten int64   `json:"bytes_written"`
-	Seconds      float64 `json:"seconds"`
 }
 
 // rootfsOf returns the workload's root filesystem: bench/rootfs.sh's
@@ -191,11 +178,9 @@ func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
 		h.logf("%s: casync make", w.Name)
 		im.casIndex = filepath.Join(h.opts.Work, "index", w.Name+"-casync.caidx")
 		args := append([]string{"make", "--store=" + h.casStoreDir()}, casync.CasyncMakeArgs...)
-		start := time.Now()
 		if _, err := command(ctx, "casync", append(args, im.casIndex, im.rootfs)...); err != nil {
 			return nil, err
 		}
-		im.casMakeSeconds = time.Since(start).Seconds()
 		if im.casStoreBytes, err = indexStoreBytes(im.casIndex, h.casStoreDir()); err != nil {
 			return nil, err
 		}
@@ -227,25 +212,15 @@ func (h *harness) removeImageAtEnd(tag string) {
 // indexStoreBytes returns the stored size of the distinct chunks index
 // references in the local store dir.
 func indexStoreBytes(index, dir string) (int64, error) {
-	f, err := os.Open(index)
+	ids, err := chunkstore.ReadKeepSet(index)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%s: %w", index, err)
 	}
-	defer f.Close()
-	x, err := casync.ReadIndex(f)
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", index, err)
-	}
-	seen := map[casync.ChunkID]bool{}
 	var n int64
-	for _, c := range x.Chunks {
-		if seen[c.ID] {
-			continue
-		}
-		seen[c.ID] = true
-		fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(chunkstore.ChunkPath(c.ID))))
+	for id := range ids {
+		fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(chunkstore.ChunkPath(id))))
 		if err != nil {
-			return 0, fmt.Errorf("chunk %s of %s: %w", c.ID, index, err)
+			return 0, fmt.Errorf("chunk %s of %s: %w", id, index, err)
 		}
 		n += fi.Size()
 	}

@@ -3,7 +3,6 @@ package harness
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/bench/shaper"
+	"github.com/bootfs/bootfs/boot"
 )
 
 // Sample is one run of one workload in one mode on one network.
@@ -175,7 +175,6 @@ type containerRun struct {
 	env      []string
 	volumes  []string
 	watchRSS bool
-	argv     []string // instead of the workload's
 }
 
 // runContainer runs the workload in a container and returns its time to
@@ -198,11 +197,7 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 	for _, v := range c.volumes {
 		args = append(args, "-v", v)
 	}
-	argv := w.Argv
-	if c.argv != nil {
-		argv = c.argv
-	}
-	args = append(append(args, c.image), argv...)
+	args = append(append(args, c.image), w.Argv...)
 	cmd := exec.CommandContext(ctx, "docker", args...)
 	p, err := startProcess(cmd, w)
 	if err != nil {
@@ -230,11 +225,10 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 
 // casyncRun holds the mounts of one casync mount + chroot run.
 type casyncRun struct {
-	dir                   string
-	mnt, rw, merged       string
-	casync                *exec.Cmd
-	casyncDone            chan error
-	mountedDev, mountedPr bool
+	dir             string
+	mnt, rw, merged string
+	casync          *exec.Cmd
+	casyncDone      chan error
 }
 
 // mountCasync starts `casync mount` of index from store and waits until
@@ -283,7 +277,7 @@ func stopCasync(cmd *exec.Cmd, done chan error, mnt string) {
 // overlay over it (a server needs to write), binds /dev and mounts /proc,
 // and runs the workload with chroot as the image's user. It returns the
 // time to ready counted from start and casync's peak RSS.
-func (h *harness) runCasync(ctx context.Context, im *image, store string, argv []string, start time.Time) (time.Duration, int64, error) {
+func (h *harness) runCasync(ctx context.Context, im *image, store string, start time.Time) (time.Duration, int64, error) {
 	r := &casyncRun{dir: filepath.Join(h.opts.Work, "casync-run")}
 	r.mnt, r.rw, r.merged = filepath.Join(r.dir, "mnt"), filepath.Join(r.dir, "rw"), filepath.Join(r.dir, "merged")
 	for _, d := range []string{r.mnt, r.rw, r.merged} {
@@ -337,21 +331,18 @@ func (h *harness) runCasync(ctx context.Context, im *image, store string, argv [
 	args := []string{}
 	home := "/root"
 	if w.User != "" {
-		uid, gid, dir, err := lookupUser(filepath.Join(im.rootfs, "etc/passwd"), w.User)
+		u, err := imageUser(im.rootfs, w.User)
 		if err != nil {
 			return 0, 0, err
 		}
-		groups, err := memberOf(filepath.Join(im.rootfs, "etc/group"), w.User, gid)
-		if err != nil {
-			return 0, 0, err
+		groups := make([]string, len(u.Groups))
+		for i, g := range u.Groups {
+			groups[i] = strconv.Itoa(g)
 		}
-		args = append(args, fmt.Sprintf("--userspec=%d:%d", uid, gid), "--groups="+groups)
-		home = dir
+		args = append(args, fmt.Sprintf("--userspec=%d:%d", u.UID, u.GID), "--groups="+strings.Join(groups, ","))
+		home = u.Home
 	}
-	if argv == nil {
-		argv = w.Argv
-	}
-	args = append(append(args, r.merged), argv...)
+	args = append(append(args, r.merged), w.Argv...)
 	cmd := exec.CommandContext(ctx, "chroot", args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home}
@@ -378,49 +369,18 @@ func (h *harness) runCasync(ctx context.Context, im *image, store string, argv [
 	return took, rss, err
 }
 
-// memberOf returns the comma-separated ids of the groups in an
-// /etc/group file that list user as a member, the primary gid first, as
-// Docker and boot give them to a USER.
-func memberOf(groupFile, user string, gid int) (string, error) {
-	b, err := os.ReadFile(groupFile)
+// imageUser resolves a USER of the image whose root filesystem is rootfs
+// from its /etc/passwd and /etc/group, as Docker and boot do.
+func imageUser(rootfs, spec string) (boot.User, error) {
+	passwd, err := os.Open(filepath.Join(rootfs, "etc/passwd"))
 	if err != nil {
-		return "", err
+		return boot.User{}, err
 	}
-	ids := []string{strconv.Itoa(gid)}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 4 || f[2] == strconv.Itoa(gid) {
-			continue
-		}
-		for m := range strings.SplitSeq(f[3], ",") {
-			if m == user {
-				if _, err := strconv.Atoi(f[2]); err != nil {
-					return "", fmt.Errorf("%s: bad group entry %q", groupFile, line)
-				}
-				ids = append(ids, f[2])
-			}
-		}
-	}
-	return strings.Join(ids, ","), nil
-}
-
-// lookupUser finds name (or a numeric uid) in an /etc/passwd file.
-func lookupUser(passwd, name string) (uid, gid int, home string, err error) {
-	b, err := os.ReadFile(passwd)
+	defer passwd.Close()
+	group, err := os.Open(filepath.Join(rootfs, "etc/group"))
 	if err != nil {
-		return 0, 0, "", err
+		return boot.User{}, err
 	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 7 || (f[0] != name && f[2] != name) {
-			continue
-		}
-		uid, err1 := strconv.Atoi(f[2])
-		gid, err2 := strconv.Atoi(f[3])
-		if err := errors.Join(err1, err2); err != nil {
-			return 0, 0, "", fmt.Errorf("%s: bad entry %q: %w", passwd, line, err)
-		}
-		return uid, gid, f[5], nil
-	}
-	return 0, 0, "", fmt.Errorf("user %q is not in %s", name, passwd)
+	defer group.Close()
+	return boot.ResolveUser(spec, passwd, group)
 }

@@ -231,7 +231,7 @@ func (h *harness) preparePrefetch(ctx context.Context, im *image) error {
 		return err
 	}
 	im.prefetchTar = im.wl.Name + "-prefetch.tar"
-	im.prefetchSize, err = h.save(ctx, im.prefetch, im.prefetchTar)
+	_, err = h.save(ctx, im.prefetch, im.prefetchTar)
 	return err
 }
 
@@ -376,7 +376,7 @@ func (h *harness) runCasyncMode(ctx context.Context, j job, s *Sample) error {
 		return err
 	}
 	start := time.Now()
-	s.Ready, s.RSS, err = h.runCasync(ctx, j.im, url+"/", nil, start)
+	s.Ready, s.RSS, err = h.runCasync(ctx, j.im, url+"/", start)
 	after, merr := h.casStore.metrics()
 	if err == nil && merr != nil {
 		return merr
