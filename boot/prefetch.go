@@ -32,15 +32,17 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 			pos[r.idx.Chunks[i].ID] = i
 		}
 	}
-	var pending []func() ([]byte, error)
+	var pending []pendingChunk
 	got := 0
 	wait := func() {
-		if _, err := pending[0](); err == nil {
+		pc := pending[0]
+		pending = pending[1:]
+		if _, err := pc.wait(ctx); err == nil {
 			got++
 		} else if ctx.Err() == nil {
 			log.Debug("prefetch failed", "err", err)
 		}
-		pending = pending[1:]
+		pc.release()
 	}
 	for _, s := range ids {
 		id, err := casync.ParseChunkID(s)
@@ -59,7 +61,7 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 		if ctx.Err() != nil {
 			break
 		}
-		pending = append(pending, r.start(ctx, i))
+		pending = append(pending, r.start(i))
 	}
 	for len(pending) > 0 {
 		wait()

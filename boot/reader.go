@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +143,9 @@ type Reader struct {
 }
 
 // cachedGetter is a store with a local part that is read without the
-// network, such as chunkstore.Cache.
+// network, into the caller's buffer, such as chunkstore.Cache.
 type cachedGetter interface {
-	GetCached(ctx context.Context, id casync.ChunkID) ([]byte, error)
+	AppendCached(ctx context.Context, dst []byte, id casync.ChunkID) ([]byte, error)
 }
 
 // localAhead is how many chunks past a sequential read are loaded from
@@ -246,46 +247,76 @@ func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	// Keep up to 2*Jobs chunk fetches started ahead of the one being
 	// copied, so a large read is pipelined but its memory stays bounded.
 	window := 2 * r.opts.Jobs
-	pending := make([]func() ([]byte, error), 0, min(last-first+1, window))
+	pending := make([]pendingChunk, 0, min(last-first+1, window))
+	defer func() {
+		for _, pc := range pending { // left by an error
+			pc.release()
+		}
+	}()
 	next := first
 	n := 0
 	for i := first; i <= last; i++ {
 		for next <= last && next-i < window {
-			pending = append(pending, r.start(ctx, next))
+			pending = append(pending, r.start(next))
 			next++
 		}
-		wait := pending[0]
+		pc := pending[0]
 		pending = pending[1:]
-		data, err := wait()
+		data, err := pc.wait(ctx)
 		if err != nil {
+			pc.release()
 			return n, err
 		}
 		c := &r.idx.Chunks[i]
 		lo := uint64(off) + uint64(n) - c.Start
 		n += copy(p[n:want], data[lo:])
+		pc.release()
 	}
 	return n, eof
 }
 
-// start begins getting chunk i and returns a function that waits for it.
-func (r *Reader) start(ctx context.Context, i int) func() ([]byte, error) {
+// pendingChunk is a chunk that start began to get: either in memory
+// already, held, or coming from a fetch.
+type pendingChunk struct {
+	buf    *chunkBuf
+	flight <-chan singleflight.Result
+	id     casync.ChunkID
+}
+
+// wait returns the chunk's bytes, valid until release.
+func (pc pendingChunk) wait(ctx context.Context) ([]byte, error) {
+	if pc.buf != nil {
+		return pc.buf.data, nil
+	}
+	select {
+	case res := <-pc.flight:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		// fetch returns bytes that the garbage collector owns: every
+		// waiter of the flight may keep them.
+		return res.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("boot: waiting for chunk %s: %w", pc.id, ctx.Err())
+	}
+}
+
+// release lets go of an in-memory chunk.
+func (pc pendingChunk) release() {
+	if pc.buf != nil {
+		pc.buf.release()
+	}
+}
+
+// start begins getting chunk i. The caller must release the result.
+func (r *Reader) start(i int) pendingChunk {
 	c := &r.idx.Chunks[i]
-	if data, ok := r.lru.get(c.ID); ok {
+	if b, ok := r.lru.acquire(c.ID); ok {
 		r.memoryHits.Add(1)
-		return func() ([]byte, error) { return data, nil }
+		return pendingChunk{buf: b, id: c.ID}
 	}
 	ch := r.flight.DoChan(string(c.ID[:]), func() (any, error) { return r.fetch(i) })
-	return func() ([]byte, error) {
-		select {
-		case res := <-ch:
-			if res.Err != nil {
-				return nil, res.Err
-			}
-			return res.Val.([]byte), nil
-		case <-ctx.Done():
-			return nil, fmt.Errorf("boot: waiting for chunk %s: %w", c.ID, ctx.Err())
-		}
-	}
+	return pendingChunk{flight: ch, id: c.ID}
 }
 
 // Prefetch starts fetching, in the background, the chunks that cover n
@@ -307,25 +338,34 @@ func (r *Reader) Prefetch(off, n int64) {
 	r.prefetching.Add(1)
 	started := r.goBackground(func() {
 		defer r.prefetching.Add(-1)
-		var pending []func() ([]byte, error)
+		var pending []pendingChunk
 		wait := func() bool {
-			_, err := pending[0]()
+			pc := pending[0]
 			pending = pending[1:]
+			_, err := pc.wait(r.ctx)
+			pc.release()
 			if err != nil && r.ctx.Err() == nil {
 				r.log.Debug("read-ahead failed", "store", r.opts.StoreName, "err", err)
 			}
 			return err == nil
 		}
-		for i := first; i <= last; i++ {
+		ok := true
+		for i := first; ok && i <= last; i++ {
 			if r.lru.contains(r.idx.Chunks[i].ID) {
 				continue
 			}
-			if len(pending) == r.opts.Jobs && !wait() {
-				return
+			if len(pending) == r.opts.Jobs {
+				if ok = wait(); !ok {
+					break
+				}
 			}
-			pending = append(pending, r.start(r.ctx, i))
+			pending = append(pending, r.start(i))
 		}
-		for len(pending) > 0 && wait() {
+		for ok && len(pending) > 0 {
+			ok = wait()
+		}
+		for _, pc := range pending { // left by an error
+			pc.release()
 		}
 	})
 	if !started {
@@ -364,13 +404,21 @@ func (r *Reader) aheadFromCache(first, last int) {
 				continue
 			}
 			g.Go(func() error {
-				data, err := r.local.GetCached(ctx, c.ID)
+				b := bufPool.get(int(c.Size))
+				data, err := r.local.AppendCached(ctx, b.data, c.ID)
+				if err == nil && uint64(len(data)) != c.Size {
+					err = fmt.Errorf("%w: chunk %s has %d bytes, the index says %d", ErrMismatch, c.ID, len(data), c.Size)
+				}
 				if err != nil {
+					b.release()
 					return err // not cached: stop here
 				}
-				if uint64(len(data)) == c.Size {
-					r.lru.add(c.ID, data)
+				if cap(data) != cap(b.data) { // grown: not the pool's
+					b.release()
+					b = sharedBuf(data)
 				}
+				b.data = data
+				r.lru.add(c.ID, b)
 				return nil
 			})
 		}
@@ -401,8 +449,12 @@ func (r *Reader) ReadAhead() int64 { return max(r.opts.ReadAhead, 0) }
 // LRU. It runs once per chunk at a time, on the Reader's context.
 func (r *Reader) fetch(i int) ([]byte, error) {
 	c := &r.idx.Chunks[i]
-	if data, ok := r.lru.get(c.ID); ok { // a flight that just ended
+	if b, ok := r.lru.acquire(c.ID); ok { // read ahead since start looked
 		r.memoryHits.Add(1)
+		// A pooled buffer is recycled once released, and the flight's
+		// waiters read after this returns: they get a copy.
+		data := slices.Clone(b.data)
+		b.release()
 		return data, nil
 	}
 	if r.local != nil { // for aheadFromCache
@@ -431,7 +483,7 @@ func (r *Reader) fetch(i int) ([]byte, error) {
 		if err == nil {
 			r.chunksFetched.Add(1)
 			r.bytesFetched.Add(uint64(len(data)))
-			r.lru.add(c.ID, data)
+			r.lru.add(c.ID, sharedBuf(data))
 			return data, nil
 		}
 		// A missing chunk will not appear, a corrupt one will not mend,

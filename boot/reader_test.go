@@ -503,7 +503,7 @@ func TestReaderAheadFromCache(t *testing.T) {
 	}
 }
 
-// countingCache counts the GetChunk calls of the read path; GetCached,
+// countingCache counts the GetChunk calls of the read path; AppendCached,
 // the read-ahead's, is the embedded Cache's.
 type countingCache struct {
 	*chunkstore.Cache
@@ -521,4 +521,58 @@ func uniqueIDs(idx *casync.Index) map[casync.ChunkID]bool {
 		m[c.ID] = true
 	}
 	return m
+}
+
+// TestReaderRecycledBuffers reads a warm cache through a Reader whose LRU
+// holds only a few chunks, so buffers read ahead from the cache are
+// evicted and recycled while other reads copy out of them: sequential
+// readers, which drive the read-ahead, and random ones, at once. Every
+// read must return the right bytes. A buffer recycled while a read still
+// copies from it shows up as another chunk's bytes.
+func TestReaderRecycledBuffers(t *testing.T) {
+	b := newBlob(t, 17, 4<<20)
+	cache, err := chunkstore.NewCache(b.store, t.TempDir(), chunkstore.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	for _, c := range b.idx.Chunks {
+		if _, err := cache.GetChunk(context.Background(), c.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewReader(b.idx, cache, ReaderOptions{CacheBytes: 4 * int64(smallChunks.Max), Jobs: 4})
+	defer r.Close()
+
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	check := func(p []byte, off int64) {
+		n, err := r.ReadAt(p, off)
+		if (err != nil && err != io.EOF) || !bytes.Equal(p[:n], b.data[off:off+int64(n)]) {
+			if bad.Add(1) == 1 {
+				t.Errorf("ReadAt(%d bytes at %d) = %d, %v: wrong bytes", len(p), off, n, err)
+			}
+		}
+	}
+	for g := range 4 {
+		wg.Go(func() { // sequential, in steps that straddle chunks
+			p := make([]byte, 3000+g*1777)
+			for pass := 0; pass < 2; pass++ {
+				for off := int64(g) * 12345; off < r.Size(); off += int64(len(p)) {
+					check(p, off)
+				}
+			}
+		})
+		wg.Go(func() { // random
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 600 {
+				p := make([]byte, 1+rng.IntN(200<<10))
+				check(p, rng.Int64N(r.Size()))
+			}
+		})
+	}
+	wg.Wait()
+	if got, max := r.lru.bytes(), 4*int64(smallChunks.Max)+2*int64(smallChunks.Max); got > max {
+		t.Errorf("LRU holds %d bytes of buffers, want at most %d", got, max)
+	}
 }

@@ -102,7 +102,7 @@ func (c *Cache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 		c.stats.errors.Add(1)
 		return nil, err
 	}
-	if data, ok := c.readCached(id); ok {
+	if data, ok := c.readCached(nil, id); ok {
 		c.stats.hits.Add(1)
 		c.stats.bytes.Add(uint64(len(data)))
 		return data, nil
@@ -130,26 +130,32 @@ func (c *Cache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	}
 }
 
-// GetCached returns id from the cache directory only, never asking the
-// remote store: an error wrapping ErrNotFound if it is not cached (or is
+// AppendCached appends chunk id from the cache directory to dst and
+// returns the extended slice, as append does. It never asks the remote
+// store: the error wraps ErrNotFound if the chunk is not cached (or is
 // corrupt, and so removed). Reading ahead from the cache costs no
 // network, which makes it safe to do speculatively.
-func (c *Cache) GetCached(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+//
+// A caller that reuses buffers with room for the chunk reads without
+// allocating: at a gigabyte a second, allocating a fresh 64 KiB for
+// every chunk costs a quarter of the throughput in GC work and cold
+// memory. On error, dst's spare capacity may have been written.
+func (c *Cache) AppendCached(ctx context.Context, dst []byte, id casync.ChunkID) ([]byte, error) {
 	if err := ctxErr(ctx, "get cached", id); err != nil {
 		return nil, err
 	}
-	data, ok := c.readCached(id)
+	data, ok := c.readCached(dst, id)
 	if !ok {
 		return nil, fmt.Errorf("chunk %s is not in the cache %s: %w", id, c.dir, ErrNotFound)
 	}
 	c.stats.hits.Add(1)
-	c.stats.bytes.Add(uint64(len(data)))
+	c.stats.bytes.Add(uint64(len(data) - len(dst)))
 	return data, nil
 }
 
-// readCached reads and verifies id from the cache directory. A corrupt
-// file is removed.
-func (c *Cache) readCached(id casync.ChunkID) ([]byte, bool) {
+// readCached reads id from the cache directory, verifies it and appends
+// it to dst. A corrupt file is removed.
+func (c *Cache) readCached(dst []byte, id casync.ChunkID) ([]byte, bool) {
 	name := chunkFile(c.dir, id)
 	c.pin(id)
 	defer c.unpin(id)
@@ -166,7 +172,7 @@ func (c *Cache) readCached(id casync.ChunkID) ([]byte, bool) {
 		return nil, false
 	}
 	c.stats.wireBytes.Add(uint64(len(frame)))
-	data, err := decodeFrame(c.opts.Digest, id, frame)
+	data, err := decodeFrame(dst, c.opts.Digest, id, frame)
 	if err != nil {
 		c.stats.corrupt.Add(1)
 		c.log.Warn("removing corrupt cached chunk; fetching it again", "path", name, "err", err)
@@ -185,7 +191,7 @@ func (c *Cache) readCached(id casync.ChunkID) ([]byte, bool) {
 // fetch is the shared download of one chunk.
 func (c *Cache) fetch(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 	// An earlier flight, or another process, may have cached it since.
-	if data, ok := c.readCached(id); ok {
+	if data, ok := c.readCached(nil, id); ok {
 		c.stats.hits.Add(1)
 		return data, nil
 	}

@@ -43,15 +43,15 @@ func corruptError(d casync.Digest, id casync.ChunkID, frame []byte, cause error)
 	return fmt.Errorf("%w (%w)", &casync.ChecksumError{Want: id, Got: d.Sum(frame)}, cause)
 }
 
-// decodeFrame decompresses frame and verifies it against id. Every failure
-// wraps *casync.ChecksumError, so callers treat an undecodable frame and a
-// wrong one alike.
-func decodeFrame(d casync.Digest, id casync.ChunkID, frame []byte) ([]byte, error) {
-	data, err := casync.DecompressChunk(nil, frame)
+// decodeFrame decompresses frame, appending to dst, and verifies it
+// against id. Every failure wraps *casync.ChecksumError, so callers treat
+// an undecodable frame and a wrong one alike.
+func decodeFrame(dst []byte, d casync.Digest, id casync.ChunkID, frame []byte) ([]byte, error) {
+	data, err := casync.DecompressChunk(dst, frame)
 	if err != nil {
 		return nil, corruptError(d, id, frame, err)
 	}
-	if err := casync.VerifyChunk(d, id, data); err != nil {
+	if err := casync.VerifyChunk(d, id, data[len(dst):]); err != nil {
 		return nil, err
 	}
 	return data, nil

@@ -184,7 +184,7 @@ func (s *HTTP) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	data, err := decodeFrame(s.opts.Digest, id, frame)
+	data, err := decodeFrame(nil, s.opts.Digest, id, frame)
 	if err != nil {
 		return nil, s.corrupt(id, err)
 	}

@@ -96,7 +96,7 @@ func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	data, err := decodeFrame(s.opts.Digest, id, frame)
+	data, err := decodeFrame(nil, s.opts.Digest, id, frame)
 	if err != nil {
 		s.stats.errors.Add(1)
 		s.stats.corrupt.Add(1)
