@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bootfs/bootfs/casync"
@@ -43,15 +42,21 @@ const maxRead = 1 << 20
 // FS is a read-only FUSE filesystem of a catar archive: its tree comes from
 // a TOC, in memory, and file contents from a Reader.
 //
-// Inode numbers are TOC node numbers plus one (the root is 1), so they are
-// stable and unique; hardlinks do not exist in a catar (they are stored as
-// copies).
+// It speaks FUSE's raw protocol. Node IDs are TOC node numbers plus one
+// (the root's is 1, FUSE's root ID), and so are inode numbers: stable and
+// unique, since a catar has no hardlinks (it stores copies). So a lookup
+// needs no inode table and FORGET has nothing to forget. go-fuse's node
+// API kept a Go object per entry the kernel knew, which cost more than
+// the kernel's round trip on every entry of a listing.
 type FS struct {
+	fuse.RawFileSystem // ENOSYS for every write and whatever else is not here
+
 	toc    *casync.TOC
 	r      *Reader
 	opts   FSOptions
 	log    *slog.Logger
 	failed sync.Map // casync.ChunkID of chunks already logged as failing
+	seqs   sync.Map // TOC node → *sequence, of files that were read
 }
 
 // NewFS returns the filesystem of the archive that toc describes and r
@@ -74,47 +79,35 @@ func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &FS{toc: toc, r: r, opts: opts, log: log}, nil
+	return &FS{RawFileSystem: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
 }
 
-// Root returns the root node, for fs.Mount or fs.NewNodeFS.
-func (f *FS) Root() fs.InodeEmbedder { return f.newNode(0) }
-
-// MountOptions returns the go-fuse options Mount uses.
-func (f *FS) MountOptions() *fs.Options {
-	t := cacheTimeout
+// mountOptions returns the go-fuse options Mount uses.
+func (f *FS) mountOptions() *fuse.MountOptions {
 	flags := uintptr(syscall.MS_RDONLY)
 	if !f.opts.AllowSuidDev {
 		flags |= syscall.MS_NOSUID | syscall.MS_NODEV
 	}
-	return &fs.Options{
-		MountOptions: fuse.MountOptions{
-			AllowOther:       true,
-			Options:          []string{"ro", "default_permissions"},
-			FsName:           f.opts.FsName,
-			Name:             "bootfs",
-			DirectMount:      true,
-			DirectMountFlags: flags,
-			MaxWrite:         maxRead,
-			MaxReadAhead:     maxRead,
-			// Reads are answered from memory, never from a file
-			// descriptor: splicing would only add system calls.
-			DisableSplice: true,
-			Debug:         f.opts.Debug,
-		},
-		EntryTimeout:    &t,
-		AttrTimeout:     &t,
-		NegativeTimeout: &t,
-		RootStableAttr:  &fs.StableAttr{Mode: syscall.S_IFDIR, Ino: 1},
+	return &fuse.MountOptions{
+		AllowOther:       true,
+		Options:          []string{"ro", "default_permissions"},
+		FsName:           f.opts.FsName,
+		Name:             "bootfs",
+		DirectMount:      true,
+		DirectMountFlags: flags,
+		MaxWrite:         maxRead,
+		MaxReadAhead:     maxRead,
+		// Reads are answered from memory, never from a file
+		// descriptor: splicing would only add system calls.
+		DisableSplice: true,
+		Debug:         f.opts.Debug,
 	}
 }
 
 // Mount mounts the filesystem on dir and serves it until it is
 // unmounted. Unmount it with the server's Unmount (or Unmount).
 func (f *FS) Mount(dir string) (*fuse.Server, error) {
-	opts := f.MountOptions()
-	raw := noOpenDir{fs.NewNodeFS(f.Root(), opts)}
-	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
+	srv, err := fuse.NewServer(f, dir, f.mountOptions())
 	if err == nil {
 		go srv.Serve()
 		err = srv.WaitMount()
@@ -125,103 +118,40 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 	return srv, nil
 }
 
-// noOpenDir answers OPENDIR with ENOSYS, which tells the kernel never to
-// send OPENDIR (nor RELEASEDIR) again and to cache every listing
-// (FOPEN_CACHE_DIR is what it assumes without OPENDIR): listing a
-// directory costs one round trip fewer, and listing it again none.
-//
-// go-fuse's node bridge serves READDIR(PLUS) only on a handle its OPENDIR
-// made, so a READDIR(PLUS) without one opens a handle in-process, reads
-// at the kernel's offset (dirStream seeks) and releases it.
-type noOpenDir struct{ fuse.RawFileSystem }
+func (f *FS) String() string { return f.opts.FsName }
 
-func (noOpenDir) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	return fuse.ENOSYS
-}
-
-func (r noOpenDir) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return r.withHandle(cancel, in, func(in *fuse.ReadIn) fuse.Status {
-		return r.RawFileSystem.ReadDirPlus(cancel, in, out)
-	})
-}
-
-func (r noOpenDir) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return r.withHandle(cancel, in, func(in *fuse.ReadIn) fuse.Status {
-		return r.RawFileSystem.ReadDir(cancel, in, out)
-	})
-}
-
-// withHandle runs read with in's directory opened for it: the kernel
-// has no handle to send, as OpenDir never makes one.
-func (r noOpenDir) withHandle(cancel <-chan struct{}, in *fuse.ReadIn, read func(*fuse.ReadIn) fuse.Status) fuse.Status {
-	var opened fuse.OpenOut
-	if st := r.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: in.InHeader}, &opened); !st.Ok() {
-		return st
+// node returns the TOC node of a FUSE node ID. The kernel only sends IDs
+// that this filesystem gave it; any other is stale.
+func (f *FS) node(id uint64) (int, fuse.Status) {
+	if id == 0 || id > uint64(f.toc.Len()) {
+		return 0, fuse.Status(syscall.ESTALE)
 	}
-	defer r.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: in.InHeader, Fh: opened.Fh})
-	withFh := *in
-	withFh.Fh = opened.Fh
-	return read(&withFh)
+	return int(id - 1), fuse.OK
 }
 
 // errno converts err from an operation on node i into an errno: EINTR
 // for a cancelled request, EIO otherwise. It is the one place that does,
 // and it logs the error: once per failing chunk, and for every other
 // failure.
-func (f *FS) errno(op string, i int, err error) syscall.Errno {
+func (f *FS) errno(op string, i int, err error) fuse.Status {
 	if err == nil {
-		return 0
+		return fuse.OK
 	}
 	if errors.Is(err, context.Canceled) {
 		f.log.Debug("FUSE request interrupted", "op", op, "path", "/"+f.toc.Path(i), "err", err)
-		return syscall.EINTR
+		return fuse.EINTR
 	}
 	var ce *ChunkError
 	if errors.As(err, &ce) {
 		if _, seen := f.failed.LoadOrStore(ce.ID, true); seen {
 			f.log.Debug("read failed again", "op", op, "path", "/"+f.toc.Path(i), "chunk", ce.ID.String(), "err", err)
-			return syscall.EIO
+			return fuse.EIO
 		}
 		f.log.Error("read failed: chunk unavailable", "op", op, "path", "/"+f.toc.Path(i), "chunk", ce.ID.String(), "store", ce.Store, "err", err)
-		return syscall.EIO
+		return fuse.EIO
 	}
 	f.log.Error("FUSE operation failed", "op", op, "path", "/"+f.toc.Path(i), "err", err)
-	return syscall.EIO
-}
-
-// node is one TOC node.
-type node struct {
-	fs.Inode
-	fsys  *FS
-	i     int
-	e     *casync.Entry
-	nlink uint32
-	seq   sequence // of a regular file's reads
-}
-
-var (
-	_ fs.NodeLookuper    = (*node)(nil)
-	_ fs.NodeGetattrer   = (*node)(nil)
-	_ fs.NodeReaddirer   = (*node)(nil)
-	_ fs.NodeOpener      = (*node)(nil)
-	_ fs.NodeReader      = (*node)(nil)
-	_ fs.NodeReadlinker  = (*node)(nil)
-	_ fs.NodeGetxattrer  = (*node)(nil)
-	_ fs.NodeListxattrer = (*node)(nil)
-	_ fs.NodeStatfser    = (*node)(nil)
-)
-
-func (f *FS) newNode(i int) *node {
-	n := &node{fsys: f, i: i, e: f.toc.Entry(i), nlink: 1}
-	if f.toc.IsDir(i) {
-		n.nlink = 2
-		for _, c := range f.toc.Children(i) {
-			if f.toc.IsDir(c) {
-				n.nlink++
-			}
-		}
-	}
-	return n
+	return fuse.EIO
 }
 
 // encodeDev packs a device number as the kernel's new_encode_dev does,
@@ -230,13 +160,21 @@ func encodeDev(major, minor uint64) uint32 {
 	return uint32(minor&0xff | major&0xfff<<8 | (minor&^0xff)<<12)
 }
 
-func (n *node) fill(a *fuse.Attr) {
-	e := n.e
-	a.Ino = uint64(n.i) + 1
+// fill sets a to node i's attributes.
+func (f *FS) fill(i int, a *fuse.Attr) {
+	e := f.toc.Attr(i)
+	a.Ino = uint64(i) + 1
 	a.Mode = uint32(e.Mode)
-	a.Nlink = n.nlink
+	a.Nlink = 1
 	a.Uid, a.Gid = e.UID, e.GID
 	switch e.Type() {
+	case casync.ModeDir:
+		a.Nlink = 2
+		for _, c := range f.toc.Children(i) {
+			if f.toc.IsDir(c) {
+				a.Nlink++
+			}
+		}
 	case casync.ModeRegular:
 		a.Size = e.Size
 	case casync.ModeSymlink:
@@ -252,106 +190,142 @@ func (n *node) fill(a *fuse.Attr) {
 	a.Ctime, a.Ctimensec = sec, nsec
 }
 
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	c, ok := n.fsys.toc.Child(n.i, name)
+// entry fills out with node i, for the kernel to cache: the tree never
+// changes.
+func (f *FS) entry(i int, out *fuse.EntryOut) {
+	out.NodeId = uint64(i) + 1
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
+	f.fill(i, &out.Attr)
+}
+
+func (f *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	dir, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if !f.toc.IsDir(dir) {
+		return fuse.ENOTDIR
+	}
+	c, ok := f.toc.Child(dir, name)
 	if !ok {
-		return nil, syscall.ENOENT
+		// Node ID 0 is a negative entry, which the kernel keeps too.
+		out.NodeId = 0
+		out.SetEntryTimeout(cacheTimeout)
+		return fuse.OK
 	}
-	child := n.fsys.newNode(c)
-	child.fill(&out.Attr)
-	return n.NewInode(ctx, child, fs.StableAttr{Mode: uint32(child.e.Type()), Ino: uint64(c) + 1}), 0
+	f.entry(c, out)
+	return fuse.OK
 }
 
-func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fill(&out.Attr)
-	return 0
+func (f *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	i, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	out.SetTimeout(cacheTimeout)
+	f.fill(i, &out.Attr)
+	return fuse.OK
 }
 
-func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	if !n.fsys.toc.IsDir(n.i) {
-		return nil, syscall.ENOTDIR
+func (f *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return nil, st
 	}
-	parent := n.i
-	if p := n.fsys.toc.Parent(n.i); p >= 0 {
-		parent = p
+	e := f.toc.Attr(i)
+	if e.Type() != casync.ModeSymlink {
+		return nil, fuse.EINVAL
 	}
-	return &dirStream{toc: n.fsys.toc, self: n.i, parent: parent, kids: n.fsys.toc.Children(n.i)}, 0
-}
-
-func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if n.e.Type() != casync.ModeSymlink {
-		return nil, syscall.EINVAL
-	}
-	return []byte(n.e.LinkTarget), 0
+	return []byte(e.LinkTarget), fuse.OK
 }
 
 const capabilityXattr = "security.capability"
 
-func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+func (f *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	e := f.toc.Attr(i)
 	var v []byte
 	found := false
-	if attr == capabilityXattr && n.e.FCaps != nil {
-		v, found = n.e.FCaps, true
+	if attr == capabilityXattr && e.FCaps != nil {
+		v, found = e.FCaps, true
 	}
-	for _, x := range n.e.Xattrs {
+	for _, x := range e.Xattrs {
 		if x.Name == attr {
 			v, found = x.Value, true
 			break
 		}
 	}
 	if !found {
-		return 0, syscall.ENODATA
+		return 0, fuse.ENODATA
 	}
 	if len(dest) == 0 {
-		return uint32(len(v)), 0
+		return uint32(len(v)), fuse.OK
 	}
 	if len(dest) < len(v) {
-		return uint32(len(v)), syscall.ERANGE
+		return uint32(len(v)), fuse.ERANGE
 	}
-	return uint32(copy(dest, v)), 0
+	return uint32(copy(dest, v)), fuse.OK
 }
 
-func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+func (f *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	e := f.toc.Attr(i)
 	var list []byte
-	for _, x := range n.e.Xattrs {
+	for _, x := range e.Xattrs {
 		list = append(append(list, x.Name...), 0)
 	}
-	if n.e.FCaps != nil {
+	if e.FCaps != nil {
 		list = append(append(list, capabilityXattr...), 0)
 	}
 	if len(dest) == 0 {
-		return uint32(len(list)), 0
+		return uint32(len(list)), fuse.OK
 	}
 	if len(dest) < len(list) {
-		return uint32(len(list)), syscall.ERANGE
+		return uint32(len(list)), fuse.ERANGE
 	}
-	return uint32(copy(dest, list)), 0
+	return uint32(copy(dest, list)), fuse.OK
 }
 
-func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+func (f *FS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	const bsize = 4096
 	out.Bsize = bsize
 	out.Frsize = bsize
-	out.Blocks = uint64(n.fsys.toc.ArchiveSize+bsize-1) / bsize
-	out.Files = uint64(n.fsys.toc.Len())
+	out.Blocks = uint64(f.toc.ArchiveSize+bsize-1) / bsize
+	out.Files = uint64(f.toc.Len())
 	out.NameLen = 255
-	return 0
+	return fuse.OK
 }
 
 // Open answers ENOSYS, which tells the kernel never to send OPEN (nor
 // RELEASE) again: opening a file then costs no round trip, and the kernel
 // keeps each file's page cache across opens (FOPEN_KEEP_CACHE is what it
 // assumes without OPEN). Nothing is lost: the mount is read-only, so the
-// kernel refuses opens for writing itself, and the read-ahead state lives
-// in the node.
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, 0, syscall.ENOSYS
+// kernel refuses opens for writing itself, and the read-ahead state is
+// per file.
+func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// OpenDir answers ENOSYS, which tells the kernel never to send OPENDIR
+// (nor RELEASEDIR) again and to cache every listing (FOPEN_CACHE_DIR is
+// what it assumes without OPENDIR): listing a directory costs one round
+// trip fewer, and listing it again none. Listings need no handle: the
+// kernel's offset is a position in the TOC's list of children.
+func (f *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
 }
 
 // Flush answers ENOSYS, which tells the kernel never to send FLUSH again:
 // nothing is ever written, and a close then costs no round trip.
-func (n *node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return syscall.ENOSYS
+func (f *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return fuse.ENOSYS
 }
 
 // sequence tracks a file's sequential reads to grow its read-ahead
@@ -382,68 +356,123 @@ func (h *sequence) readAhead(off, n, limit int64) int64 {
 	return h.window
 }
 
-func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	size := int64(n.e.Size)
+// sequence returns file i's read-ahead state.
+func (f *FS) sequence(i int) *sequence {
+	if s, ok := f.seqs.Load(i); ok {
+		return s.(*sequence)
+	}
+	s, _ := f.seqs.LoadOrStore(i, &sequence{})
+	return s.(*sequence)
+}
+
+func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	i, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	e := f.toc.Attr(i)
+	switch e.Type() {
+	case casync.ModeRegular:
+	case casync.ModeDir:
+		return nil, fuse.Status(syscall.EISDIR)
+	default:
+		return nil, fuse.EINVAL
+	}
+	size := int64(e.Size)
+	off := int64(in.Offset)
 	if off < 0 {
-		return nil, syscall.EINVAL
+		return nil, fuse.EINVAL
 	}
 	if off >= size {
-		return fuse.ReadResultData(nil), 0
+		return fuse.ReadResultData(nil), fuse.OK
 	}
-	want := min(int64(len(dest)), size-off)
-	if rec := n.fsys.opts.Recorder; rec != nil {
-		rec.Add(n.i)
+	want := min(int64(len(buf)), int64(in.Size), size-off)
+	if rec := f.opts.Recorder; rec != nil {
+		rec.Add(i)
 	}
-	r := n.fsys.r
+	r := f.r
 	if r.ReadAhead() > 0 {
-		if ahead := n.seq.readAhead(off, want, r.ReadAhead()); ahead > 0 {
+		if ahead := f.sequence(i).readAhead(off, want, r.ReadAhead()); ahead > 0 {
 			from := off + want
 			if left := size - from; left > 0 {
-				r.Prefetch(n.e.PayloadOffset+from, min(ahead, left))
+				r.Prefetch(e.PayloadOffset+from, min(ahead, left))
 			}
 		}
 	}
-	got, err := r.ReadAtContext(ctx, dest[:want], n.e.PayloadOffset+off)
+	got, err := r.ReadAtContext(cancelContext{cancel}, buf[:want], e.PayloadOffset+off)
 	if err != nil && int64(got) < want {
-		return nil, n.fsys.errno("read", n.i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
+		return nil, f.errno("read", i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	return fuse.ReadResultData(buf[:got]), fuse.OK
 }
 
-// dirStream lists a directory from the TOC: ".", "..", then the children.
-type dirStream struct {
-	toc          *casync.TOC
-	self, parent int
-	kids         []int
-	pos          int // 0 ".", 1 "..", 2+k kids[k]
-}
+// cancelContext is the context of a FUSE request: done when the kernel
+// interrupts it.
+type cancelContext struct{ done <-chan struct{} }
 
-var _ fs.FileSeekdirer = (*dirStream)(nil)
-
-func (d *dirStream) HasNext() bool { return d.pos < len(d.kids)+2 }
-
-func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
-	var e fuse.DirEntry
-	switch d.pos {
-	case 0:
-		e = fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: uint64(d.self) + 1}
-	case 1:
-		e = fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: uint64(d.parent) + 1}
+func (c cancelContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c cancelContext) Done() <-chan struct{}       { return c.done }
+func (c cancelContext) Value(key any) any           { return nil }
+func (c cancelContext) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
 	default:
-		c := d.kids[d.pos-2]
-		e = fuse.DirEntry{Name: d.toc.Name(c), Mode: uint32(d.toc.Mode(c) & casync.ModeTypeMask), Ino: uint64(c) + 1}
+		return nil
 	}
-	d.pos++
-	e.Off = uint64(d.pos)
-	return e, 0
 }
 
-func (d *dirStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	if off > uint64(len(d.kids)+2) {
-		return syscall.EINVAL
-	}
-	d.pos = int(off)
-	return 0
+func (f *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.list(in, out, false)
 }
 
-func (d *dirStream) Close() {}
+func (f *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.list(in, out, true)
+}
+
+// list lists the directory from the kernel's offset on: position 0 is
+// ".", 1 "..", 2+k the k-th child, and each entry's offset is the
+// position after it. With plus, every child comes with its entry, for the
+// kernel to keep; "." and ".." come with none, as the kernel ignores them.
+func (f *FS) list(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+	dir, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if !f.toc.IsDir(dir) {
+		return fuse.ENOTDIR
+	}
+	kids := f.toc.Children(dir)
+	for pos := in.Offset; pos < uint64(len(kids))+2; pos++ {
+		var e fuse.DirEntry
+		child := -1
+		switch pos {
+		case 0:
+			e = fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: uint64(dir) + 1}
+		case 1:
+			parent := dir
+			if p := f.toc.Parent(dir); p >= 0 {
+				parent = p
+			}
+			e = fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: uint64(parent) + 1}
+		default:
+			child = kids[pos-2]
+			e = fuse.DirEntry{Name: f.toc.Name(child), Mode: uint32(f.toc.Mode(child) & casync.ModeTypeMask), Ino: uint64(child) + 1}
+		}
+		e.Off = pos + 1
+		if !plus {
+			if !out.AddDirEntry(e) {
+				break
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			break
+		}
+		if child >= 0 {
+			f.entry(child, eo)
+		}
+	}
+	return fuse.OK
+}

@@ -1,6 +1,7 @@
 package casync
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
@@ -237,11 +238,13 @@ func (t *TOC) Path(i int) string {
 	return string(b)
 }
 
-// Entry returns node i as a new Entry, with Path set. The caller owns it.
-func (t *TOC) Entry(i int) *Entry {
+// Attr returns node i as an Entry without its Path, and without copies:
+// LinkTarget, the Xattrs' values and FCaps share the TOC's memory and
+// must not be modified. It allocates only for a node with xattrs, which
+// makes it cheap enough for every stat a filesystem answers.
+func (t *TOC) Attr(i int) Entry {
 	n := &t.nodes[i]
-	e := &Entry{
-		Path:          t.Path(i),
+	e := Entry{
 		Mode:          uint64(n.mode),
 		Flags:         n.flags,
 		UID:           n.uid,
@@ -263,14 +266,27 @@ func (t *TOC) Entry(i int) *Entry {
 		for k, a := range t.xattrs[x.xattr : x.xattr+x.nxattr] {
 			e.Xattrs[k] = Xattr{
 				Name:  string(t.xblob[a.name : a.name+a.nameLen]),
-				Value: append([]byte{}, t.xblob[a.value:a.value+a.valueLen]...),
+				Value: t.xblob[a.value : a.value+a.valueLen : a.value+a.valueLen],
 			}
 		}
 	}
 	if x.nfcaps > 0 {
-		e.FCaps = append([]byte(nil), t.xblob[x.fcaps:x.fcaps+x.nfcaps]...)
+		e.FCaps = t.xblob[x.fcaps : x.fcaps+x.nfcaps : x.fcaps+x.nfcaps]
 	}
 	return e
+}
+
+// Entry returns node i as a new Entry, with Path set. The caller owns it.
+func (t *TOC) Entry(i int) *Entry {
+	e := t.Attr(i)
+	e.Path = t.Path(i)
+	for k := range e.Xattrs {
+		e.Xattrs[k].Value = bytes.Clone(e.Xattrs[k].Value)
+	}
+	if e.FCaps != nil {
+		e.FCaps = bytes.Clone(e.FCaps)
+	}
+	return &e
 }
 
 // Digest returns "sha256:<hex>" of MarshalBinary's output, the form
