@@ -271,7 +271,7 @@ func (r *Report) Markdown(charts []string) string {
 	}
 	if len(r.FUSE) > 0 {
 		native := r.FUSE[0]
-		p("\n## FUSE metadata and sequential read (%s)\n\n`find` of the whole tree and a read of every file, each after dropping the page cache. boot mount's cache was filled by a first read over loopback HTTP (shown as cold read); casync mount reads its store from local disk.\n\n| filesystem | entries | find | vs native | read | MB/s | vs native | peak RSS | cold read |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", r.FUSEImage)
+		p("\n## FUSE metadata and sequential read (%s)\n\n`find` of the whole tree and a read of every file, each after dropping the page cache: the median of %d runs for native and boot mount, one run for casync mount. boot mount's cache was filled by a first read over loopback HTTP (shown as cold read); casync mount reads its store from local disk.\n\n| filesystem | entries | find | vs native | read | MB/s | vs native | peak RSS | cold read |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", r.FUSEImage, max(r.FUSE[0].Runs, 1))
 		for _, f := range r.FUSE {
 			rss, cold := "–", "–"
 			if f.RSS > 0 {
