@@ -49,7 +49,7 @@ const maxRead = 1 << 20
 // API kept a Go object per entry the kernel knew, which cost more than
 // the kernel's round trip on every entry of a listing.
 type FS struct {
-	fuse.RawFileSystem // ENOSYS for every write and whatever else is not here
+	enosys // for every write, and whatever else is not here
 
 	toc    *casync.TOC
 	r      *Reader
@@ -58,6 +58,11 @@ type FS struct {
 	failed sync.Map // casync.ChunkID of chunks already logged as failing
 	seqs   sync.Map // TOC node → *sequence, of files that were read
 }
+
+// enosys names the embedded fuse.RawFileSystem so that it is not exported.
+type enosys = fuse.RawFileSystem
+
+var _ fuse.RawFileSystem = (*FS)(nil)
 
 // NewFS returns the filesystem of the archive that toc describes and r
 // reads. It fails, wrapping ErrMismatch, if they are not of the same
@@ -79,7 +84,7 @@ func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &FS{RawFileSystem: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
+	return &FS{enosys: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
 }
 
 // mountOptions returns the go-fuse options Mount uses.
