@@ -23,13 +23,15 @@ import (
 type ReaderOptions struct {
 	// Jobs bounds the chunk fetches in flight (default 8).
 	Jobs int
-	// CacheBytes bounds the in-memory LRU of recently used chunks
-	// (default 16 MiB: the kernel's page cache keeps what was read, so
-	// the LRU only has to bridge read-ahead and chunks shared by
-	// neighbouring small files). It always holds at least one chunk.
+	// CacheBytes bounds the in-memory LRU of recently used chunks, in
+	// bytes of buffer capacity (default 8 MiB: the kernel's page cache
+	// keeps what was read, so the LRU only has to bridge read-ahead and
+	// chunks shared by neighbouring small files; a bigger one only
+	// leaves the garbage collector less room under boot's memory limit).
+	// It always holds at least one chunk.
 	CacheBytes int64
 	// ReadAhead is the largest read-ahead window, in bytes, that
-	// sequential reads of a file grow to (default 8 MiB, at most
+	// sequential reads of a file grow to (default 4 MiB, at most
 	// CacheBytes/2). Negative disables read-ahead.
 	ReadAhead int64
 	// Timeout bounds each fetch attempt (default 30s).
@@ -53,10 +55,10 @@ func (o ReaderOptions) withDefaults(store chunkstore.Store) ReaderOptions {
 		o.Jobs = 8
 	}
 	if o.CacheBytes <= 0 {
-		o.CacheBytes = 16 << 20
+		o.CacheBytes = 8 << 20
 	}
 	if o.ReadAhead == 0 {
-		o.ReadAhead = 8 << 20
+		o.ReadAhead = 4 << 20
 	}
 	// Read-ahead that does not fit in the LRU is thrown away unread.
 	o.ReadAhead = min(o.ReadAhead, o.CacheBytes/2)
