@@ -252,17 +252,9 @@ func (f *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, des
 	if !st.Ok() {
 		return 0, st
 	}
-	e := f.toc.Attr(i)
-	var v []byte
-	found := false
-	if attr == capabilityXattr && e.FCaps != nil {
-		v, found = e.FCaps, true
-	}
-	for _, x := range e.Xattrs {
-		if x.Name == attr {
-			v, found = x.Value, true
-			break
-		}
+	v, found := f.toc.Xattr(i, attr)
+	if fcaps := f.toc.Attr(i).FCaps; attr == capabilityXattr && fcaps != nil {
+		v, found = fcaps, true
 	}
 	if !found {
 		return 0, fuse.ENODATA
@@ -281,12 +273,11 @@ func (f *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (u
 	if !st.Ok() {
 		return 0, st
 	}
-	e := f.toc.Attr(i)
 	var list []byte
-	for _, x := range e.Xattrs {
+	for _, x := range f.toc.Xattrs(i) {
 		list = append(append(list, x.Name...), 0)
 	}
-	if e.FCaps != nil {
+	if f.toc.Attr(i).FCaps != nil {
 		list = append(append(list, capabilityXattr...), 0)
 	}
 	if len(dest) == 0 {

@@ -415,11 +415,12 @@ func (r *Reader) aheadFromCache(first, last int) {
 					b.release()
 					return err // not cached: stop here
 				}
-				if cap(data) != cap(b.data) { // grown: not the pool's
+				if cap(data) == cap(b.data) {
+					b.data = data
+				} else { // grown: not the pool's
 					b.release()
 					b = sharedBuf(data)
 				}
-				b.data = data
 				r.lru.add(c.ID, b)
 				return nil
 			})

@@ -238,10 +238,10 @@ func (t *TOC) Path(i int) string {
 	return string(b)
 }
 
-// Attr returns node i as an Entry without its Path, and without copies:
-// LinkTarget, the Xattrs' values and FCaps share the TOC's memory and
-// must not be modified. It allocates only for a node with xattrs, which
-// makes it cheap enough for every stat a filesystem answers.
+// Attr returns node i as an Entry without its Path and its Xattrs, and
+// without copies: LinkTarget and FCaps share the TOC's memory and must not
+// be modified. It never allocates, which makes it cheap enough for every
+// stat and read a filesystem answers; Xattr and Xattrs give the rest.
 func (t *TOC) Attr(i int) Entry {
 	n := &t.nodes[i]
 	e := Entry{
@@ -261,25 +261,59 @@ func (t *TOC) Attr(i int) Entry {
 	x := &t.extras[n.extra-1]
 	e.LinkTarget = t.strs[x.link : x.link+x.linkLen]
 	e.RdevMajor, e.RdevMinor = x.major, x.minor
-	if x.nxattr > 0 {
-		e.Xattrs = make([]Xattr, x.nxattr)
-		for k, a := range t.xattrs[x.xattr : x.xattr+x.nxattr] {
-			e.Xattrs[k] = Xattr{
-				Name:  string(t.xblob[a.name : a.name+a.nameLen]),
-				Value: t.xblob[a.value : a.value+a.valueLen : a.value+a.valueLen],
-			}
-		}
-	}
 	if x.nfcaps > 0 {
 		e.FCaps = t.xblob[x.fcaps : x.fcaps+x.nfcaps : x.fcaps+x.nfcaps]
 	}
 	return e
 }
 
+// nodeXattrs returns node i's extended attributes as stored.
+func (t *TOC) nodeXattrs(i int) []tocXattr {
+	n := &t.nodes[i]
+	if n.extra == 0 {
+		return nil
+	}
+	x := &t.extras[n.extra-1]
+	return t.xattrs[x.xattr : x.xattr+x.nxattr]
+}
+
+func (t *TOC) xattrValue(a *tocXattr) []byte {
+	return t.xblob[a.value : a.value+a.valueLen : a.value+a.valueLen]
+}
+
+// Xattr returns the value of node i's extended attribute name (FCaps, not
+// this, holds security.capability). The value shares the TOC's memory and
+// must not be modified. It does not allocate.
+func (t *TOC) Xattr(i int, name string) ([]byte, bool) {
+	stored := t.nodeXattrs(i)
+	for k := range stored {
+		if a := &stored[k]; string(t.xblob[a.name:a.name+a.nameLen]) == name {
+			return t.xattrValue(a), true
+		}
+	}
+	return nil, false
+}
+
+// Xattrs returns node i's extended attributes in archive order, as Entry
+// has them, with values that share the TOC's memory.
+func (t *TOC) Xattrs(i int) []Xattr {
+	stored := t.nodeXattrs(i)
+	if len(stored) == 0 {
+		return nil
+	}
+	out := make([]Xattr, len(stored))
+	for k := range stored {
+		a := &stored[k]
+		out[k] = Xattr{Name: string(t.xblob[a.name : a.name+a.nameLen]), Value: t.xattrValue(a)}
+	}
+	return out
+}
+
 // Entry returns node i as a new Entry, with Path set. The caller owns it.
 func (t *TOC) Entry(i int) *Entry {
 	e := t.Attr(i)
 	e.Path = t.Path(i)
+	e.Xattrs = t.Xattrs(i)
 	for k := range e.Xattrs {
 		e.Xattrs[k].Value = bytes.Clone(e.Xattrs[k].Value)
 	}
