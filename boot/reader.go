@@ -7,13 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
@@ -121,8 +119,10 @@ type Reader struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	sem    chan struct{}
-	flight singleflight.Group
 	lru    *chunkLRU
+
+	loadsMu sync.Mutex // guards loads and the waiters of each; taken before the LRU's
+	loads   map[casync.ChunkID]*load
 
 	mu          sync.Mutex // guards closed and wg.Add
 	closed      bool
@@ -138,10 +138,6 @@ type Reader struct {
 	lastChunk    atomic.Int64
 	aheadTo      atomic.Int64
 	aheadRunning atomic.Bool
-	// fetching holds the IDs of the chunks being fetched, which reading
-	// ahead from the cache leaves alone: a chunk the store is writing
-	// into the cache is about to be in memory.
-	fetching sync.Map
 }
 
 // cachedGetter is a store with a local part that is read without the
@@ -174,6 +170,7 @@ func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *R
 		cancel: cancel,
 		sem:    make(chan struct{}, opts.Jobs),
 		lru:    newChunkLRU(opts.CacheBytes),
+		loads:  make(map[casync.ChunkID]*load),
 	}
 	if l, ok := store.(cachedGetter); ok && opts.ReadAhead > 0 {
 		r.local = l
@@ -277,48 +274,156 @@ func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	return n, eof
 }
 
-// pendingChunk is a chunk that start began to get: either in memory
-// already, held, or coming from a fetch.
+// A load gets one chunk into memory, once: a read that needs a chunk
+// being loaded waits for that load instead of reading the chunk again.
+// Read-ahead loads only from the local cache (localOnly); a read's load
+// asks the store too.
+type load struct {
+	done      chan struct{}
+	localOnly bool
+	// Under Reader.loadsMu: waiters counts the pending chunks that wait
+	// for the load; when it finishes, each of them gets a reference on
+	// buf. The other fields are set before done is closed.
+	waiters  int32
+	finished bool
+	buf      *chunkBuf
+	err      error
+}
+
+// pendingChunk is a chunk that start began to get: in memory already and
+// held, or being loaded.
 type pendingChunk struct {
-	buf    *chunkBuf
-	flight <-chan singleflight.Result
-	id     casync.ChunkID
+	r    *Reader
+	i    int
+	buf  *chunkBuf
+	load *load
 }
 
 // wait returns the chunk's bytes, valid until release.
-func (pc pendingChunk) wait(ctx context.Context) ([]byte, error) {
-	if pc.buf != nil {
-		return pc.buf.data, nil
-	}
-	select {
-	case res := <-pc.flight:
-		if res.Err != nil {
-			return nil, res.Err
+func (pc *pendingChunk) wait(ctx context.Context) ([]byte, error) {
+	for pc.buf == nil {
+		l := pc.load
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("boot: waiting for chunk %s: %w", pc.r.idx.Chunks[pc.i].ID, ctx.Err())
 		}
-		// fetch returns bytes that the garbage collector owns: every
-		// waiter of the flight may keep them.
-		return res.Val.([]byte), nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("boot: waiting for chunk %s: %w", pc.id, ctx.Err())
+		pc.load = nil
+		switch {
+		case l.err == nil:
+			pc.buf = l.buf
+		case l.localOnly:
+			// Read-ahead found it not cached: fetch it.
+			*pc = pc.r.start(pc.i)
+		default:
+			return nil, l.err
+		}
 	}
+	return pc.buf.data, nil
 }
 
-// release lets go of an in-memory chunk.
-func (pc pendingChunk) release() {
-	if pc.buf != nil {
+// release lets go of the chunk, or of the load that was to bring it.
+func (pc *pendingChunk) release() {
+	switch {
+	case pc.buf != nil:
 		pc.buf.release()
+	case pc.load != nil:
+		pc.r.abandon(pc.load)
 	}
+	pc.buf, pc.load = nil, nil
 }
 
 // start begins getting chunk i. The caller must release the result.
 func (r *Reader) start(i int) pendingChunk {
-	c := &r.idx.Chunks[i]
-	if b, ok := r.lru.acquire(c.ID); ok {
+	id := r.idx.Chunks[i].ID
+	r.loadsMu.Lock()
+	if b, ok := r.lru.acquire(id); ok {
+		r.loadsMu.Unlock()
 		r.memoryHits.Add(1)
-		return pendingChunk{buf: b, id: c.ID}
+		return pendingChunk{r: r, i: i, buf: b}
 	}
-	ch := r.flight.DoChan(string(c.ID[:]), func() (any, error) { return r.fetch(i) })
-	return pendingChunk{flight: ch, id: c.ID}
+	l, running := r.loads[id]
+	if !running {
+		l = &load{done: make(chan struct{})}
+		r.loads[id] = l
+	}
+	l.waiters++
+	r.loadsMu.Unlock()
+	if !running {
+		go r.runLoad(i, l)
+	}
+	return pendingChunk{r: r, i: i, load: l}
+}
+
+// startLocal registers a load of chunk i from the local cache, for
+// read-ahead, unless the chunk is in memory or being loaded already. The
+// caller runs it (runLoad).
+func (r *Reader) startLocal(i int) *load {
+	id := r.idx.Chunks[i].ID
+	r.loadsMu.Lock()
+	defer r.loadsMu.Unlock()
+	if _, ok := r.loads[id]; ok || r.lru.contains(id) {
+		return nil
+	}
+	l := &load{done: make(chan struct{}), localOnly: true}
+	r.loads[id] = l
+	return l
+}
+
+// runLoad loads chunk i for l, keeps it in the LRU and hands it to l's
+// waiters.
+func (r *Reader) runLoad(i int, l *load) {
+	c := &r.idx.Chunks[i]
+	var b *chunkBuf
+	var err error
+	if l.localOnly {
+		b, err = r.loadLocal(c)
+	} else {
+		b, err = r.fetch(i)
+	}
+	r.loadsMu.Lock()
+	defer r.loadsMu.Unlock()
+	delete(r.loads, c.ID)
+	l.finished, l.buf, l.err = true, b, err
+	if err == nil {
+		b.refs.Add(l.waiters)
+		r.lru.add(c.ID, b) // takes the load's own reference
+	}
+	close(l.done)
+}
+
+// abandon gives up a pending chunk's wait for l.
+func (r *Reader) abandon(l *load) {
+	r.loadsMu.Lock()
+	finished := l.finished
+	if !finished {
+		l.waiters--
+	}
+	r.loadsMu.Unlock()
+	if finished && l.err == nil {
+		l.buf.release()
+	}
+}
+
+// loadLocal reads chunk c from the local cache into a pooled buffer,
+// holding one reference. It never uses the network.
+func (r *Reader) loadLocal(c *casync.IndexChunk) (*chunkBuf, error) {
+	b := bufPool.get(int(c.Size))
+	data, err := r.local.AppendCached(r.ctx, b.data, c.ID)
+	if err == nil && uint64(len(data)) != c.Size {
+		err = fmt.Errorf("%w: chunk %s has %d bytes, the index says %d", ErrMismatch, c.ID, len(data), c.Size)
+	}
+	if err != nil {
+		b.release()
+		return nil, err
+	}
+	if cap(data) == cap(b.data) {
+		b.data = data
+	} else { // grown: not the pool's
+		b.release()
+		b = sharedBuf(data)
+	}
+	return b, nil
 }
 
 // Prefetch starts fetching, in the background, the chunks that cover n
@@ -401,29 +506,12 @@ func (r *Reader) aheadFromCache(first, last int) {
 		g, ctx := errgroup.WithContext(r.ctx)
 		g.SetLimit(localAheadJobs)
 		for i := from; i <= end && ctx.Err() == nil; i++ {
-			c := &r.idx.Chunks[i]
-			if _, busy := r.fetching.Load(c.ID); busy || r.lru.contains(c.ID) {
-				continue
+			if l := r.startLocal(i); l != nil {
+				g.Go(func() error {
+					r.runLoad(i, l)
+					return l.err // not cached: stop here
+				})
 			}
-			g.Go(func() error {
-				b := bufPool.get(int(c.Size))
-				data, err := r.local.AppendCached(ctx, b.data, c.ID)
-				if err == nil && uint64(len(data)) != c.Size {
-					err = fmt.Errorf("%w: chunk %s has %d bytes, the index says %d", ErrMismatch, c.ID, len(data), c.Size)
-				}
-				if err != nil {
-					b.release()
-					return err // not cached: stop here
-				}
-				if cap(data) == cap(b.data) {
-					b.data = data
-				} else { // grown: not the pool's
-					b.release()
-					b = sharedBuf(data)
-				}
-				r.lru.add(c.ID, b)
-				return nil
-			})
 		}
 		g.Wait()
 	})
@@ -448,21 +536,19 @@ func (r *Reader) goBackground(f func()) bool {
 // read-ahead is off.
 func (r *Reader) ReadAhead() int64 { return max(r.opts.ReadAhead, 0) }
 
-// fetch gets chunk i from the store, with retries, and keeps it in the
-// LRU. It runs once per chunk at a time, on the Reader's context.
-func (r *Reader) fetch(i int) ([]byte, error) {
+// fetch gets chunk i, from the local cache if it has it, else from the
+// store with retries. It returns the chunk with one reference. It runs on
+// the Reader's context, once per chunk at a time (runLoad).
+func (r *Reader) fetch(i int) (*chunkBuf, error) {
 	c := &r.idx.Chunks[i]
-	if b, ok := r.lru.acquire(c.ID); ok { // read ahead since start looked
-		r.memoryHits.Add(1)
-		// A pooled buffer is recycled once released, and the flight's
-		// waiters read after this returns: they get a copy.
-		data := slices.Clone(b.data)
-		b.release()
-		return data, nil
-	}
-	if r.local != nil { // for aheadFromCache
-		r.fetching.Store(c.ID, struct{}{})
-		defer r.fetching.Delete(c.ID)
+	if r.local != nil {
+		b, err := r.loadLocal(c)
+		if err == nil {
+			r.chunksFetched.Add(1)
+			r.bytesFetched.Add(c.Size)
+			return b, nil
+		}
+		// Not cached, or unreadable: the store has it, and caches it.
 	}
 	fail := func(attempts int, err error) error {
 		r.errors.Add(1)
@@ -486,8 +572,7 @@ func (r *Reader) fetch(i int) ([]byte, error) {
 		if err == nil {
 			r.chunksFetched.Add(1)
 			r.bytesFetched.Add(uint64(len(data)))
-			r.lru.add(c.ID, sharedBuf(data))
-			return data, nil
+			return sharedBuf(data), nil
 		}
 		// A missing chunk will not appear, a corrupt one will not mend,
 		// and a store that retried itself has waited long enough.

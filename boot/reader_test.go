@@ -488,31 +488,82 @@ func TestReaderAheadFromCache(t *testing.T) {
 	}
 
 	// Warm: with read-ahead on, most chunks are already in memory when the
-	// read gets there, loaded from the cache, so the read path asks the
-	// cache for few of them; the remote is not asked at all.
+	// read gets there, loaded from the cache, so few loads are the read
+	// path's own; the remote is not asked at all.
 	counted := &countingCache{Cache: cache}
 	r = NewReader(b.idx, counted, ReaderOptions{})
 	defer r.Close()
 	before := len(remote.fetched())
 	readAll(r)
-	if n := counted.gets.Load(); n > int64(len(b.idx.Chunks))/2 {
-		t.Errorf("warm sequential read asked the cache for %d of %d chunks itself, want most read ahead", n, len(b.idx.Chunks))
+	if n := r.Stats().ChunksFetched; n > uint64(len(b.idx.Chunks))/2 {
+		t.Errorf("warm sequential read loaded %d of %d chunks itself, want most read ahead", n, len(b.idx.Chunks))
 	}
 	if after := len(remote.fetched()); after != before {
 		t.Errorf("warm read fetched %d chunks from the remote", after-before)
 	}
+	counted.check(t, b.idx)
+
+	// Readers racing the read-ahead, as the kernel's concurrent requests
+	// do, wait for a chunk being loaded instead of reading it again: with
+	// an LRU that holds the whole blob, every chunk is read from the cache
+	// once.
+	counted = &countingCache{Cache: cache}
+	r2 := NewReader(b.idx, counted, ReaderOptions{CacheBytes: 64 << 20})
+	defer r2.Close()
+	var wg sync.WaitGroup
+	for g := range 3 {
+		wg.Go(func() {
+			p := make([]byte, step+g*999)
+			for off := int64(0); off < r2.Size(); off += int64(len(p)) {
+				n, err := r2.ReadAt(p, off)
+				if (err != nil && err != io.EOF) || !bytes.Equal(p[:n], b.data[off:off+int64(n)]) {
+					t.Errorf("ReadAt(%d) = %d, %v: wrong bytes", off, n, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	counted.check(t, b.idx)
 }
 
-// countingCache counts the GetChunk calls of the read path; AppendCached,
-// the read-ahead's, is the embedded Cache's.
+// countingCache counts the reads of each chunk from the cache, by the read
+// path and by read-ahead alike.
 type countingCache struct {
 	*chunkstore.Cache
-	gets atomic.Int64
+	mu    sync.Mutex
+	reads map[casync.ChunkID]int
+}
+
+func (c *countingCache) count(id casync.ChunkID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reads == nil {
+		c.reads = map[casync.ChunkID]int{}
+	}
+	c.reads[id]++
 }
 
 func (c *countingCache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	c.gets.Add(1)
+	c.count(id)
 	return c.Cache.GetChunk(ctx, id)
+}
+
+func (c *countingCache) AppendCached(ctx context.Context, dst []byte, id casync.ChunkID) ([]byte, error) {
+	c.count(id)
+	return c.Cache.AppendCached(ctx, dst, id)
+}
+
+// check fails t unless every chunk of idx was read exactly once.
+func (c *countingCache) check(t *testing.T, idx *casync.Index) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range uniqueIDs(idx) {
+		if n := c.reads[id]; n != 1 {
+			t.Errorf("chunk %s read from the cache %d times, want once", id, n)
+		}
+	}
 }
 
 func uniqueIDs(idx *casync.Index) map[casync.ChunkID]bool {
