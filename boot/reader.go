@@ -32,7 +32,9 @@ type ReaderOptions struct {
 	// sequential reads of a file grow to (default 4 MiB, at most
 	// CacheBytes/2). Negative disables read-ahead.
 	ReadAhead int64
-	// Timeout bounds each fetch attempt (default 30s).
+	// Timeout bounds each attempt to fetch a chunk from the store
+	// (default 30s). Reads of the local cache directory are not bounded:
+	// a read waiting for one still returns when its context ends.
 	Timeout time.Duration
 	// Retries is how many times a failed fetch is tried again (default
 	// 3; negative for none). A chunk the store does not have is not
@@ -283,11 +285,14 @@ type load struct {
 	localOnly bool
 	// Under Reader.loadsMu: waiters counts the pending chunks that wait
 	// for the load; when it finishes, each of them gets a reference on
-	// buf. The other fields are set before done is closed.
+	// buf. The other fields are set before done is closed. next is the
+	// fetch that a local-only load which failed started for its waiters,
+	// who then wait for it.
 	waiters  int32
 	finished bool
 	buf      *chunkBuf
 	err      error
+	next     *load
 }
 
 // pendingChunk is a chunk that start began to get: in memory already and
@@ -308,13 +313,15 @@ func (pc *pendingChunk) wait(ctx context.Context) ([]byte, error) {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("boot: waiting for chunk %s: %w", pc.r.idx.Chunks[pc.i].ID, ctx.Err())
 		}
-		pc.load = nil
+		pc.load = l.next
 		switch {
 		case l.err == nil:
 			pc.buf = l.buf
-		case l.localOnly:
-			// Read-ahead found it not cached: fetch it.
-			*pc = pc.r.start(pc.i)
+			if l.localOnly { // read ahead: served from memory
+				pc.r.memoryHits.Add(1)
+			}
+		case l.next != nil:
+			// Read-ahead found it not cached: wait for the fetch.
 		default:
 			return nil, l.err
 		}
@@ -382,19 +389,32 @@ func (r *Reader) runLoad(i int, l *load) {
 		b, err = r.fetch(i)
 	}
 	r.loadsMu.Lock()
-	defer r.loadsMu.Unlock()
 	delete(r.loads, c.ID)
 	l.finished, l.buf, l.err = true, b, err
-	if err == nil {
+	switch {
+	case err == nil:
 		b.refs.Add(l.waiters)
 		r.lru.add(c.ID, b) // takes the load's own reference
+	case l.localOnly && l.waiters > 0:
+		// Not cached after all, and reads wait for it: fetch it for
+		// them, now, rather than one after the other as each one's
+		// turn comes.
+		l.next = &load{done: make(chan struct{}), waiters: l.waiters}
+		r.loads[c.ID] = l.next
 	}
 	close(l.done)
+	r.loadsMu.Unlock()
+	if l.next != nil {
+		go r.runLoad(i, l.next)
+	}
 }
 
 // abandon gives up a pending chunk's wait for l.
 func (r *Reader) abandon(l *load) {
 	r.loadsMu.Lock()
+	for l.finished && l.next != nil {
+		l = l.next
+	}
 	finished := l.finished
 	if !finished {
 		l.waiters--

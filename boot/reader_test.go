@@ -527,6 +527,80 @@ func TestReaderAheadFromCache(t *testing.T) {
 	counted.check(t, b.idx)
 }
 
+// TestReaderAheadMissFetchesTogether: reads waiting for chunks that the
+// read-ahead tried to load from the cache, and did not find there, get
+// them fetched from the store at once, not one after the other.
+func TestReaderAheadMissFetchesTogether(t *testing.T) {
+	b := newBlob(t, 23, 1<<20)
+	const n = 4
+	remote := &barrierStore{Store: b.store, n: n, all: make(chan struct{})}
+	cache, err := chunkstore.NewCache(remote, t.TempDir(), chunkstore.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(b.idx, cache, ReaderOptions{Jobs: 8, Retries: -1})
+	defer r.Close()
+
+	// Read-ahead registers its loads of the first n chunks; a read of
+	// them joins those loads before they run.
+	loads := make([]*load, n)
+	for i := range loads {
+		if loads[i] = r.startLocal(i); loads[i] == nil {
+			t.Fatalf("startLocal(%d) = nil, want a new load", i)
+		}
+	}
+	end := b.idx.Chunks[n-1].Start + b.idx.Chunks[n-1].Size
+	done := make(chan error, 1)
+	go func() {
+		p := make([]byte, end)
+		_, err := r.ReadAt(p, 0)
+		if err == nil && !bytes.Equal(p, b.data[:end]) {
+			err = errors.New("wrong bytes")
+		}
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "the read to join the read-ahead's loads", func() bool {
+		r.loadsMu.Lock()
+		defer r.loadsMu.Unlock()
+		for _, l := range loads {
+			if l.waiters == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for i, l := range loads {
+		go r.runLoad(i, l) // none is cached: each fails, and hands over
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("ReadAt: %v", err)
+	}
+	if s := r.Stats(); s.ChunksFetched != n || s.MemoryHits != 0 {
+		t.Errorf("Stats() = %+v, want %d chunks fetched and no memory hits", s, n)
+	}
+}
+
+// barrierStore holds every GetChunk until n of them are under way at
+// once, and fails them if that does not happen within 2 seconds.
+type barrierStore struct {
+	chunkstore.Store
+	n       int32
+	arrived atomic.Int32
+	all     chan struct{}
+}
+
+func (s *barrierStore) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	if s.arrived.Add(1) == s.n {
+		close(s.all)
+	}
+	select {
+	case <-s.all:
+		return s.Store.GetChunk(ctx, id)
+	case <-time.After(2 * time.Second):
+		return nil, errors.New("fetched one after the other, not at once")
+	}
+}
+
 // countingCache counts the reads of each chunk from the cache, by the read
 // path and by read-ahead alike.
 type countingCache struct {
