@@ -38,11 +38,17 @@ target=${image%%:*}:bootfs
 echo "== convert $image"
 bin/mkimage --store "$store" --runtime-store "http://127.0.0.1:$port" "$image" "$target"
 
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 echo "== serve $store on 127.0.0.1:$port"
+# Another server on the port would answer in the store's place, with
+# none of its chunks.
+listening && die "something already listens on 127.0.0.1:$port; stop it or set DEMO_PORT to a free port"
 bin/chunkstore serve --dir "$store" --http "127.0.0.1:$port" --log-level warn &
 server=$!
 trap 'kill $server 2>/dev/null; docker volume rm -f bootfs-demo-cache >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do listening && break; kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$server" 2>/dev/null || die "chunkstore serve exited (its error is above)"
+listening || die "chunkstore serve does not answer on 127.0.0.1:$port after 5 s"
 
 # The flags a boot image needs. --privileged is the simple form; where the
 # engine cannot grant every capability, SYS_ADMIN with seccomp and
@@ -55,16 +61,20 @@ fi
 docker volume rm -f bootfs-demo-cache >/dev/null 2>&1 || true
 docker volume create bootfs-demo-cache >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$image")
+shopt -s lastpipe # the loop below sets first in this shell
 for run in 1 2; do
 	rm -f "$work/stats/run.json"
 	start=$(date +%s%N)
 	first=""
-	while IFS= read -r line; do
-		[ -z "$first" ] && first=$(( ($(date +%s%N) - start) / 1000000 ))
-		echo "   | $line"
-	done < <(docker run --rm --pull never --network host "${flags[@]}" \
+	if ! docker run --rm --pull never --network host "${flags[@]}" \
 		-v bootfs-demo-cache:/.bootfs/cache -v "$work/stats:/stats" -e BOOTFS_STATS=/stats/run.json \
-		"$target" "${cmd[@]}" 2>&1)
+		"$target" "${cmd[@]}" 2>&1 |
+		while IFS= read -r line; do
+			[ -z "$first" ] && first=$(( ($(date +%s%N) - start) / 1000000 ))
+			echo "   | $line"
+		done; then
+		die "run $run of $target failed (its output is above)"
+	fi
 	fetched=$(sed -n 's/.*"bytes_fetched": *\([0-9]*\).*/\1/p' "$work/stats/run.json")
 	chunks=$(sed -n 's/.*"chunks_fetched": *\([0-9]*\).*/\1/p' "$work/stats/run.json")
 	hits=$(sed -n 's/.*"cache_hits": *\([0-9]*\).*/\1/p' "$work/stats/run.json")
