@@ -5,6 +5,7 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 )
 
 // ChunkID identifies a chunk by the digest of its uncompressed bytes.
@@ -33,7 +34,19 @@ const (
 	SHA512_256 Digest = iota
 	// SHA256 is selected by casync's --digest=sha256.
 	SHA256
+	// AnyDigest accepts, in VerifyChunk, content that hashes to its ID
+	// under either digest. A chunk store's server or maintenance tool
+	// needs it: a store shared by images made with either digest holds
+	// chunks of both, and without their index nothing tells which digest
+	// an ID was made with. Two 256-bit digests cannot both be wrong in a
+	// way that matches, so this is as safe as either. It never makes
+	// IDs: Sum gives SHA-512/256's, for error messages.
+	AnyDigest
 )
+
+// lastMatch is the digest that AnyDigest last found a chunk to match,
+// which it tries first: a store mostly holds chunks of one kind.
+var lastMatch atomic.Int32
 
 // Sum returns the ID of data under d.
 func (d Digest) Sum(data []byte) ChunkID {
@@ -43,10 +56,14 @@ func (d Digest) Sum(data []byte) ChunkID {
 	return sha512.Sum512_256(data)
 }
 
-// String returns the name casync uses for d on its command line.
+// String returns the name casync uses for d on its command line, or
+// "any" for AnyDigest.
 func (d Digest) String() string {
-	if d == SHA256 {
+	switch d {
+	case SHA256:
 		return "sha256"
+	case AnyDigest:
+		return "any"
 	}
 	return "sha512-256"
 }

@@ -79,12 +79,29 @@ func (e *ChecksumError) Error() string {
 	return fmt.Sprintf("chunk %s: content hashes to %s (corrupt or wrong digest)", e.Want, e.Got)
 }
 
-// VerifyChunk checks that data hashes to id under d.
+// VerifyChunk checks that data hashes to id under d; under AnyDigest, to
+// id under either digest.
 func VerifyChunk(d Digest, id ChunkID, data []byte) error {
-	if got := d.Sum(data); got != id {
-		return &ChecksumError{Want: id, Got: got}
+	if d != AnyDigest {
+		if got := d.Sum(data); got != id {
+			return &ChecksumError{Want: id, Got: got}
+		}
+		return nil
 	}
-	return nil
+	first := Digest(lastMatch.Load())
+	got := first.Sum(data)
+	if got == id {
+		return nil
+	}
+	other := SHA256
+	if first == SHA256 {
+		other = SHA512_256
+	}
+	if other.Sum(data) == id {
+		lastMatch.Store(int32(other))
+		return nil
+	}
+	return &ChecksumError{Want: id, Got: got}
 }
 
 // DecodeChunk decompresses frame and verifies the result against id.

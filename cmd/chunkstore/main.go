@@ -105,7 +105,7 @@ func newFlags(name, synopsis string, stderr io.Writer, c *common) *flag.FlagSet 
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.dir, "dir", "", "the chunk store `directory` (required)")
-	fs.StringVar(&c.digest, "digest", "sha512-256", "chunk ID `hash`: sha512-256 or sha256")
+	fs.StringVar(&c.digest, "digest", "any", "chunk ID `hash` that chunks are checked against: sha512-256, sha256, or any (either: a store can hold chunks of images made with each)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&c.jobs, "j", 0, "`N` chunks in parallel (default: number of CPUs)")
 	return fs
@@ -128,9 +128,12 @@ func parse(fs *flag.FlagSet, args []string, c *common, stderr io.Writer) (casync
 	if c.dir == "" {
 		return bad("--dir is required")
 	}
-	d, err := casync.ParseDigest(c.digest)
-	if err != nil {
-		return bad("%v", err)
+	d := casync.AnyDigest
+	if c.digest != "any" {
+		var err error
+		if d, err = casync.ParseDigest(c.digest); err != nil {
+			return bad("%v (or any)", err)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {

@@ -81,10 +81,41 @@ func storeWith(t *testing.T, n int) (*chunkstore.Local, []casync.ChunkID) {
 	return l, ids
 }
 
+// storeSHA256Chunk adds a chunk with a SHA-256 ID to the store in dir, as
+// mkimage --digest sha256 does, and returns its ID.
+func storeSHA256Chunk(t *testing.T, dir string) casync.ChunkID {
+	t.Helper()
+	l, err := chunkstore.NewLocal(dir, chunkstore.LocalOptions{Digest: casync.SHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("a chunk of an image made with --digest sha256")
+	id := casync.SHA256.Sum(data)
+	if err := l.StoreChunk(context.Background(), id, data); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 func TestVerifyCommand(t *testing.T) {
 	l, ids := storeWith(t, 5)
-	if code, out, errs := runCmd(t, "verify", "--dir", l.Dir()); code != 0 || !strings.Contains(out, "verified 5 chunks") {
-		t.Fatalf("verify(good) = %d, %q %q", code, out, errs)
+	// A store shared by images made with either digest holds chunks of
+	// both: by default, verify takes each as good, and --repair keeps it.
+	id256 := storeSHA256Chunk(t, l.Dir())
+	for _, args := range [][]string{{"verify", "--dir", l.Dir()}, {"verify", "--dir", l.Dir(), "--repair"}} {
+		if code, out, errs := runCmd(t, args...); code != 0 || !strings.Contains(out, "verified 6 chunks") || !strings.Contains(out, "0 bad") {
+			t.Fatalf("%v on a store with chunks of both digests = %d, %q %q", args, code, out, errs)
+		}
+	}
+	if ok, _ := l.HasChunk(context.Background(), id256); !ok {
+		t.Fatal("verify --repair removed a good SHA-256 chunk")
+	}
+	// A named digest is strict.
+	if code, out, _ := runCmd(t, "verify", "--dir", l.Dir(), "--digest", "sha512-256"); code != 1 || !strings.Contains(out, "1 bad") {
+		t.Errorf("verify --digest sha512-256 = %d, %q; want the SHA-256 chunk bad", code, out)
+	}
+	if err := os.Remove(filepath.Join(l.Dir(), chunkstore.ChunkPath(id256))); err != nil {
+		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(l.Dir(), chunkstore.ChunkPath(ids[0])), []byte("bad"), 0o644)
 	code, out, errs := runCmd(t, "verify", "--dir", l.Dir())
@@ -179,6 +210,19 @@ func TestServeCommand(t *testing.T) {
 	if err := client.StoreChunk(ctx, casync.SHA512_256.Sum(data), data); err != nil {
 		t.Errorf("StoreChunk with the token = %v", err)
 	}
+	// Chunks of images made with --digest sha256 are served and taken
+	// too: the server cannot know an ID's digest, and accepts either.
+	client256, err := chunkstore.NewHTTP(url, chunkstore.HTTPOptions{Token: "tok", Digest: casync.SHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client256.GetChunk(ctx, storeSHA256Chunk(t, l.Dir())); err != nil {
+		t.Errorf("GetChunk of a SHA-256 chunk from chunkstore serve = %v", err)
+	}
+	data = []byte("new chunk of a sha256 image")
+	if err := client256.StoreChunk(ctx, casync.SHA256.Sum(data), data); err != nil {
+		t.Errorf("StoreChunk of a SHA-256 chunk with the token = %v", err)
+	}
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
@@ -186,11 +230,11 @@ func TestServeCommand(t *testing.T) {
 	sc := bufio.NewScanner(resp.Body)
 	found := false
 	for sc.Scan() {
-		found = found || strings.HasPrefix(sc.Text(), `bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 1`)
+		found = found || strings.HasPrefix(sc.Text(), `bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 2`)
 	}
 	resp.Body.Close()
 	if !found {
-		t.Error("/metrics does not count the PUT")
+		t.Error("/metrics does not count the two PUTs")
 	}
 	cancel()
 	select {
