@@ -91,10 +91,12 @@ func TestRunMountCasyncIndex(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		args []string
+		list bool // a store list: an empty store first
 	}{
 		{name: "CasyncMakeArgs", args: casync.CasyncMakeArgs},
 		{name: "casync defaults"},
 		{name: "sha256", args: append([]string{"--digest=sha256", "--chunk-size=4096:16384:65536"}, casync.CasyncMakeArgs...)},
+		{name: "store list", args: casync.CasyncMakeArgs, list: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -104,6 +106,9 @@ func TestRunMountCasyncIndex(t *testing.T) {
 				t.Fatalf("casync make: %v\n%s", err, out)
 			}
 			mnt, stats := t.TempDir(), filepath.Join(dir, "stats.json")
+			if tc.list {
+				store = t.TempDir() + "," + store
+			}
 			stop := startMount(t, index, mnt, MountOptions{
 				ImageOptions: ImageOptions{Store: store, Logger: testLogger(t)},
 				Stats:        stats,

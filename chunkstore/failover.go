@@ -31,6 +31,7 @@ type Failover struct {
 
 var (
 	_ WriteStore    = (*Failover)(nil)
+	_ FrameStore    = (*Failover)(nil)
 	_ StatsReporter = (*Failover)(nil)
 )
 
@@ -81,15 +82,44 @@ func transient(ctx context.Context, err error) bool {
 
 // GetChunk returns the chunk from the first store that has it.
 func (f *Failover) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	data, err := f.get(ctx, id, func(s Store) ([]byte, error) { return s.GetChunk(ctx, id) })
+	if err == nil {
+		f.stats.bytes.Add(uint64(len(data)))
+	}
+	return data, err
+}
+
+// GetFrame returns the chunk's frame from the first store that has it: as
+// stored from a FrameStore, compressed here from any other. A cache in
+// front of the failover then stores frames as they come, and a caller
+// can count the bytes that crossed the network.
+func (f *Failover) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	frame, err := f.get(ctx, id, func(s Store) ([]byte, error) {
+		if fs, ok := s.(FrameStore); ok {
+			return fs.GetFrame(ctx, id)
+		}
+		data, err := s.GetChunk(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return casync.CompressChunk(nil, data), nil
+	})
+	if err == nil {
+		f.stats.wireBytes.Add(uint64(len(frame)))
+	}
+	return frame, err
+}
+
+// get returns what get gives for the first store that has the chunk.
+func (f *Failover) get(ctx context.Context, id casync.ChunkID, get func(Store) ([]byte, error)) ([]byte, error) {
 	f.stats.requests.Add(1)
 	var errs []error
 	for _, i := range f.order() {
-		data, err := f.stores[i].GetChunk(ctx, id)
+		b, err := get(f.stores[i])
 		if err == nil {
 			f.markUp(i)
 			f.stats.hits.Add(1)
-			f.stats.bytes.Add(uint64(len(data)))
-			return data, nil
+			return b, nil
 		}
 		if ctx.Err() != nil {
 			f.stats.errors.Add(1)

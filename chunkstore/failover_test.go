@@ -108,3 +108,38 @@ func TestFailoverCorruptPrimary(t *testing.T) {
 		t.Errorf("GetChunk(corrupt in primary) = %v, want the secondary's copy", err)
 	}
 }
+
+// TestFailoverGetFrame: a failover hands out frames, as stored from a
+// FrameStore and compressed from any other, from the first store that
+// has the chunk, and counts their bytes.
+func TestFailoverGetFrame(t *testing.T) {
+	cs := storetest.Chunks(62, 3)
+	ctx := context.Background()
+	local, err := chunkstore.NewLocal(t.TempDir(), chunkstore.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := local.StoreChunk(ctx, cs[0].ID, cs[0].Data); err != nil {
+		t.Fatal(err)
+	}
+	down := &flakyStore{Store: memWith(t, cs)}
+	down.down.Store(true)
+	f := chunkstore.NewFailover(down, local, memWith(t, cs[1:2]))
+	var wire uint64
+	for _, c := range cs[:2] { // from local (a FrameStore), then from memory
+		frame, err := f.GetFrame(ctx, c.ID)
+		if err != nil {
+			t.Fatalf("GetFrame(%s) = %v", c.ID, err)
+		}
+		if err := chunkstore.VerifyFrame(casync.SHA512_256, c.ID, frame); err != nil {
+			t.Errorf("GetFrame(%s) returned a bad frame: %v", c.ID, err)
+		}
+		wire += uint64(len(frame))
+	}
+	if _, err := f.GetFrame(ctx, cs[2].ID); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Errorf("GetFrame(missing) = %v, want ErrNotFound", err)
+	}
+	if s := f.Stats(); s.WireBytes != wire || s.Hits != 2 {
+		t.Errorf("Stats() = %+v, want %d wire bytes and 2 hits", s, wire)
+	}
+}
