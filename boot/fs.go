@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -112,15 +113,34 @@ func (f *FS) mountOptions() *fuse.MountOptions {
 // Mount mounts the filesystem on dir and serves it until it is
 // unmounted. Unmount it with the server's Unmount (or Unmount).
 func (f *FS) Mount(dir string) (*fuse.Server, error) {
+	if err := checkMountpoint(dir); err != nil {
+		return nil, err
+	}
 	srv, err := fuse.NewServer(f, dir, f.mountOptions())
 	if err == nil {
 		go srv.Serve()
-		err = srv.WaitMount()
+		if err = srv.WaitMount(); err != nil {
+			srv.Unmount() // leave no dead mount behind
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("boot: mount FUSE filesystem on %s: %w", dir, err)
 	}
 	return srv, nil
+}
+
+// checkMountpoint fails unless dir is a directory. The kernel mounts a
+// FUSE filesystem on a file too, and go-fuse then fails to serve it,
+// leaving a mount that answers nothing.
+func checkMountpoint(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("boot: mount point: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("boot: mount point %s is not a directory", dir)
+	}
+	return nil
 }
 
 func (f *FS) String() string { return f.opts.FsName }

@@ -246,6 +246,9 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 	if opts.FS.Logger == nil {
 		opts.FS.Logger = log
 	}
+	if err := checkMountpoint(mountpoint); err != nil { // before any fetch
+		return err
+	}
 	im, err := OpenImage(ctx, indexPath, opts.ImageOptions)
 	if err != nil {
 		return err

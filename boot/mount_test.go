@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -287,4 +290,43 @@ func (h mountedSignal) WithAttrs(as []slog.Attr) slog.Handler {
 func (h mountedSignal) WithGroup(name string) slog.Handler {
 	h.Handler = h.Handler.WithGroup(name)
 	return h
+}
+
+// A mount point that is a file, or is missing, is refused before
+// anything is fetched or mounted: the kernel would mount on a file, and
+// go-fuse then fail to serve it, leaving a mount that answers nothing.
+func TestMountpointNotADirectory(t *testing.T) {
+	requireFUSE(t)
+	im := newTreeImage(t)
+	file := filepath.Join(t.TempDir(), "plainfile")
+	if err := os.WriteFile(file, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing")
+	for _, tc := range []struct{ dir, want string }{
+		{file, "is not a directory"},
+		{missing, "no such file or directory"},
+	} {
+		err := RunMount(context.Background(), im.index, tc.dir, MountOptions{ImageOptions: ImageOptions{Store: im.store, Logger: testLogger(t)}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RunMount(%s) = %v, want an error saying %q", tc.dir, err, tc.want)
+		}
+		fsys, err := NewFS(im.tocObj, NewReader(im.idx, chunkstore.NewMemory(chunkstore.MemoryOptions{}), ReaderOptions{}), FSOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if srv, err := fsys.Mount(tc.dir); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if srv != nil {
+				srv.Unmount()
+			}
+			t.Errorf("FS.Mount(%s) = %v, want an error saying %q", tc.dir, err, tc.want)
+		}
+		if isMounted(tc.dir) {
+			unix.Unmount(tc.dir, unix.MNT_DETACH)
+			t.Errorf("%s is mounted after the failed mount", tc.dir)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "not a directory" {
+		t.Errorf("the file under the refused mount reads %q, %v", b, err)
+	}
 }
