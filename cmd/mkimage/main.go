@@ -33,7 +33,8 @@ dir:PATH (a root filesystem directory), tar:PATH (a rootfs
 tarball, e.g. from docker export) or tar:- (the tarball on standard input).
 
 TARGET is the tag of the boot image to load into Docker. Without TARGET
-(and without --output) mkimage only stores the chunks and writes the index.
+(and without --output) mkimage makes no boot image: it stores the chunks
+in --store and writes the index only where --index-out says.
 
 Flags:
 `
@@ -127,6 +128,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "SOURCE", err)
 	}
+	if !makeImage && opts.Store == "" && opts.IndexOut == "" && opts.CatarOut == "" {
+		fmt.Fprintln(stderr, "mkimage: nothing to write: give --store, --index-out, --catar-out, TARGET or --output")
+		fs.Usage()
+		return 2
+	}
 
 	level := slog.LevelInfo
 	if *debug {
@@ -137,6 +143,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	boot.Log = opts.Log
+	if opts.Store == "" && opts.IndexOut != "" {
+		opts.Log.Warn("no --store: the index is written, but its chunks are stored nowhere", "index", opts.IndexOut)
+	}
 	var bar *progressBar
 	if !*quiet && !*asJSON && isTerminal(stderr) {
 		bar = newProgressBar(stderr)
