@@ -265,7 +265,14 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintf(stdout, "%s\t%s\t%v\n", what, ci.Path, err)
 		},
 	})
-	fmt.Fprintf(stdout, "verified %d chunks (%d bytes): %d bad, %d removed, %d stale temporary files\n", sum.Chunks, sum.Bytes, sum.Bad, sum.Removed, sum.StaleTemps)
+	if err != nil && sum.Chunks == 0 {
+		return err // nothing verified: no summary to give
+	}
+	temps := "found"
+	if repair {
+		temps = "removed"
+	}
+	fmt.Fprintf(stdout, "verified %d chunks (%d bytes): %d bad, %d removed, %d stale temporary files %s\n", sum.Chunks, sum.Bytes, sum.Bad, sum.Removed, sum.StaleTemps, temps)
 	if err != nil {
 		return err
 	}

@@ -110,6 +110,10 @@ func TestVerifyCommand(t *testing.T) {
 	if ok, _ := l.HasChunk(context.Background(), id256); !ok {
 		t.Fatal("verify --repair removed a good SHA-256 chunk")
 	}
+	// A missing store is an error, with no summary of nothing verified.
+	if code, out, errs := runCmd(t, "verify", "--dir", filepath.Join(l.Dir(), "missing")); code != 1 || out != "" || !strings.Contains(errs, "no such file") {
+		t.Errorf("verify of a missing dir = %d, %q %q; want 1, no summary, and the cause", code, out, errs)
+	}
 	// A named digest is strict.
 	if code, out, _ := runCmd(t, "verify", "--dir", l.Dir(), "--digest", "sha512-256"); code != 1 || !strings.Contains(out, "1 bad") {
 		t.Errorf("verify --digest sha512-256 = %d, %q; want the SHA-256 chunk bad", code, out)
