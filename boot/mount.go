@@ -112,7 +112,7 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 		}
 	}
 	if err == nil && im.TOC.ArchiveSize != int64(idx.Length()) {
-		err = fmt.Errorf("boot: %w: TOC %s describes a %d-byte archive, index %s a %d-byte one", ErrMismatch, tocPath, im.TOC.ArchiveSize, indexPath, idx.Length())
+		err = fmt.Errorf("%w: TOC %s describes a %d-byte archive, index %s a %d-byte one", ErrMismatch, tocPath, im.TOC.ArchiveSize, indexPath, idx.Length())
 	}
 	if err != nil {
 		im.Close()
