@@ -183,6 +183,10 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 	if store == "" {
 		store = opts.Store
 	}
+	if local := localStores(store); len(local) > 0 && bo.Log != nil {
+		bo.Log.Warn("the boot image reads chunks from a directory of this host: mount it into its containers at that path (docker run -v), or give --runtime-store a URL they can reach",
+			"store", strings.Join(local, ","))
+	}
 	var err error
 	if in.Config, err = NewBootConfig(sum, opts, store, configOf(src)); err != nil {
 		return BootImageInfo{}, err
@@ -241,4 +245,16 @@ func buildAndLoad(ctx context.Context, c ImageLoader, in BootImageInput) (BootIm
 	}
 	b.info.ImageID = id
 	return b.info, nil
+}
+
+// localStores returns the elements of a store URL list that are
+// directories, not http(s) or ssh URLs.
+func localStores(list string) []string {
+	var local []string
+	for _, u := range strings.Split(list, ",") {
+		if !strings.Contains(u, "://") || strings.HasPrefix(u, "file://") {
+			local = append(local, u)
+		}
+	}
+	return local
 }

@@ -205,3 +205,38 @@ func TestProgressBar(t *testing.T) {
 		t.Errorf("a bar that never started printed %q", out.String())
 	}
 }
+
+// A boot image that would read its chunks from a directory of this host
+// gets a warning: containers see that path only if it is mounted into
+// them. A URL they reach gets none.
+func TestLocalRuntimeStoreWarning(t *testing.T) {
+	src := tree(t)
+	dir := t.TempDir()
+	bootBin := filepath.Join(dir, "boot")
+	if err := os.WriteFile(bootBin, []byte("#!/bin/false\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "store")
+	const warning = "reads chunks from a directory of this host"
+	for _, tc := range []struct {
+		runtime string
+		warn    bool
+	}{
+		{"", true},
+		{"http://127.0.0.1:8080", false},
+		{"https://store.example,file:///srv/store", true},
+		{"ssh://store.example/srv/store", false},
+	} {
+		args := []string{"--store", store, "--boot-binary", bootBin, "--output", "docker-archive:" + filepath.Join(dir, "image.tar"), "dir:" + src}
+		if tc.runtime != "" {
+			args = append([]string{"--runtime-store", tc.runtime}, args...)
+		}
+		code, _, stderr := runCmd(t, args...)
+		if code != 0 {
+			t.Fatalf("mkimage %q: exit %d, stderr %s", args, code, stderr)
+		}
+		if got := strings.Contains(stderr, warning); got != tc.warn {
+			t.Errorf("mkimage with runtime store %q: warned %v, want %v; stderr %s", tc.runtime, got, tc.warn, stderr)
+		}
+	}
+}
