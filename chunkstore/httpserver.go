@@ -193,12 +193,8 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 		h.fail(w, r, id, err)
 		return
 	}
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/octet-stream")
-	hdr.Set("Content-Length", strconv.Itoa(len(frame)))
-	// A chunk never changes: its name is its content.
-	hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
-	hdr.Set("ETag", `"`+id.String()+`"`)
+	chunkHeaders(w.Header(), id)
+	w.Header().Set("Content-Length", strconv.Itoa(len(frame)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(frame)
 }
@@ -209,10 +205,21 @@ func (h *Handler) head(w http.ResponseWriter, r *http.Request, id casync.ChunkID
 	case err != nil:
 		h.fail(w, r, id, err)
 	case ok:
+		// GET's headers, but Content-Length: HasChunk does not read
+		// the frame, and a HEAD answered without one is still valid.
+		chunkHeaders(w.Header(), id)
 		w.WriteHeader(http.StatusOK)
 	default:
 		w.WriteHeader(http.StatusNotFound)
 	}
+}
+
+// chunkHeaders sets the headers of a chunk that GET and HEAD share.
+func chunkHeaders(hdr http.Header, id casync.ChunkID) {
+	hdr.Set("Content-Type", "application/octet-stream")
+	// A chunk never changes: its name is its content.
+	hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
+	hdr.Set("ETag", `"`+id.String()+`"`)
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, id casync.ChunkID, err error) {

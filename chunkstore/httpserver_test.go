@@ -98,6 +98,33 @@ func TestHandlerPaths(t *testing.T) {
 	}
 }
 
+// HEAD of a chunk answers GET's headers: the same type, ETag and cache
+// lifetime.
+func TestHandlerHeadHeaders(t *testing.T) {
+	l := newLocal(t)
+	c := storetest.Chunks(12, 1)[0]
+	if err := l.StoreChunk(context.Background(), c.ID, c.Data); err != nil {
+		t.Fatal(err)
+	}
+	_, srv := serve(t, l, chunkstore.HandlerOptions{}, chunkstore.HTTPOptions{})
+	url := srv.URL + "/" + chunkstore.ChunkPath(c.ID)
+	get, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get.Body.Close()
+	head, err := http.Head(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Body.Close()
+	for _, h := range []string{"Content-Type", "ETag", "Cache-Control"} {
+		if g, hd := get.Header.Get(h), head.Header.Get(h); g == "" || g != hd {
+			t.Errorf("%s: GET %q, HEAD %q; want the same, set", h, g, hd)
+		}
+	}
+}
+
 func TestHandlerServesFrameAsStored(t *testing.T) {
 	l := newLocal(t)
 	c := storetest.Chunks(11, 2)[1]
