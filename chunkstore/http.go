@@ -297,7 +297,7 @@ func (s *HTTP) put(ctx context.Context, id casync.ChunkID, frame []byte) error {
 func hint(status int, write bool) string {
 	switch {
 	case status == http.StatusUnauthorized && write:
-		return " (a write needs the server's write token: check the token file)"
+		return " (a write needs the server's write token: give mkimage --token-file the file that chunkstore serve --write-token-file reads)"
 	case status == http.StatusForbidden && write:
 		return " (the server does not accept writes: start it with --write-token-file)"
 	case status == http.StatusUnauthorized, status == http.StatusForbidden:
