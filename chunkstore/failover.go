@@ -68,6 +68,16 @@ func (f *Failover) markDown(i int) {
 	f.downTill[i].Store(f.now().Add(f.cooldown).UnixNano())
 }
 
+// hung marks store i down if the caller's deadline passed while it was
+// asked: a store that accepts connections but never answers uses up
+// each attempt's whole time, and the caller's next attempt should go to
+// the next store. A cancellation says nothing about the store.
+func (f *Failover) hung(ctx context.Context, i int) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		f.markDown(i)
+	}
+}
+
 func (f *Failover) markUp(i int) {
 	if f.downTill[i].Load() != 0 {
 		f.downTill[i].Store(0)
@@ -122,6 +132,7 @@ func (f *Failover) get(ctx context.Context, id casync.ChunkID, get func(Store) (
 			return b, nil
 		}
 		if ctx.Err() != nil {
+			f.hung(ctx, i)
 			f.stats.errors.Add(1)
 			return nil, fmt.Errorf("get chunk %s: %w", id, ctx.Err())
 		}
@@ -173,6 +184,7 @@ func (f *Failover) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error
 			continue
 		}
 		if ctx.Err() != nil {
+			f.hung(ctx, i)
 			f.stats.errors.Add(1)
 			return false, fmt.Errorf("look up chunk %s: %w", id, ctx.Err())
 		}

@@ -143,3 +143,46 @@ func TestFailoverGetFrame(t *testing.T) {
 		t.Errorf("Stats() = %+v, want %d wire bytes and 2 hits", s, wire)
 	}
 }
+
+// hangingStore never answers: each call waits for its context to end.
+type hangingStore struct {
+	chunkstore.Store
+	calls atomic.Int64
+}
+
+func (h *hangingStore) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestFailoverHangingPrimary: a primary that accepts requests but never
+// answers uses up the caller's deadline once; the caller's next attempt
+// goes to the secondary. A cancellation does not mark a store down.
+func TestFailoverHangingPrimary(t *testing.T) {
+	cs := storetest.Chunks(63, 1)
+	primary := &hangingStore{Store: memWith(t, cs)}
+	f := chunkstore.NewFailover(primary, memWith(t, cs))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := f.GetChunk(ctx, cs[0].ID); !errors.Is(err, context.Canceled) {
+		t.Fatalf("GetChunk(cancelled) = %v, want context.Canceled", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := f.GetChunk(ctx, cs[0].ID); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("GetChunk(primary hangs) = %v, want the deadline", err)
+	}
+	if n := primary.calls.Load(); n != 2 {
+		t.Fatalf("primary asked %d times, want 2: a cancellation must not mark it down", n)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := f.GetChunk(ctx, cs[0].ID); err != nil {
+		t.Fatalf("GetChunk after the primary hung = %v, want the chunk from the secondary", err)
+	}
+	if n := primary.calls.Load(); n != 2 {
+		t.Errorf("primary asked %d times, want it skipped after it hung", n)
+	}
+}
