@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,6 +75,12 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if err := opts.checkCallerStore(store); err != nil {
 		return 0, err
 	}
+	// Until the workload process exists, a stop signal ends boot: it may
+	// be blocked on the store (copying an image directory into an empty
+	// volume, say), and as a container's PID 1 it would otherwise ignore
+	// docker stop's SIGTERM until the kill.
+	stopEarly := exitOnStop(orDiscard(log))
+	defer stopEarly()
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return 0, fmt.Errorf("boot: %w", err)
@@ -138,8 +146,16 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	stopEarly() // the workload gets every signal from here on
 	var execAt time.Time
-	if err := w.waitExec(); err != nil {
+	stopForwarding := w.forwardWhileStarting(orDiscard(log))
+	err = w.waitExec()
+	stopForwarding()
+	if err == nil && w.stoppedBy.Load() != 0 {
+		// Killed: its end of the pipe closed as on an exec.
+		err = errors.New("stopped before it exec'd its command")
+	}
+	if err != nil {
 		// The child reported it and exits; reap it below.
 		log.Debug("workload did not start", "err", err)
 	} else {
@@ -193,6 +209,9 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		}
 	}
 	status := w.supervise(report, log)
+	if sig := w.stoppedBy.Load(); sig != 0 {
+		status = 128 + int(sig) // as if the command had died of it
+	}
 	// The fill and the prefetch stop before the stats are taken and the
 	// stores close: what they fetched is counted, and no fetch outlives
 	// the image.
@@ -503,6 +522,9 @@ type workload struct {
 	pid   int
 	execR *os.File
 	sigc  chan os.Signal
+	// stoppedBy is the stop signal that killed the workload process
+	// before it exec'd its command, if one did.
+	stoppedBy atomic.Int32
 }
 
 // forwarded are the signals init passes on to the workload: every
@@ -574,6 +596,67 @@ func startWorkload(root string, argv []string, img bootconfig.Image, extraGroups
 func isTerminal(fd int) bool {
 	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	return err == nil
+}
+
+// exitOnStop makes SIGTERM, SIGINT, SIGHUP and SIGQUIT end the process,
+// with status 128+n, until the returned stop is called.
+func exitOnStop(log *slog.Logger) (stop func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-c:
+			log.Warn("stopped before the workload started", "signal", s)
+			os.Exit(128 + int(s.(syscall.Signal)))
+		case <-done:
+		}
+	}()
+	return sync.OnceFunc(func() {
+		signal.Stop(c)
+		close(done)
+	})
+}
+
+// forwardWhileStarting handles signals for the workload process until
+// the returned stop is called, while it has not exec'd its command yet.
+// Its first reads of the image (its user's entry in /etc/passwd, its
+// binary) may wait on a store that does not answer, in page-cache reads
+// that only SIGKILL interrupts; and until it execs, it is boot's own code
+// with nothing to clean up. So a stop signal (SIGTERM, SIGINT, SIGHUP,
+// SIGQUIT) kills it, and is recorded for the exit status; others are
+// forwarded. Signals that stop does not see are left for supervise.
+func (w *workload) forwardWhileStarting(log *slog.Logger) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-w.sigc:
+				if s == unix.SIGCHLD {
+					continue // supervise reaps before it waits
+				}
+				sig := s.(syscall.Signal)
+				switch sig {
+				case unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT:
+					log.Warn("stopped before the workload started", "signal", s)
+					w.stoppedBy.CompareAndSwap(0, int32(sig))
+					sig = unix.SIGKILL
+				default:
+					log.Debug("forwarding signal while the workload starts", "signal", s)
+				}
+				if err := unix.Kill(w.pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+					log.Warn("cannot forward signal to the workload", "signal", s, "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
 }
 
 // waitExec waits until the workload process has exec'd the command (its

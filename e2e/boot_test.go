@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,6 +185,57 @@ func TestStop(t *testing.T) {
 		t.Errorf("docker stop took %v, exit code %s, want < 5s and 42 (the trap's); logs:\n%s", took, code, logs)
 	}
 	t.Logf("docker stop took %v", took)
+}
+
+// TestStopWhileStoreHangs: a container whose store accepts connections
+// but never answers is stuck in its first reads of the image, and docker
+// stop still ends it long before docker's 10s kill.
+func TestStopWhileStoreHangs(t *testing.T) {
+	e := setup(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	name := e.prefix + "-hang"
+	args := append([]string{"run", "-d", "--name", name, "--pull", "never", "--network", "host",
+		"-e", "BOOTFS_STORE=http://" + ln.Addr().String(), "-e", "BOOTFS_CACHE=none"}, e.runFlags...)
+	args = append(args, e.bbBoot, "sh", "-c", "echo started")
+	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+		t.Fatalf("docker run -d: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	select {
+	case <-accepted: // boot is waiting on the store
+	case <-time.After(30 * time.Second):
+		logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
+		t.Fatalf("boot never asked the store; logs:\n%s", logs)
+	}
+	start := time.Now()
+	if out, err := exec.Command("docker", "stop", "-t", "10", name).CombinedOutput(); err != nil {
+		t.Fatalf("docker stop: %v: %s", err, out)
+	}
+	took := time.Since(start)
+	out, _ := exec.Command("docker", "inspect", "-f", "{{.State.ExitCode}}", name).Output()
+	logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
+	if code := strings.TrimSpace(string(out)); code != "143" || took > 5*time.Second || regexp.MustCompile(`(?m)^started$`).Match(logs) {
+		t.Errorf("docker stop took %v, exit code %s, want < 5s and 143 (SIGTERM's); logs:\n%s", took, code, logs)
+	}
+	t.Logf("docker stop took %v, exit code %s", took, strings.TrimSpace(string(out)))
 }
 
 func waitLog(t *testing.T, name, want string) {
