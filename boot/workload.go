@@ -112,11 +112,21 @@ func runWorkload(specFile *os.File) error {
 	return &ExitError{Status: status, Err: fmt.Errorf("boot: exec %s: %w", s.Argv[0], err)}
 }
 
+// privilegeHint names the docker run flags that lift err, if it is the
+// EPERM or EACCES that Docker's default seccomp profile or AppArmor give
+// a container with CAP_SYS_ADMIN but not --privileged.
+func privilegeHint(err error) string {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return " (Docker's seccomp profile or AppArmor forbids it: run with docker run --privileged --device /dev/fuse, or add --security-opt seccomp=unconfined --security-opt apparmor=unconfined)"
+	}
+	return ""
+}
+
 // enterRoot makes root the process's root: private mounts, pivot_root,
 // the old root detached, and a /proc of the new PID namespace.
 func enterRoot(root string) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("boot: make mounts private: %w", err)
+		return fmt.Errorf("boot: make mounts private: %w%s", err, privilegeHint(err))
 	}
 	if err := unix.Chdir(root); err != nil {
 		return fmt.Errorf("boot: enter %s: %w", root, err)
@@ -124,16 +134,16 @@ func enterRoot(root string) error {
 	// pivot_root(".", ".") stacks the old root on the new one; detaching
 	// "." then removes it, with no directory needed to hold it.
 	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("boot: pivot_root to %s: %w", root, err)
+		return fmt.Errorf("boot: pivot_root to %s: %w%s", root, err, privilegeHint(err))
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("boot: detach the old root: %w", err)
+		return fmt.Errorf("boot: detach the old root: %w%s", err, privilegeHint(err))
 	}
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return fmt.Errorf("boot: mount /proc: %w", err)
+		return fmt.Errorf("boot: mount /proc: %w%s", err, privilegeHint(err))
 	}
 	return nil
 }

@@ -354,6 +354,19 @@ func TestUnprivileged(t *testing.T) {
 	if got.took > 10*time.Second {
 		t.Errorf("unprivileged run took %v", got.took)
 	}
+
+	// CAP_SYS_ADMIN and the device, but Docker's default seccomp
+	// profile: it forbids pivot_root, and the error says which flags
+	// lift that.
+	info, err := exec.Command("docker", "info", "-f", "{{.SecurityOptions}}").Output()
+	if err != nil || !strings.Contains(string(info), "seccomp") {
+		t.Logf("no seccomp in docker info (%q, %v): the partial-privilege case does not apply", info, err)
+		return
+	}
+	got = e.run(t, false, []string{"--cap-add", "SYS_ADMIN", "--device", "/dev/fuse"}, e.bbBoot, "echo", "should not run")
+	if got.code == 0 || strings.Contains(got.stdout, "should not run") || !strings.Contains(got.stderr, "seccomp=unconfined") {
+		t.Errorf("run without seccomp=unconfined: exit %d, stdout %q, stderr %q; want non-zero, naming seccomp=unconfined", got.code, got.stdout, got.stderr)
+	}
 }
 
 // TestTimeToFirstOutput logs how long docker run takes to print, for the
