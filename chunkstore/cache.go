@@ -61,6 +61,7 @@ type Cache struct {
 
 	size     atomic.Int64 // bytes of chunk files, as far as this process knows
 	evicting atomic.Bool
+	warned   atomic.Bool // of a chunk it could not save
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	pins     map[casync.ChunkID]int
@@ -221,7 +222,12 @@ func (c *Cache) fetch(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 // otherwise ignored: the chunk is still good, just not cached.
 func (c *Cache) save(id casync.ChunkID, frame []byte) {
 	if err := writeFileAtomic(chunkFile(c.dir, id), frame, false); err != nil {
-		c.log.Warn("cannot cache chunk", "id", id, "err", err)
+		// A read-only or full cache fails for every chunk: say it once.
+		if c.warned.CompareAndSwap(false, true) {
+			c.log.Warn("cannot cache chunk; chunks are still served, and further failures are logged at debug level", "dir", c.dir, "id", id, "err", err)
+		} else {
+			c.log.Debug("cannot cache chunk", "id", id, "err", err)
+		}
 		return
 	}
 	if c.opts.MaxBytes > 0 && c.size.Add(int64(len(frame))) > c.opts.MaxBytes && c.evicting.CompareAndSwap(false, true) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -482,4 +483,37 @@ func readIDs(name string) ([]casync.ChunkID, error) {
 		ids = append(ids, id)
 	}
 	return ids, sc.Err()
+}
+
+// TestCacheSaveFailsWarnsOnce: a cache it cannot write to (read-only or
+// full) still serves every chunk, and says so in one warning, not one
+// per chunk.
+func TestCacheSaveFailsWarnsOnce(t *testing.T) {
+	cs := storetest.Chunks(64, 5)
+	dir := t.TempDir()
+	var log bytes.Buffer
+	c, err := chunkstore.NewCache(memWith(t, cs), dir, chunkstore.CacheOptions{
+		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A file where each chunk's prefix directory would go: no chunk can
+	// be saved, even by root, whom permissions do not stop.
+	for _, ch := range cs {
+		prefix := filepath.Join(dir, chunkstore.ChunkPath(ch.ID)[:4])
+		if err := os.WriteFile(prefix, nil, 0o644); err != nil && !errors.Is(err, os.ErrExist) {
+			t.Fatal(err)
+		}
+	}
+	for _, ch := range cs {
+		data, err := c.GetChunk(context.Background(), ch.ID)
+		if err != nil || !bytes.Equal(data, ch.Data) {
+			t.Fatalf("GetChunk(%s) = %v, wrong bytes or error, from a cache that cannot save", ch.ID, err)
+		}
+	}
+	if n := strings.Count(log.String(), "cannot cache chunk"); n != 1 {
+		t.Errorf("%d warnings for %d chunks that could not be cached, want 1:\n%s", n, len(cs), log.String())
+	}
 }
