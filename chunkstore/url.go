@@ -2,12 +2,14 @@ package chunkstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/bootfs/bootfs/casync"
 )
@@ -215,19 +217,92 @@ func Open(ctx context.Context, spec string, opts Options) (Store, error) {
 	if len(locs) == 1 {
 		return OpenLocation(ctx, locs[0], opts)
 	}
+	// A member that cannot be opened now (an ssh server that is down)
+	// is opened again when the failover next turns to it: a backup store
+	// that is down must not stop the others from serving. Only when none
+	// opens is that an error.
 	stores := make([]Store, 0, len(locs))
+	var errs []error
 	for _, l := range locs {
 		s, err := OpenLocation(ctx, l, opts)
 		if err != nil {
-			for _, s := range stores {
-				s.Close()
-			}
-			return nil, err
+			errs = append(errs, err)
+			s = &reopening{loc: l, opts: opts}
 		}
 		stores = append(stores, s)
 	}
+	if len(errs) == len(locs) {
+		return nil, errors.Join(errs...)
+	}
+	if opts.Logger != nil {
+		for _, err := range errs {
+			opts.Logger.Warn("chunk store unavailable for now; the others serve, and it is tried again", "err", err)
+		}
+	}
 	return NewFailover(stores...), nil
 }
+
+// reopening is a member of a store list that could not be opened: every
+// call tries to open it again, until that works.
+type reopening struct {
+	loc  Location
+	opts Options
+	mu   sync.Mutex
+	s    Store
+}
+
+func (r *reopening) store(ctx context.Context) (Store, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.s != nil {
+		return r.s, nil
+	}
+	s, err := OpenLocation(ctx, r.loc, r.opts)
+	if err != nil {
+		return nil, err
+	}
+	r.s = s
+	return s, nil
+}
+
+func (r *reopening) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	s, err := r.store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.GetChunk(ctx, id)
+}
+
+func (r *reopening) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
+	s, err := r.store(ctx)
+	if err != nil {
+		return false, err
+	}
+	return s.HasChunk(ctx, id)
+}
+
+func (r *reopening) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
+	s, err := r.store(ctx)
+	if err != nil {
+		return err
+	}
+	ws, ok := s.(WriteStore)
+	if !ok {
+		return fmt.Errorf("store chunk %s: %w: %s", id, ErrReadOnly, r.loc)
+	}
+	return ws.StoreChunk(ctx, id, data)
+}
+
+func (r *reopening) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.s != nil {
+		return r.s.Close()
+	}
+	return nil
+}
+
+func (r *reopening) String() string { return r.loc.String() }
 
 // OpenLocation opens one store.
 func OpenLocation(ctx context.Context, loc Location, opts Options) (Store, error) {
