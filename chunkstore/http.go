@@ -338,6 +338,10 @@ func (s *HTTP) do(ctx context.Context, method string, id casync.ChunkID, body []
 			return response{}, err
 		}
 		res, err := s.once(ctx, method, u, body)
+		if err != nil && untrusted(err) {
+			// The next attempt gets the same certificate.
+			return response{}, fmt.Errorf("%s %s: %w (%w: the server's certificate is not trusted here; give its CA certificate with mkimage --ca-file, boot mount --ca-file or BOOTFS_CA_FILE)", method, u, err, ErrGaveUp)
+		}
 		retry := err != nil || res.status >= 500 || res.status == http.StatusTooManyRequests
 		if !retry {
 			return res, nil
@@ -367,6 +371,16 @@ func (s *HTTP) do(ctx context.Context, method string, id casync.ChunkID, body []
 		case <-t.C:
 		}
 	}
+}
+
+// untrusted reports whether err is a TLS certificate that failed
+// verification.
+func untrusted(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }
 
 // once sends one attempt under its own timeout.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/bootfs/bootfs/chunkstore"
@@ -37,10 +39,14 @@ func TestServeTLSHTTP2(t *testing.T) {
 	if got, err := client.GetChunk(context.Background(), c.ID); err != nil || string(got) != string(c.Data) {
 		t.Errorf("GetChunk over https = %v", err)
 	}
-	// Without the CA, the certificate is refused.
-	untrusting, _ := chunkstore.NewHTTP(base, chunkstore.HTTPOptions{Retries: -1})
-	if _, err := untrusting.GetChunk(context.Background(), c.ID); err == nil {
-		t.Error("GetChunk over https without the CA = nil error")
+	// Without the CA, the certificate is refused at once, not retried,
+	// and the error says how to trust it.
+	untrusting, _ := chunkstore.NewHTTP(base, chunkstore.HTTPOptions{Retries: 3})
+	if _, err := untrusting.GetChunk(context.Background(), c.ID); err == nil || !errors.Is(err, chunkstore.ErrGaveUp) || !strings.Contains(err.Error(), "--ca-file") {
+		t.Errorf("GetChunk over https without the CA = %v, want ErrGaveUp naming --ca-file", err)
+	}
+	if s := untrusting.Stats(); s.Retries != 0 {
+		t.Errorf("an untrusted certificate was retried %d times, want 0", s.Retries)
 	}
 	// The server speaks HTTP/2.
 	pemBytes, _ := os.ReadFile(certFile)
