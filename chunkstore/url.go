@@ -82,6 +82,9 @@ func ParseURL(s string) (Location, error) {
 	scheme, rest, hasScheme := strings.Cut(s, "://")
 	if !hasScheme {
 		if i := strings.IndexByte(s, ':'); i > 0 && !strings.ContainsRune(s[:i], '/') {
+			if port := strings.TrimRight(s[i+1:], "/"); port != "" && strings.Trim(port, "0123456789") == "" {
+				return bad("looks like host:port; write http://%s (%s)", s, urlForms)
+			}
 			return bad("looks like scp-style ssh; write ssh://%s/absolute/path (%s)", s[:i], urlForms)
 		}
 		return Location{Scheme: "file", Path: filepath.Clean(s)}, nil

@@ -44,6 +44,8 @@ func TestParseURL(t *testing.T) {
 		{"ssh password", "ssh://u:pw@host/srv", chunkstore.Location{}, "passwords"},
 		{"scp style", "host:store", chunkstore.Location{}, "scp-style"},
 		{"scp style user", "user@host:/srv/store", chunkstore.Location{}, "scp-style"},
+		{"host and port", "127.0.0.1:8080", chunkstore.Location{}, "write http://127.0.0.1:8080"},
+		{"host and port, slash", "store:8080/", chunkstore.Location{}, "looks like host:port"},
 		{"file remote host", "file://otherhost/srv", chunkstore.Location{}, "not local"},
 		{"file relative", "file://store", chunkstore.Location{}, "not local"},
 	}
