@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
@@ -282,9 +284,23 @@ func (h *Handler) put(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 		w.WriteHeader(http.StatusCreated)
 	case isCorrupt(err):
 		http.Error(w, "chunk frame does not match its id "+id.String(), http.StatusBadRequest)
+	case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, fs.ErrPermission):
+		// The writer can do nothing about it, but should know.
+		h.log.Error("cannot store chunk", "id", id, "err", err)
+		http.Error(w, "the server cannot write to its store: "+errnoText(err), http.StatusInsufficientStorage)
 	default:
 		h.fail(w, r, id, err)
 	}
+}
+
+// errnoText is the system error under err, such as "read-only file
+// system", without the server's paths.
+func errnoText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return "permission denied"
 }
 
 // WriteMetrics writes the handler's and the store's counters in

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -122,6 +124,25 @@ func TestHandlerHeadHeaders(t *testing.T) {
 		if g, hd := get.Header.Get(h), head.Header.Get(h); g == "" || g != hd {
 			t.Errorf("%s: GET %q, HEAD %q; want the same, set", h, g, hd)
 		}
+	}
+}
+
+// unwritableStore fails every write as a store on a read-only volume does.
+type unwritableStore struct{ *chunkstore.Memory }
+
+func (unwritableStore) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
+	return &fs.PathError{Op: "open", Path: "/srv/store/tmp", Err: syscall.EROFS}
+}
+
+// A PUT that the server cannot write says why, without the server's
+// paths, instead of a bare "internal server error".
+func TestHandlerPutUnwritable(t *testing.T) {
+	client, _ := serve(t, unwritableStore{chunkstore.NewMemory(chunkstore.MemoryOptions{})},
+		chunkstore.HandlerOptions{WriteToken: "tok"}, chunkstore.HTTPOptions{Token: "tok", Retries: -1})
+	data := []byte("a chunk for a read-only store")
+	err := client.StoreChunk(context.Background(), casync.SHA512_256.Sum(data), data)
+	if err == nil || !strings.Contains(err.Error(), "read-only file system") || !strings.Contains(err.Error(), "507") || strings.Contains(err.Error(), "/srv/store") {
+		t.Errorf("StoreChunk on a read-only store = %v, want a 507 naming the read-only file system and no server path", err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
@@ -199,6 +200,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
 	if err != nil {
 		return err
+	}
+	if token != "" || writeKeys != "" {
+		// access(2) reports a read-only filesystem even to root.
+		if err := unix.Access(c.dir, unix.W_OK); err != nil {
+			log.Warn("the store directory is not writable: writes will fail", "dir", c.dir, "err", err)
+		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	if httpAddr != "" {
