@@ -343,9 +343,16 @@ func (pc *pendingChunk) release() {
 // start begins getting chunk i. The caller must release the result.
 func (r *Reader) start(i int) pendingChunk {
 	id := r.idx.Chunks[i].ID
-	r.loadsMu.Lock()
-	if b, ok := r.lru.acquire(id); ok {
-		r.loadsMu.Unlock()
+	// Most reads find the chunk in memory: they take only the LRU's lock.
+	b, ok := r.lru.acquire(id)
+	if !ok {
+		// A load adds to the LRU under loadsMu: look again under it.
+		r.loadsMu.Lock()
+		if b, ok = r.lru.acquire(id); ok {
+			r.loadsMu.Unlock()
+		}
+	}
+	if ok {
 		r.memoryHits.Add(1)
 		return pendingChunk{r: r, i: i, buf: b}
 	}
