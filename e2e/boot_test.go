@@ -174,14 +174,8 @@ func TestStop(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
 	waitLog(t, name, "ready")
-	start := time.Now()
-	if out, err := exec.Command("docker", "stop", "-t", "10", name).CombinedOutput(); err != nil {
-		t.Fatalf("docker stop: %v: %s", err, out)
-	}
-	took := time.Since(start)
-	out, _ := exec.Command("docker", "inspect", "-f", "{{.State.ExitCode}}", name).Output()
-	logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
-	if code := strings.TrimSpace(string(out)); code != "42" || took > 5*time.Second || !strings.Contains(string(logs), "got TERM") {
+	took, code, logs := dockerStop(t, name)
+	if code != "42" || took > 5*time.Second || !strings.Contains(string(logs), "got TERM") {
 		t.Errorf("docker stop took %v, exit code %s, want < 5s and 42 (the trap's); logs:\n%s", took, code, logs)
 	}
 	t.Logf("docker stop took %v", took)
@@ -225,17 +219,25 @@ func TestStopWhileStoreHangs(t *testing.T) {
 		logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
 		t.Fatalf("boot never asked the store; logs:\n%s", logs)
 	}
+	took, code, logs := dockerStop(t, name)
+	if code != "143" || took > 5*time.Second || regexp.MustCompile(`(?m)^started$`).Match(logs) {
+		t.Errorf("docker stop took %v, exit code %s, want < 5s and 143 (SIGTERM's); logs:\n%s", took, code, logs)
+	}
+	t.Logf("docker stop took %v, exit code %s", took, code)
+}
+
+// dockerStop stops container name with docker's 10s grace and returns how
+// long that took, the container's exit code and its logs.
+func dockerStop(t *testing.T, name string) (took time.Duration, code string, logs []byte) {
+	t.Helper()
 	start := time.Now()
 	if out, err := exec.Command("docker", "stop", "-t", "10", name).CombinedOutput(); err != nil {
 		t.Fatalf("docker stop: %v: %s", err, out)
 	}
-	took := time.Since(start)
+	took = time.Since(start)
 	out, _ := exec.Command("docker", "inspect", "-f", "{{.State.ExitCode}}", name).Output()
-	logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
-	if code := strings.TrimSpace(string(out)); code != "143" || took > 5*time.Second || regexp.MustCompile(`(?m)^started$`).Match(logs) {
-		t.Errorf("docker stop took %v, exit code %s, want < 5s and 143 (SIGTERM's); logs:\n%s", took, code, logs)
-	}
-	t.Logf("docker stop took %v, exit code %s", took, strings.TrimSpace(string(out)))
+	logs, _ = exec.Command("docker", "logs", name).CombinedOutput()
+	return took, strings.TrimSpace(string(out)), logs
 }
 
 func waitLog(t *testing.T, name, want string) {
