@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,7 +80,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	// be blocked on the store (copying an image directory into an empty
 	// volume, say), and as a container's PID 1 it would otherwise ignore
 	// docker stop's SIGTERM until the kill.
-	stopEarly := exitOnStop(orDiscard(log))
+	stopEarly := exitOnStop(log)
 	defer stopEarly()
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -148,7 +149,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 	stopEarly() // the workload gets every signal from here on
 	var execAt time.Time
-	stopForwarding := w.forwardWhileStarting(orDiscard(log))
+	stopForwarding := w.forwardWhileStarting(log)
 	err = w.waitExec()
 	stopForwarding()
 	if err == nil && w.stoppedBy.Load() != 0 {
@@ -598,11 +599,16 @@ func isTerminal(fd int) bool {
 	return err == nil
 }
 
-// exitOnStop makes SIGTERM, SIGINT, SIGHUP and SIGQUIT end the process,
-// with status 128+n, until the returned stop is called.
+// stopSignals are the signals that stop a container (docker stop's
+// SIGTERM, a terminal's SIGINT, ...) and so end boot or the workload
+// process while the workload has not started.
+var stopSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT}
+
+// exitOnStop makes the stopSignals end the process, with status 128+n,
+// until the returned stop is called.
 func exitOnStop(log *slog.Logger) (stop func()) {
 	c := make(chan os.Signal, 1)
-	signal.Notify(c, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT)
+	signal.Notify(c, stopSignals...)
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -623,9 +629,8 @@ func exitOnStop(log *slog.Logger) (stop func()) {
 // Its first reads of the image (its user's entry in /etc/passwd, its
 // binary) may wait on a store that does not answer, in page-cache reads
 // that only SIGKILL interrupts; and until it execs, it is boot's own code
-// with nothing to clean up. So a stop signal (SIGTERM, SIGINT, SIGHUP,
-// SIGQUIT) kills it, and is recorded for the exit status; others are
-// forwarded. Signals that stop does not see are left for supervise.
+// with nothing to clean up. So a stop signal (stopSignals) kills it, and
+// is recorded for the exit status; others are forwarded. Signals that stop does not see are left for supervise.
 func (w *workload) forwardWhileStarting(log *slog.Logger) (stop func()) {
 	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -639,12 +644,11 @@ func (w *workload) forwardWhileStarting(log *slog.Logger) (stop func()) {
 					continue // supervise reaps before it waits
 				}
 				sig := s.(syscall.Signal)
-				switch sig {
-				case unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT:
+				if slices.Contains(stopSignals, s) {
 					log.Warn("stopped before the workload started", "signal", s)
 					w.stoppedBy.CompareAndSwap(0, int32(sig))
 					sig = unix.SIGKILL
-				default:
+				} else {
 					log.Debug("forwarding signal while the workload starts", "signal", s)
 				}
 				if err := unix.Kill(w.pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
