@@ -12,9 +12,15 @@ STATIC  = CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false \
           -ldflags '-s -w -buildid= -X github.com/bootfs/bootfs/internal/version.Version=$(VERSION)'
 COMMANDS = $(notdir $(wildcard cmd/*))
 
-.PHONY: all build samples test unit e2e fuzz bench bench-quick lint demo clean
+.PHONY: all setup build samples test unit e2e fuzz bench bench-quick lint demo clean
 
 all: build
+
+# setup installs the Debian packages that are missing (as root, with
+# apt-get), loads fuse and starts dockerd when no engine answers; it says
+# what it does, and does nothing when all is there (scripts/setup.sh).
+setup:
+	@scripts/setup.sh
 
 build:
 	@mkdir -p $(BIN)
@@ -38,7 +44,7 @@ samples: build
 # the end-to-end suite (which unit leaves to e2e: it runs the built
 # binaries against Docker, and once is enough), and bench-quick, which
 # keeps the benchmark harness working.
-test: lint build unit
+test: setup lint build unit
 	@if ls e2e/*_test.go >/dev/null 2>&1; then $(MAKE) e2e; fi
 	$(MAKE) bench-quick
 
@@ -64,7 +70,7 @@ fuzz:
 # network, and the report in bench/results/<date>.md with PNG charts. It
 # debootstraps its images once (cached). GOBENCH=1 also runs the Go
 # benchmarks of every package.
-bench: build
+bench: setup build
 	bench/run.sh
 	@if [ "$(GOBENCH)" = 1 ]; then \
 		BENCH_ROOTFS=$${BENCH_ROOTFS:-$$(bench/rootfs.sh gcc python3,gcc,libc6-dev)} \
@@ -72,7 +78,7 @@ bench: build
 
 # bench-quick checks that the harness works: the busybox image only, one
 # sample, in under two minutes (CI).
-bench-quick: build
+bench-quick: setup build
 	BENCH_QUICK=1 BENCH_OUT=$${BENCH_OUT:-bench/results/tmp} bench/run.sh
 
 lint:
@@ -83,7 +89,7 @@ lint:
 
 # demo runs the main job end to end (see demo.sh): it needs root, Docker
 # and /dev/fuse, and debootstraps a Debian image with python3 once.
-demo: build
+demo: setup build
 	./demo.sh
 
 clean:
