@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrUser is wrapped by errors resolving an image's User.
@@ -213,4 +216,50 @@ func scanDB(r io.Reader, name string, line func([]string)) error {
 		return fmt.Errorf("%w: read the image's %s: %v", ErrUser, name, err)
 	}
 	return nil
+}
+
+// resolveImageUser resolves spec against the root's /etc/passwd and
+// /etc/group.
+func resolveImageUser(spec string) (User, error) {
+	open := func(name string) (io.Reader, func()) {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, func() {}
+		}
+		return f, func() { f.Close() }
+	}
+	passwd, closeP := open("/etc/passwd")
+	defer closeP()
+	group, closeG := open("/etc/group")
+	defer closeG()
+	return ResolveUser(spec, passwd, group)
+}
+
+// setUser switches every thread to u's groups, gid and uid.
+func setUser(u User) error {
+	groups := u.Groups
+	if groups == nil {
+		groups = []int{}
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return fmt.Errorf("boot: set groups %v: %w", groups, err)
+	}
+	if err := syscall.Setgid(u.GID); err != nil {
+		return fmt.Errorf("boot: set gid %d: %w", u.GID, err)
+	}
+	if err := syscall.Setuid(u.UID); err != nil {
+		return fmt.Errorf("boot: set uid %d: %w", u.UID, err)
+	}
+	return nil
+}
+
+// mergeGroups returns a followed by the members of b it lacks.
+func mergeGroups(a, b []int) []int {
+	out := slices.Clone(a)
+	for _, g := range b {
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	return out
 }

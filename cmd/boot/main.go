@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/bootfs/bootfs/boot"
+	"github.com/bootfs/bootfs/boot/lazyfs"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
@@ -169,7 +170,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "usage: boot mount %s\n\nflags:\n", synopsis)
 		fs.PrintDefaults()
 	}
-	var opts boot.MountOptions
+	var opts lazyfs.MountOptions
 	var logLevel string
 	fs.StringVar(&opts.Store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
 	fs.StringVar(&opts.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
@@ -202,7 +203,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial}
-	return boot.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
+	return lazyfs.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
 }
 
 // runSetuid runs what a setuid-root boot started by caller may run: the

@@ -1,4 +1,4 @@
-package boot
+package lazyfs
 
 import (
 	"os"
@@ -61,7 +61,7 @@ func TestRecorder(t *testing.T) {
 				t.Errorf("Marshal after reads %q = %q, want %q", tt.reads, got, tt.want)
 			}
 			out := filepath.Join(t.TempDir(), "list")
-			if err := r.WriteFile(out, nil); err != nil {
+			if err := r.WriteFile(out); err != nil {
 				t.Fatal(err)
 			}
 			if b, err := os.ReadFile(out); err != nil || string(b) != tt.want {

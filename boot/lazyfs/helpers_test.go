@@ -1,4 +1,4 @@
-package boot
+package lazyfs
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package boot
+package lazyfs
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 // Recorder records which regular files of an image have their content
@@ -76,10 +77,10 @@ func (r *Recorder) Marshal() []byte {
 	return b.Bytes()
 }
 
-// WriteFile writes the list to name, atomically, with c's rights (a nil
-// c: the process's own).
-func (r *Recorder) WriteFile(name string, c *Caller) error {
-	if err := writeFileAtomic(name, r.Marshal(), c); err != nil {
+// WriteFile writes the list to name, atomically, with the process's
+// rights. (boot's init runs it with those of the user who started it.)
+func (r *Recorder) WriteFile(name string) error {
+	if err := atomicfile.WriteFile(name, r.Marshal()); err != nil {
 		return fmt.Errorf("boot: write the list of files read: %w", err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package boot
+package lazyfs
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 // ImageOptions say where an image's chunks and TOC are. Fields map one to
@@ -205,15 +206,12 @@ func (im *Image) Close() error {
 }
 
 // WriteStats writes s as JSON to name, atomically.
-func WriteStats(name string, s Stats) error { return writeStats(name, s, nil) }
-
-// writeStats writes s as JSON to name, atomically, with c's rights.
-func writeStats(name string, s Stats, c *Caller) error {
+func WriteStats(name string, s Stats) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(name, append(b, '\n'), c); err != nil {
+	if err := atomicfile.WriteFile(name, append(b, '\n')); err != nil {
 		return fmt.Errorf("boot: write stats: %w", err)
 	}
 	return nil
@@ -287,7 +285,7 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 			}
 		}
 		if rec != nil {
-			if err := rec.WriteFile(opts.Record, nil); err != nil {
+			if err := rec.WriteFile(opts.Record); err != nil {
 				log.Error("cannot write the list of files read", "file", opts.Record, "err", err)
 			}
 		}
