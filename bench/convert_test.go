@@ -13,6 +13,7 @@ import (
 	"github.com/folbricht/desync"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/mkimage"
 )
 
@@ -76,8 +77,13 @@ func BenchmarkConvertDir(b *testing.B) {
 	for _, jobs := range []int{1, 2} {
 		b.Run("mkimage-j"+string(rune('0'+jobs)), func(b *testing.B) {
 			run(b, func(store, index string) error {
-				_, err := mkimage.Convert(context.Background(), mkimage.Source{Kind: "dir", Path: dir},
-					mkimage.Options{Store: store, IndexOut: index, Jobs: jobs})
+				ctx := context.Background()
+				o, err := opener.Open(ctx, store, opener.Options{Write: true})
+				if err != nil {
+					return err
+				}
+				defer o.Close()
+				_, err = mkimage.Convert(ctx, mkimage.Source{Kind: "dir", Path: dir}, o.Store, mkimage.Options{IndexOut: index, Jobs: jobs})
 				return err
 			})
 		})

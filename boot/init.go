@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/bootconfig"
 )
 
@@ -74,8 +75,9 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 
 	im, err := lazyfs.OpenImage(ctx, opts.Index, lazyfs.ImageOptions{
-		Store: store, Cache: opts.Cache, TOC: opts.TOC, Dialers: opts.Dialers, CAFile: opts.CAFile,
-		Reader: opts.Reader, Logger: log,
+		Store: store, Cache: opts.Cache, TOC: opts.TOC,
+		Credentials: opener.Credentials{CAFile: opts.CAFile, SSHKeys: opts.SSHKeys, SSHKnownHosts: opts.SSHKnownHosts},
+		Reader:      opts.Reader, Logger: log,
 	})
 	if err != nil {
 		return 0, err

@@ -67,10 +67,6 @@ type InitOptions struct {
 	// BOOTFS_SSH_KNOWN_HOSTS).
 	SSHKeys       []string
 	SSHKnownHosts string
-	// Dialers open stores of schemes chunkstore does not know, such as
-	// ssh (see chunkstore.Options); cmd/boot sets one for ssh built from
-	// SSHKeys and SSHKnownHosts.
-	Dialers map[string]chunkstore.Dialer
 	// Workdir is where init makes its mounts (default /.bootfs).
 	Workdir string
 	// Reader tunes fetching.

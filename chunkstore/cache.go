@@ -68,8 +68,9 @@ type Cache struct {
 }
 
 var (
-	_ WriteStore    = (*Cache)(nil)
-	_ StatsReporter = (*Cache)(nil)
+	_ FrameWriteStore = (*Cache)(nil)
+	_ BatchHaser      = (*Cache)(nil)
+	_ StatsReporter   = (*Cache)(nil)
 )
 
 // NewCache returns a cache of remote in dir, creating dir if needed.
@@ -98,14 +99,11 @@ func (c *Cache) Dir() string { return c.dir }
 // GetChunk returns the chunk from the cache directory, or fetches it from
 // the remote and caches it.
 func (c *Cache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	c.stats.requests.Add(1)
 	if err := ctxErr(ctx, "get", id); err != nil {
-		c.stats.errors.Add(1)
 		return nil, err
 	}
 	if data, ok := c.readCached(nil, id); ok {
 		c.stats.hits.Add(1)
-		c.stats.bytes.Add(uint64(len(data)))
 		return data, nil
 	}
 	ch := c.flight.DoChan(string(id[:]), func() (any, error) {
@@ -113,20 +111,15 @@ func (c *Cache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	})
 	select {
 	case <-ctx.Done():
-		c.stats.errors.Add(1)
 		return nil, fmt.Errorf("get chunk %s: %w", id, ctx.Err())
 	case r := <-ch:
 		if r.Err != nil {
-			if !errors.Is(r.Err, ErrNotFound) {
-				c.stats.errors.Add(1)
-			}
 			return nil, r.Err
 		}
 		data := r.Val.([]byte)
 		if r.Shared {
 			data = slices.Clone(data)
 		}
-		c.stats.bytes.Add(uint64(len(data)))
 		return data, nil
 	}
 }
@@ -150,7 +143,6 @@ func (c *Cache) AppendCached(ctx context.Context, dst []byte, id casync.ChunkID)
 		return nil, fmt.Errorf("chunk %s is not in the cache %s: %w", id, c.dir, ErrNotFound)
 	}
 	c.stats.hits.Add(1)
-	c.stats.bytes.Add(uint64(len(data) - len(dst)))
 	return data, nil
 }
 
@@ -172,7 +164,6 @@ func (c *Cache) readCached(dst []byte, id casync.ChunkID) ([]byte, bool) {
 		}
 		return nil, false
 	}
-	c.stats.wireBytes.Add(uint64(len(frame)))
 	data, err := decodeFrame(dst, c.opts.Digest, id, frame)
 	if err != nil {
 		c.stats.corrupt.Add(1)
@@ -197,20 +188,13 @@ func (c *Cache) fetch(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 		return data, nil
 	}
 	c.stats.misses.Add(1)
-	var frame, data []byte
-	var err error
-	if fs, ok := c.remote.(FrameStore); ok {
-		frame, err = fs.GetFrame(ctx, id)
-		if err == nil {
-			// GetFrame verified it.
-			data, err = casync.DecompressChunk(nil, frame)
-		}
-	} else {
-		data, err = c.remote.GetChunk(ctx, id)
-		if err == nil {
-			frame = casync.CompressChunk(nil, data)
-		}
+	// Every decorator is a FrameStore: a frame comes as stored, and
+	// GetFrame verified it.
+	frame, err := GetFrame(ctx, c.remote, id)
+	if err != nil {
+		return nil, err
 	}
+	data, err := casync.DecompressChunk(nil, frame)
 	if err != nil {
 		return nil, err
 	}
@@ -314,44 +298,78 @@ func (c *Cache) Evict(ctx context.Context) (int, error) {
 
 // HasChunk reports whether the cache or else the remote has id.
 func (c *Cache) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	c.stats.requests.Add(1)
 	if err := ctxErr(ctx, "look up", id); err != nil {
-		c.stats.errors.Add(1)
 		return false, err
 	}
 	if _, err := os.Stat(chunkFile(c.dir, id)); err == nil {
 		c.stats.hits.Add(1)
 		return true, nil
 	}
-	ok, err := c.remote.HasChunk(ctx, id)
-	if err != nil {
-		c.stats.errors.Add(1)
+	return c.remote.HasChunk(ctx, id)
+}
+
+// HasChunks reports, for each of ids, whether the cache or else the
+// remote has it, asking the remote about the ones not cached in one
+// HasChunks call.
+func (c *Cache) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("look up %d chunks: %w", len(ids), err)
 	}
-	return ok, err
+	out := make([]bool, len(ids))
+	var ask []casync.ChunkID
+	var pos []int
+	for i, id := range ids {
+		if _, err := os.Stat(chunkFile(c.dir, id)); err == nil {
+			out[i] = true
+			continue
+		}
+		ask = append(ask, id)
+		pos = append(pos, i)
+	}
+	if len(ask) == 0 {
+		return out, nil
+	}
+	has, err := HasChunks(ctx, c.remote, ask, hasParallel)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range pos {
+		out[i] = has[k]
+	}
+	return out, nil
 }
 
 // StoreChunk writes the chunk to the remote, which must be a WriteStore,
 // and then to the cache.
 func (c *Cache) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
-	c.stats.requests.Add(1)
-	ws, ok := c.remote.(WriteStore)
-	if !ok {
-		c.stats.errors.Add(1)
-		return fmt.Errorf("store chunk %s: %w", id, ErrReadOnly)
-	}
-	if err := ws.StoreChunk(ctx, id, data); err != nil {
-		c.stats.errors.Add(1)
+	if err := Write(ctx, c.remote, id, data); err != nil {
 		return err
 	}
-	c.stats.bytes.Add(uint64(len(data)))
 	if _, err := os.Stat(chunkFile(c.dir, id)); err != nil {
 		c.save(id, casync.CompressChunk(nil, data))
 	}
 	return nil
 }
 
-// Stats returns the cache's counters: a hit is a chunk read from the
-// cache directory, a miss one fetched from the remote.
+// StoreFrame writes the frame to the remote (see StoreFrame), which
+// verifies it, and then to the cache.
+func (c *Cache) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
+	if err := WriteFrame(ctx, c.remote, id, frame); err != nil {
+		return err
+	}
+	if _, err := os.Stat(chunkFile(c.dir, id)); err != nil {
+		c.save(id, frame)
+	}
+	return nil
+}
+
+// String names the cache and its remote.
+func (c *Cache) String() string { return Name(c.remote) }
+
+// Stats returns the cache's counters of its directory: Hits are chunks
+// read from it, Misses chunks fetched from the remote, Corrupt cached
+// files that failed verification (and were removed). Count the remote's
+// calls with a Counted.
 func (c *Cache) Stats() Stats { return c.stats.snapshot() }
 
 // Close waits for a background eviction and closes the remote.

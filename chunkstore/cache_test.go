@@ -59,7 +59,7 @@ func newCache(t testing.TB, remote chunkstore.Store, opts chunkstore.CacheOption
 
 func TestCacheCorruptIsRefetched(t *testing.T) {
 	cs := storetest.Chunks(50, 3)
-	remote := memWith(t, cs)
+	remote := chunkstore.NewCounted(memWith(t, cs))
 	c := newCache(t, remote, chunkstore.CacheOptions{})
 	ctx := context.Background()
 	for _, ch := range cs {
@@ -101,7 +101,7 @@ func TestCacheCorruptIsRefetched(t *testing.T) {
 // ErrNotFound (and the corrupt file is gone).
 func TestCacheAppendCached(t *testing.T) {
 	cs := storetest.Chunks(52, 3)
-	remote := memWith(t, cs)
+	remote := chunkstore.NewCounted(memWith(t, cs))
 	c := newCache(t, remote, chunkstore.CacheOptions{})
 	ctx := context.Background()
 	if _, err := c.AppendCached(ctx, nil, cs[0].ID); !errors.Is(err, chunkstore.ErrNotFound) {

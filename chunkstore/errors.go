@@ -12,8 +12,3 @@ var ErrReadOnly = errors.New("chunkstore: store is read-only")
 
 // ErrBadURL is wrapped by errors from ParseURL and ParseURLs.
 var ErrBadURL = errors.New("chunkstore: bad store URL")
-
-// ErrGaveUp is wrapped by errors of a store that has already retried the
-// request itself as often as it was configured to; a caller need not
-// retry it again at once.
-var ErrGaveUp = errors.New("chunkstore: gave up")

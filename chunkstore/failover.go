@@ -26,13 +26,13 @@ type Failover struct {
 	downTill []atomic.Int64 // unix nanoseconds; 0 = healthy
 	cooldown time.Duration
 	now      func() time.Time
-	stats    counters
 }
 
 var (
-	_ WriteStore    = (*Failover)(nil)
-	_ FrameStore    = (*Failover)(nil)
-	_ StatsReporter = (*Failover)(nil)
+	_ FrameWriteStore = (*Failover)(nil)
+	_ FrameStore      = (*Failover)(nil)
+	_ BatchHaser      = (*Failover)(nil)
+	_ Syncer          = (*Failover)(nil)
 )
 
 // NewFailover returns a store that tries stores in the given order.
@@ -92,11 +92,7 @@ func transient(ctx context.Context, err error) bool {
 
 // GetChunk returns the chunk from the first store that has it.
 func (f *Failover) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	data, err := f.get(ctx, id, func(s Store) ([]byte, error) { return s.GetChunk(ctx, id) })
-	if err == nil {
-		f.stats.bytes.Add(uint64(len(data)))
-	}
-	return data, err
+	return f.get(ctx, id, func(s Store) ([]byte, error) { return s.GetChunk(ctx, id) })
 }
 
 // GetFrame returns the chunk's frame from the first store that has it: as
@@ -104,36 +100,20 @@ func (f *Failover) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, err
 // front of the failover then stores frames as they come, and a caller
 // can count the bytes that crossed the network.
 func (f *Failover) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	frame, err := f.get(ctx, id, func(s Store) ([]byte, error) {
-		if fs, ok := s.(FrameStore); ok {
-			return fs.GetFrame(ctx, id)
-		}
-		data, err := s.GetChunk(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		return casync.CompressChunk(nil, data), nil
-	})
-	if err == nil {
-		f.stats.wireBytes.Add(uint64(len(frame)))
-	}
-	return frame, err
+	return f.get(ctx, id, func(s Store) ([]byte, error) { return GetFrame(ctx, s, id) })
 }
 
 // get returns what get gives for the first store that has the chunk.
 func (f *Failover) get(ctx context.Context, id casync.ChunkID, get func(Store) ([]byte, error)) ([]byte, error) {
-	f.stats.requests.Add(1)
 	var errs []error
 	for _, i := range f.order() {
 		b, err := get(f.stores[i])
 		if err == nil {
 			f.markUp(i)
-			f.stats.hits.Add(1)
 			return b, nil
 		}
 		if ctx.Err() != nil {
 			f.hung(ctx, i)
-			f.stats.errors.Add(1)
 			return nil, fmt.Errorf("get chunk %s: %w", id, ctx.Err())
 		}
 		if transient(ctx, err) {
@@ -150,7 +130,6 @@ func (f *Failover) get(ctx context.Context, id casync.ChunkID, get func(Store) (
 // every store said the chunk is missing.
 func (f *Failover) fail(id casync.ChunkID, errs []error) error {
 	if len(errs) == 0 {
-		f.stats.errors.Add(1)
 		return fmt.Errorf("get chunk %s: no stores configured", id)
 	}
 	missing := 0
@@ -162,30 +141,26 @@ func (f *Failover) fail(id casync.ChunkID, errs []error) error {
 		msgs[i] = err.Error()
 	}
 	if missing == len(errs) {
-		f.stats.misses.Add(1)
-		return fmt.Errorf("%w: chunk %s is in none of %d stores: %s", ErrNotFound, id, len(errs), strings.Join(msgs, "; "))
+		// Each store's error names the chunk.
+		return fmt.Errorf("%w in any of %d stores: %s", ErrNotFound, len(errs), strings.Join(msgs, "; "))
 	}
-	f.stats.errors.Add(1)
-	return fmt.Errorf("chunk %s: all %d stores failed: %w", id, len(errs), errors.Join(errs...))
+	return fmt.Errorf("all %d stores failed: %w", len(errs), errors.Join(errs...))
 }
 
 // HasChunk reports whether any store has id.
 func (f *Failover) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	f.stats.requests.Add(1)
 	var errs []error
 	for _, i := range f.order() {
 		ok, err := f.stores[i].HasChunk(ctx, id)
 		if err == nil {
 			f.markUp(i)
 			if ok {
-				f.stats.hits.Add(1)
 				return true, nil
 			}
 			continue
 		}
 		if ctx.Err() != nil {
 			f.hung(ctx, i)
-			f.stats.errors.Add(1)
 			return false, fmt.Errorf("look up chunk %s: %w", id, ctx.Err())
 		}
 		if transient(ctx, err) {
@@ -194,30 +169,35 @@ func (f *Failover) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error
 		errs = append(errs, err)
 	}
 	if len(errs) == len(f.stores) && len(errs) > 0 {
-		f.stats.errors.Add(1)
-		return false, fmt.Errorf("look up chunk %s: all %d stores failed: %w", id, len(errs), errors.Join(errs...))
+		return false, fmt.Errorf("all %d stores failed: %w", len(errs), errors.Join(errs...))
 	}
-	f.stats.misses.Add(1)
 	return false, nil
 }
 
 // StoreChunk stores the chunk in the first writable, healthy store.
 func (f *Failover) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
-	f.stats.requests.Add(1)
+	return f.store(ctx, id, func(s Store) error { return s.(WriteStore).StoreChunk(ctx, id, data) })
+}
+
+// StoreFrame stores the frame in the first writable, healthy store (see
+// StoreFrame).
+func (f *Failover) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
+	return f.store(ctx, id, func(s Store) error { return WriteFrame(ctx, s, id, frame) })
+}
+
+// store runs put on the first writable, healthy store that takes it.
+func (f *Failover) store(ctx context.Context, id casync.ChunkID, put func(Store) error) error {
 	var errs []error
 	for _, i := range f.order() {
-		ws, ok := f.stores[i].(WriteStore)
-		if !ok {
+		if _, ok := f.stores[i].(WriteStore); !ok {
 			continue
 		}
-		err := ws.StoreChunk(ctx, id, data)
+		err := put(f.stores[i])
 		if err == nil {
 			f.markUp(i)
-			f.stats.bytes.Add(uint64(len(data)))
 			return nil
 		}
 		if ctx.Err() != nil || isCorrupt(err) {
-			f.stats.errors.Add(1)
 			return err
 		}
 		if transient(ctx, err) {
@@ -225,15 +205,86 @@ func (f *Failover) StoreChunk(ctx context.Context, id casync.ChunkID, data []byt
 		}
 		errs = append(errs, err)
 	}
-	f.stats.errors.Add(1)
 	if len(errs) == 0 {
 		return fmt.Errorf("store chunk %s: %w: none of the %d stores is writable", id, ErrReadOnly, len(f.stores))
 	}
-	return fmt.Errorf("store chunk %s: all writable stores failed: %w", id, errors.Join(errs...))
+	return fmt.Errorf("all writable stores failed: %w", errors.Join(errs...))
 }
 
-// Stats returns the failover's own counters; each store keeps its own.
-func (f *Failover) Stats() Stats { return f.stats.snapshot() }
+// HasChunks asks the stores in order about the chunks the ones before
+// lacked, each in one call if it is a BatchHaser. A store that fails is
+// skipped, as for HasChunk; if every store fails, so does HasChunks.
+func (f *Failover) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, error) {
+	out := make([]bool, len(ids))
+	ask := make([]int, len(ids)) // positions in ids still unanswered
+	for i := range ask {
+		ask[i] = i
+	}
+	var errs []error
+	for _, i := range f.order() {
+		if len(ask) == 0 {
+			break
+		}
+		sub := make([]casync.ChunkID, len(ask))
+		for k, pos := range ask {
+			sub[k] = ids[pos]
+		}
+		has, err := HasChunks(ctx, f.stores[i], sub, hasParallel)
+		if err != nil {
+			if ctx.Err() != nil {
+				f.hung(ctx, i)
+				return nil, fmt.Errorf("look up %d chunks: %w", len(ids), ctx.Err())
+			}
+			if transient(ctx, err) {
+				f.markDown(i)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		f.markUp(i)
+		left := ask[:0]
+		for k, pos := range ask {
+			if has[k] {
+				out[pos] = true
+			} else {
+				left = append(left, pos)
+			}
+		}
+		ask = left
+	}
+	if len(errs) == len(f.stores) && len(errs) > 0 {
+		return nil, fmt.Errorf("look up %d chunks: all %d stores failed: %w", len(ids), len(errs), errors.Join(errs...))
+	}
+	return out, nil
+}
+
+// String names the stores, in order.
+func (f *Failover) String() string {
+	names := make([]string, len(f.stores))
+	for i, s := range f.stores {
+		names[i] = Name(s)
+	}
+	return strings.Join(names, ",")
+}
+
+// Local reports whether any of the stores is local.
+func (f *Failover) Local() bool {
+	for _, s := range f.stores {
+		if IsLocal(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Sync syncs every store that is a Syncer.
+func (f *Failover) Sync(ctx context.Context) error {
+	var errs []error
+	for _, s := range f.stores {
+		errs = append(errs, Sync(ctx, s))
+	}
+	return errors.Join(errs...)
+}
 
 // Close closes every store.
 func (f *Failover) Close() error {

@@ -124,7 +124,8 @@ func TestFailoverGetFrame(t *testing.T) {
 	}
 	down := &flakyStore{Store: memWith(t, cs)}
 	down.down.Store(true)
-	f := chunkstore.NewFailover(down, local, memWith(t, cs[1:2]))
+	// Counted as the opener counts it.
+	f := chunkstore.NewCounted(chunkstore.NewFailover(down, local, memWith(t, cs[1:2])))
 	var wire uint64
 	for _, c := range cs[:2] { // from local (a FrameStore), then from memory
 		frame, err := f.GetFrame(ctx, c.ID)

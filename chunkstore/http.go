@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,18 +22,6 @@ import (
 type HTTPOptions struct {
 	// Digest is the hash that chunk IDs are checked against.
 	Digest casync.Digest
-	// Timeout bounds each attempt of a request, from dialing to the last
-	// byte of the body. Zero means 30 seconds.
-	Timeout time.Duration
-	// Retries is how many times a request is repeated after a transport
-	// error, a truncated body or a 5xx or 429 answer. A 404, any other
-	// 4xx and a chunk that fails verification are never retried. Zero
-	// means 3; a negative value means no retries.
-	Retries int
-	// Backoff is the wait before the first retry. It doubles for each
-	// further retry, up to 5 seconds, with random jitter. Zero means
-	// 100 milliseconds.
-	Backoff time.Duration
 	// MaxConns is how many idle connections to the server are kept for
 	// reuse; it should match the number of parallel requests. Zero means 32.
 	MaxConns int
@@ -48,40 +34,29 @@ type HTTPOptions struct {
 	// Transport replaces the tuned transport NewHTTP builds. Tests use it;
 	// CAFile and MaxConns then have no effect.
 	Transport http.RoundTripper
-	// Logger receives a debug line per retry; nil discards them.
-	Logger *slog.Logger
 	// TrustWrites skips the client-side check that a chunk hashes to its
 	// ID before it is sent; see LocalOptions.TrustWrites. The server
 	// still verifies what it receives.
 	TrustWrites bool
 }
 
-const (
-	defaultHTTPTimeout  = 30 * time.Second
-	defaultHTTPRetries  = 3
-	defaultHTTPBackoff  = 100 * time.Millisecond
-	maxHTTPBackoff      = 5 * time.Second
-	defaultHTTPMaxConns = 32
-)
+const defaultHTTPMaxConns = 32
 
 // HTTP is a client of an HTTP chunk store: GET, HEAD and PUT of
 // <base>/<first 4 hex>/<64 hex>.cacnk, the layout that casync, desync and
 // the chunkstore server use. Every chunk it returns has been verified.
+//
+// Each call is one request. Retry repeats the ones that may succeed when
+// tried again (a transport error, a truncated body, a 5xx or 429 answer)
+// and bounds each with a timeout; the others (a 404, any other 4xx, a
+// corrupt chunk, an untrusted certificate) are marked Permanent.
 type HTTP struct {
-	base    string // no trailing slash
-	opts    HTTPOptions
-	client  *http.Client
-	retries int
-	timeout time.Duration
-	backoff time.Duration
-	log     *slog.Logger
-	stats   counters
+	base   string // no trailing slash
+	opts   HTTPOptions
+	client *http.Client
 }
 
-var (
-	_ FrameWriteStore = (*HTTP)(nil)
-	_ StatsReporter   = (*HTTP)(nil)
-)
+var _ FrameWriteStore = (*HTTP)(nil)
 
 // NewHTTP returns a client of the store at baseURL, an http:// or https://
 // URL.
@@ -96,26 +71,7 @@ func NewHTTP(baseURL string, opts HTTPOptions) (*HTTP, error) {
 	if u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("%w: %q: a store URL has no query or fragment", ErrBadURL, baseURL)
 	}
-	s := &HTTP{
-		base:    strings.TrimRight(u.String(), "/"),
-		opts:    opts,
-		retries: opts.Retries,
-		timeout: opts.Timeout,
-		backoff: opts.Backoff,
-		log:     logger(opts.Logger),
-	}
-	switch {
-	case s.retries == 0:
-		s.retries = defaultHTTPRetries
-	case s.retries < 0:
-		s.retries = 0
-	}
-	if s.timeout <= 0 {
-		s.timeout = defaultHTTPTimeout
-	}
-	if s.backoff <= 0 {
-		s.backoff = defaultHTTPBackoff
-	}
+	s := &HTTP{base: strings.TrimRight(u.String(), "/"), opts: opts}
 	rt := opts.Transport
 	if rt == nil {
 		t, err := newTransport(opts)
@@ -179,7 +135,6 @@ func (s *HTTP) String() string { return s.base }
 
 // GetChunk downloads, decompresses and verifies the chunk.
 func (s *HTTP) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	s.stats.requests.Add(1)
 	frame, err := s.get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -188,14 +143,11 @@ func (s *HTTP) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) 
 	if err != nil {
 		return nil, s.corrupt(id, err)
 	}
-	s.stats.hits.Add(1)
-	s.stats.bytes.Add(uint64(len(data)))
 	return data, nil
 }
 
 // GetFrame downloads and verifies the chunk's frame.
 func (s *HTTP) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	s.stats.requests.Add(1)
 	frame, err := s.get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -203,66 +155,48 @@ func (s *HTTP) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) 
 	if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
 		return nil, s.corrupt(id, err)
 	}
-	s.stats.hits.Add(1)
 	return frame, nil
 }
 
 func (s *HTTP) corrupt(id casync.ChunkID, err error) error {
-	s.stats.errors.Add(1)
-	s.stats.corrupt.Add(1)
 	return fmt.Errorf("fetch chunk from %s: %w (the server's copy is bad: run chunkstore verify --repair on it)", s.URL(id), err)
 }
 
 func (s *HTTP) get(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 	res, err := s.do(ctx, http.MethodGet, id, nil)
 	if err != nil {
-		s.stats.errors.Add(1)
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.base, err)
 	}
 	switch res.status {
 	case http.StatusOK:
-		s.stats.wireBytes.Add(uint64(len(res.body)))
 		return res.body, nil
 	case http.StatusNotFound, http.StatusGone:
-		s.stats.misses.Add(1)
 		return nil, fmt.Errorf("fetch chunk %s from %s: %s: %w (is the chunk store the one mkimage wrote to?)", id, s.base, res.statusText(), ErrNotFound)
 	}
-	s.stats.errors.Add(1)
-	if res.gaveUp {
-		return nil, fmt.Errorf("fetch chunk %s from %s: %s%s (%w)", id, s.base, res.statusText(), hint(res.status, false), ErrGaveUp)
-	}
-	return nil, fmt.Errorf("fetch chunk %s from %s: %s%s", id, s.base, res.statusText(), hint(res.status, false))
+	return nil, res.err(fmt.Errorf("fetch chunk %s from %s: %s%s", id, s.base, res.statusText(), hint(res.status, false)))
 }
 
 // HasChunk asks the server with HEAD.
 func (s *HTTP) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	s.stats.requests.Add(1)
 	res, err := s.do(ctx, http.MethodHead, id, nil)
 	if err != nil {
-		s.stats.errors.Add(1)
 		return false, fmt.Errorf("look up chunk %s on %s: %w", id, s.base, err)
 	}
 	switch res.status {
 	case http.StatusOK:
-		s.stats.hits.Add(1)
 		return true, nil
 	case http.StatusNotFound, http.StatusGone:
-		s.stats.misses.Add(1)
 		return false, nil
 	}
-	s.stats.errors.Add(1)
-	return false, fmt.Errorf("look up chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, false))
+	return false, res.err(fmt.Errorf("look up chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, false)))
 }
 
 // StoreChunk verifies data against id, compresses it and uploads it with
 // PUT.
 func (s *HTTP) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
 	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
-		s.stats.requests.Add(1)
-		s.stats.errors.Add(1)
 		return fmt.Errorf("store chunk on %s: %w", s.base, err)
 	}
-	s.stats.bytes.Add(uint64(len(data)))
 	return s.put(ctx, id, casync.CompressChunk(nil, data))
 }
 
@@ -270,8 +204,6 @@ func (s *HTTP) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) e
 func (s *HTTP) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
 	if !s.opts.TrustWrites {
 		if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
-			s.stats.requests.Add(1)
-			s.stats.errors.Add(1)
 			return fmt.Errorf("store chunk on %s: %w", s.base, err)
 		}
 	}
@@ -279,19 +211,15 @@ func (s *HTTP) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) 
 }
 
 func (s *HTTP) put(ctx context.Context, id casync.ChunkID, frame []byte) error {
-	s.stats.requests.Add(1)
 	res, err := s.do(ctx, http.MethodPut, id, frame)
 	if err != nil {
-		s.stats.errors.Add(1)
 		return fmt.Errorf("store chunk %s on %s: %w", id, s.base, err)
 	}
 	switch res.status {
 	case http.StatusOK, http.StatusCreated, http.StatusNoContent:
-		s.stats.wireBytes.Add(uint64(len(frame)))
 		return nil
 	}
-	s.stats.errors.Add(1)
-	return fmt.Errorf("store chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, true))
+	return res.err(fmt.Errorf("store chunk %s on %s: %s%s", id, s.base, res.statusText(), hint(res.status, true)))
 }
 
 func hint(status int, write bool) string {
@@ -317,7 +245,15 @@ type response struct {
 	status int
 	msg    string // start of an error body, for messages
 	body   []byte // a 200 GET's body
-	gaveUp bool   // a 5xx after every retry
+}
+
+// err returns err, marked Permanent unless the status is one that may
+// change when asked again: a 5xx, 429 (too many requests) or 408.
+func (r response) err(err error) error {
+	if r.status >= 500 || r.status == http.StatusTooManyRequests || r.status == http.StatusRequestTimeout {
+		return err
+	}
+	return Permanent(err)
 }
 
 func (r response) statusText() string {
@@ -328,49 +264,21 @@ func (r response) statusText() string {
 	return s
 }
 
-// do sends one request, retrying transient failures with backoff. It
-// returns an error only when no answer was had; an HTTP status, even 500
-// after the last retry, is a response.
+// do sends one request. It returns an error only when no answer was had;
+// an HTTP status, even 500, is a response.
 func (s *HTTP) do(ctx context.Context, method string, id casync.ChunkID, body []byte) (response, error) {
 	u := s.URL(id)
-	for attempt := 0; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return response{}, err
-		}
-		res, err := s.once(ctx, method, u, body)
-		if err != nil && untrusted(err) {
-			// The next attempt gets the same certificate.
-			return response{}, fmt.Errorf("%s %s: %w (%w: the server's certificate is not trusted here; give its CA certificate with mkimage --ca-file, boot mount --ca-file or BOOTFS_CA_FILE)", method, u, err, ErrGaveUp)
-		}
-		retry := err != nil || res.status >= 500 || res.status == http.StatusTooManyRequests
-		if !retry {
-			return res, nil
-		}
-		if ctx.Err() != nil {
-			return response{}, ctx.Err()
-		}
-		if attempt >= s.retries {
-			if err != nil {
-				return response{}, fmt.Errorf("%s %s: %w (%w after %d attempts; is the chunk server running and reachable?)", method, u, err, ErrGaveUp, attempt+1)
-			}
-			res.gaveUp = attempt > 0
-			return res, nil
-		}
-		wait := s.backoff << attempt
-		if wait > maxHTTPBackoff || wait <= 0 {
-			wait = maxHTTPBackoff
-		}
-		wait = wait/2 + rand.N(wait/2+1)
-		s.stats.retries.Add(1)
-		s.log.Debug("retrying chunk request", "method", method, "url", u, "attempt", attempt+1, "status", res.status, "err", err, "wait", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return response{}, ctx.Err()
-		case <-t.C:
-		}
+	res, err := s.once(ctx, method, u, body)
+	switch {
+	case err == nil:
+		return res, nil
+	case untrusted(err):
+		// Every attempt gets the same certificate.
+		return response{}, Permanent(fmt.Errorf("%s: %w (the server's certificate is not trusted here; give its CA certificate with mkimage --ca-file, boot mount --ca-file or BOOTFS_CA_FILE)", method, err))
+	case ctx.Err() != nil:
+		return response{}, err
 	}
+	return response{}, fmt.Errorf("%s: %w (is the chunk server running and reachable?)", method, err)
 }
 
 // untrusted reports whether err is a TLS certificate that failed
@@ -383,10 +291,8 @@ func untrusted(err error) bool {
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }
 
-// once sends one attempt under its own timeout.
+// once sends one request.
 func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (response, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -405,9 +311,9 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			err = ue.Err // do names the method and URL
+			err = ue.Err // the callers name the chunk and the store
 		}
-		return response{}, s.timeoutErr(ctx, err)
+		return response{}, err
 	}
 	defer resp.Body.Close()
 	res := response{status: resp.StatusCode}
@@ -427,7 +333,7 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 	buf := bytes.NewBuffer(make([]byte, 0, max(resp.ContentLength, 0)+bytes.MinRead))
 	n, err := buf.ReadFrom(io.LimitReader(resp.Body, maxFrameSize+1))
 	if err != nil {
-		return response{}, fmt.Errorf("read body: %w", s.timeoutErr(ctx, err))
+		return response{}, fmt.Errorf("read body: %w", err)
 	}
 	if n > maxFrameSize {
 		return response{}, fmt.Errorf("GET %s: body larger than any chunk frame", u)
@@ -435,18 +341,6 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 	res.body = buf.Bytes()
 	return res, nil
 }
-
-// timeoutErr names the per-attempt timeout when it is what cut a request
-// short.
-func (s *HTTP) timeoutErr(ctx context.Context, err error) error {
-	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-		return fmt.Errorf("%w (request timed out after %v)", err, s.timeout)
-	}
-	return err
-}
-
-// Stats returns the client's counters.
-func (s *HTTP) Stats() Stats { return s.stats.snapshot() }
 
 // Close closes idle connections.
 func (s *HTTP) Close() error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/chunkstore/storetest"
 )
 
@@ -52,12 +53,24 @@ func hangUpMidBody(frame []byte) http.HandlerFunc {
 	}
 }
 
-func fastRetries(o chunkstore.HTTPOptions) chunkstore.HTTPOptions {
+func fastRetries(o chunkstore.RetryOptions) chunkstore.RetryOptions {
 	o.Backoff = 5 * time.Millisecond
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Second
 	}
 	return o
+}
+
+// retrying opens the store at url as boot and mkimage do: one HTTP
+// request per attempt, retried as ro says, counted.
+func retrying(t *testing.T, url string, ro chunkstore.RetryOptions) *chunkstore.Counted {
+	t.Helper()
+	o, err := opener.Open(context.Background(), url, opener.Options{Retry: ro})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	return o.Remote
 }
 
 func TestHTTPRetries(t *testing.T) {
@@ -87,11 +100,7 @@ func TestHTTPRetries(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv, reqs := faultServer(t, tt.handlers...)
-			client, err := chunkstore.NewHTTP(srv.URL, fastRetries(chunkstore.HTTPOptions{Retries: tt.retries}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer client.Close()
+			client := retrying(t, srv.URL, fastRetries(chunkstore.RetryOptions{Retries: tt.retries}))
 			data, err := client.GetChunk(context.Background(), c.ID)
 			switch {
 			case tt.wantErr == nil && tt.wantInErr == "":
@@ -133,19 +142,18 @@ func TestHTTPServerKilled(t *testing.T) {
 		hangUpMidBody(frame)(w, r)
 		go srv.Listener.Close() // the server is gone for good
 	})
-	client, err := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{Retries: 3, Backoff: 20 * time.Millisecond, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := retrying(t, srv.URL, chunkstore.RetryOptions{Retries: 3, Backoff: 20 * time.Millisecond, Timeout: time.Second})
 	start := time.Now()
-	_, err = client.GetChunk(context.Background(), c.ID)
+	_, err := client.GetChunk(context.Background(), c.ID)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("GetChunk from a killed server = nil error")
 	}
-	if !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "gave up after 4 attempts") || !strings.Contains(err.Error(), "reachable") || !errors.Is(err, chunkstore.ErrGaveUp) {
-		t.Errorf("GetChunk error = %q, want the URL, the attempts and a hint", err)
+	// The chunk, the store and the attempt count, each once.
+	msg := err.Error()
+	if strings.Count(msg, srv.URL) != 1 || strings.Count(msg, c.ID.String()) != 1 || strings.Count(msg, "attempt") != 1 ||
+		!strings.Contains(msg, "gave up after 4 attempts") || !strings.Contains(msg, "reachable") || chunkstore.Attempts(err) != 4 {
+		t.Errorf("GetChunk error = %q, want the URL, the chunk and the 4 attempts once each, and a hint", err)
 	}
 	// 4 attempts of at most 1s plus backoff (at most 20+40+80ms).
 	if took > 3*time.Second {
@@ -169,12 +177,9 @@ func TestHTTPTimeout(t *testing.T) {
 		}
 	})
 	defer close(release)
-	client, err := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{Retries: 1, Backoff: time.Millisecond, Timeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := retrying(t, srv.URL, chunkstore.RetryOptions{Retries: 1, Backoff: time.Millisecond, Timeout: 100 * time.Millisecond})
 	start := time.Now()
-	_, err = client.GetChunk(context.Background(), c.ID)
+	_, err := client.GetChunk(context.Background(), c.ID)
 	if err == nil || !strings.Contains(err.Error(), "timed out") {
 		t.Errorf("GetChunk from a hung server = %v, want a timeout error", err)
 	}
@@ -187,7 +192,7 @@ func TestHTTPTimeout(t *testing.T) {
 	// The caller's cancellation ends the wait at once, without retries.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	client2, _ := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{Timeout: time.Minute})
+	client2 := retrying(t, srv.URL, chunkstore.RetryOptions{Timeout: time.Minute})
 	start = time.Now()
 	_, err = client2.GetChunk(ctx, c.ID)
 	if !errors.Is(err, context.DeadlineExceeded) {

@@ -138,7 +138,7 @@ func (unwritableStore) StoreChunk(ctx context.Context, id casync.ChunkID, data [
 // paths, instead of a bare "internal server error".
 func TestHandlerPutUnwritable(t *testing.T) {
 	client, _ := serve(t, unwritableStore{chunkstore.NewMemory(chunkstore.MemoryOptions{})},
-		chunkstore.HandlerOptions{WriteToken: "tok"}, chunkstore.HTTPOptions{Token: "tok", Retries: -1})
+		chunkstore.HandlerOptions{WriteToken: "tok"}, chunkstore.HTTPOptions{Token: "tok"})
 	data := []byte("a chunk for a read-only store")
 	err := client.StoreChunk(context.Background(), casync.SHA512_256.Sum(data), data)
 	if err == nil || !strings.Contains(err.Error(), "read-only file system") || !strings.Contains(err.Error(), "507") || strings.Contains(err.Error(), "/srv/store") {
@@ -196,7 +196,7 @@ func TestHandlerCorruptChunk(t *testing.T) {
 	if err := os.WriteFile(name1, []byte("not a zstd frame"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	client, srv := serve(t, l, chunkstore.HandlerOptions{}, chunkstore.HTTPOptions{Retries: -1})
+	client, srv := serve(t, l, chunkstore.HandlerOptions{}, chunkstore.HTTPOptions{})
 	for _, c := range cs[:2] {
 		resp, err := http.Get(srv.URL + "/" + chunkstore.ChunkPath(c.ID))
 		if err != nil {
@@ -282,7 +282,8 @@ func TestHandlerMetrics(t *testing.T) {
 	l := newLocal(t)
 	c := storetest.Chunks(14, 1)[0]
 	l.StoreChunk(context.Background(), c.ID, c.Data)
-	client, srv := serve(t, l, chunkstore.HandlerOptions{}, chunkstore.HTTPOptions{})
+	// Counted, as chunkstore serve counts its store.
+	client, srv := serve(t, chunkstore.NewCounted(l), chunkstore.HandlerOptions{}, chunkstore.HTTPOptions{})
 	for range 3 {
 		if _, err := client.GetChunk(context.Background(), c.ID); err != nil {
 			t.Fatal(err)

@@ -51,15 +51,14 @@ type LocalOptions struct {
 // into place, so readers, in this process or another, never see half a
 // chunk. Temporary files start with a dot and never match a chunk name.
 type Local struct {
-	dir   string
-	opts  LocalOptions
-	log   *slog.Logger
-	stats counters
+	dir  string
+	opts LocalOptions
+	log  *slog.Logger
 }
 
 var (
 	_ FrameWriteStore = (*Local)(nil)
-	_ StatsReporter   = (*Local)(nil)
+	_ Syncer          = (*Local)(nil)
 )
 
 // NewLocal opens the store in dir.
@@ -91,53 +90,40 @@ func (s *Local) String() string { return s.dir }
 // GetChunk reads, decompresses and verifies the chunk. A file that does not
 // verify gives an error wrapping *casync.ChecksumError.
 func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	s.stats.requests.Add(1)
 	frame, err := s.readFrame(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	data, err := decodeFrame(nil, s.opts.Digest, id, frame)
 	if err != nil {
-		s.stats.errors.Add(1)
-		s.stats.corrupt.Add(1)
 		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
 	}
-	s.stats.hits.Add(1)
-	s.stats.bytes.Add(uint64(len(data)))
 	return data, nil
 }
 
 // GetFrame reads the chunk's frame and verifies it.
 func (s *Local) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	s.stats.requests.Add(1)
 	frame, err := s.readFrame(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
-		s.stats.errors.Add(1)
-		s.stats.corrupt.Add(1)
 		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
 	}
-	s.stats.hits.Add(1)
 	return frame, nil
 }
 
 func (s *Local) readFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 	if err := ctxErr(ctx, "read", id); err != nil {
-		s.stats.errors.Add(1)
 		return nil, err
 	}
 	frame, _, err := readFrameFile(chunkFile(s.dir, id))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			s.stats.misses.Add(1)
 			return nil, fmt.Errorf("read chunk %s from %s: %w", id, s.dir, ErrNotFound)
 		}
-		s.stats.errors.Add(1)
 		return nil, fmt.Errorf("read chunk %s: %w", id, err)
 	}
-	s.stats.wireBytes.Add(uint64(len(frame)))
 	return frame, nil
 }
 
@@ -200,36 +186,28 @@ func openRetry(name string) (int, error) {
 // HasChunk reports whether the chunk file exists. It does not read or
 // verify it.
 func (s *Local) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "look up", id); err != nil {
-		s.stats.errors.Add(1)
 		return false, err
 	}
 	_, err := os.Stat(chunkFile(s.dir, id))
 	switch {
 	case err == nil:
-		s.stats.hits.Add(1)
 		return true, nil
 	case errors.Is(err, fs.ErrNotExist):
-		s.stats.misses.Add(1)
 		return false, nil
 	}
-	s.stats.errors.Add(1)
 	return false, fmt.Errorf("look up chunk %s: %w", id, err)
 }
 
 // StoreChunk verifies data against id, compresses it and writes it
 // atomically. A chunk already present is left as it is.
 func (s *Local) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "store", id); err != nil {
-		s.stats.errors.Add(1)
 		return err
 	}
 	if err := s.verifyWrite(casync.VerifyChunk, id, data); err != nil {
 		return err
 	}
-	s.stats.bytes.Add(uint64(len(data)))
 	if s.has(id) {
 		return nil
 	}
@@ -238,9 +216,7 @@ func (s *Local) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 
 // StoreFrame verifies frame against id and writes it as is.
 func (s *Local) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "store", id); err != nil {
-		s.stats.errors.Add(1)
 		return err
 	}
 	if err := s.verifyWrite(VerifyFrame, id, frame); err != nil {
@@ -259,8 +235,6 @@ func (s *Local) verifyWrite(verify func(casync.Digest, casync.ChunkID, []byte) e
 		return nil
 	}
 	if err := verify(s.opts.Digest, id, b); err != nil {
-		s.stats.errors.Add(1)
-		s.stats.corrupt.Add(1)
 		return fmt.Errorf("store chunk in %s: %w", s.dir, err)
 	}
 	return nil
@@ -276,10 +250,8 @@ func (s *Local) has(id casync.ChunkID) bool {
 // in any process, each rename a whole identical file; the last one wins.
 func (s *Local) writeFrame(id casync.ChunkID, frame []byte) error {
 	if err := writeFileAtomic(chunkFile(s.dir, id), frame, !s.opts.NoSync); err != nil {
-		s.stats.errors.Add(1)
 		return fmt.Errorf("store chunk %s in %s: %w", id, s.dir, err)
 	}
-	s.stats.wireBytes.Add(uint64(len(frame)))
 	s.log.Debug("stored chunk", "id", id, "bytes", len(frame))
 	return nil
 }
@@ -425,9 +397,6 @@ func walkStore(ctx context.Context, dir string, fn func(ChunkInfo) error) error 
 	}
 	return nil
 }
-
-// Stats returns the store's counters.
-func (s *Local) Stats() Stats { return s.stats.snapshot() }
 
 // Close does nothing; a Local store holds no open files.
 func (s *Local) Close() error { return nil }

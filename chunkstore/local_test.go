@@ -15,14 +15,15 @@ import (
 )
 
 func TestLocalCorrupt(t *testing.T) {
-	l := newLocal(t)
+	local := newLocal(t)
+	l := chunkstore.NewCounted(local) // counted as the opener counts it
 	cs := storetest.Chunks(40, 3)
 	for _, c := range cs {
 		if err := l.StoreChunk(context.Background(), c.ID, c.Data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	name := func(c storetest.Chunk) string { return filepath.Join(l.Dir(), chunkstore.ChunkPath(c.ID)) }
+	name := func(c storetest.Chunk) string { return filepath.Join(local.Dir(), chunkstore.ChunkPath(c.ID)) }
 	frame2, _ := os.ReadFile(name(cs[2]))
 	tests := []struct {
 		name    string

@@ -18,10 +18,9 @@ type MemoryOptions struct {
 // Memory is a WriteStore that keeps uncompressed chunks in a map. It is
 // meant for tests and fakes.
 type Memory struct {
-	opts  MemoryOptions
-	mu    sync.RWMutex
-	m     map[casync.ChunkID][]byte
-	stats counters
+	opts MemoryOptions
+	mu   sync.RWMutex
+	m    map[casync.ChunkID][]byte
 }
 
 var _ WriteStore = (*Memory)(nil)
@@ -33,54 +32,37 @@ func NewMemory(opts MemoryOptions) *Memory {
 
 // GetChunk returns a copy of the chunk.
 func (s *Memory) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "get", id); err != nil {
-		s.stats.errors.Add(1)
 		return nil, err
 	}
 	s.mu.RLock()
 	data, ok := s.m[id]
 	s.mu.RUnlock()
 	if !ok {
-		s.stats.misses.Add(1)
 		return nil, fmt.Errorf("get chunk %s from memory: %w", id, ErrNotFound)
 	}
-	s.stats.hits.Add(1)
-	s.stats.bytes.Add(uint64(len(data)))
 	return slices.Clone(data), nil
 }
 
 // HasChunk reports whether the store holds id.
 func (s *Memory) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "look up", id); err != nil {
-		s.stats.errors.Add(1)
 		return false, err
 	}
 	s.mu.RLock()
 	_, ok := s.m[id]
 	s.mu.RUnlock()
-	if ok {
-		s.stats.hits.Add(1)
-	} else {
-		s.stats.misses.Add(1)
-	}
 	return ok, nil
 }
 
 // StoreChunk verifies data against id and keeps a copy of it.
 func (s *Memory) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
-	s.stats.requests.Add(1)
 	if err := ctxErr(ctx, "store", id); err != nil {
-		s.stats.errors.Add(1)
 		return err
 	}
 	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
-		s.stats.errors.Add(1)
-		s.stats.corrupt.Add(1)
 		return fmt.Errorf("store chunk in memory: %w", err)
 	}
-	s.stats.bytes.Add(uint64(len(data)))
 	s.mu.Lock()
 	if _, ok := s.m[id]; !ok {
 		s.m[id] = slices.Clone(data)
@@ -106,9 +88,6 @@ func (s *Memory) Len() int {
 	defer s.mu.RUnlock()
 	return len(s.m)
 }
-
-// Stats returns the store's counters.
-func (s *Memory) Stats() Stats { return s.stats.snapshot() }
 
 // Close does nothing.
 func (s *Memory) Close() error { return nil }

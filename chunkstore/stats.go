@@ -3,9 +3,11 @@ package chunkstore
 import "sync/atomic"
 
 // Stats are the counters of a store since it was opened. All fields only
-// grow.
+// grow. A Counted store keeps them for the store it wraps; a Cache keeps
+// its own Hits, Misses and Corrupt for its directory.
 type Stats struct {
-	// Requests counts GetChunk, HasChunk and StoreChunk calls.
+	// Requests counts GetChunk, GetFrame, HasChunk and StoreChunk calls,
+	// and each chunk of a HasChunks call.
 	Requests uint64
 	// Hits counts chunks found (GetChunk and HasChunk), Misses chunks not
 	// found. For a Cache, a hit is a chunk served from the cache directory
@@ -14,8 +16,9 @@ type Stats struct {
 	// Bytes counts uncompressed chunk bytes returned by GetChunk or taken
 	// by StoreChunk.
 	Bytes uint64
-	// WireBytes counts compressed frame bytes read from or written to the
-	// backing directory or network.
+	// WireBytes counts compressed frame bytes returned by GetFrame or
+	// taken by StoreFrame: what a Cache in front of the store reads from
+	// the network and what mkimage sends.
 	WireBytes uint64
 	// Errors counts calls that failed for a reason other than a missing
 	// chunk, including corrupt chunks.
@@ -26,14 +29,30 @@ type Stats struct {
 	Corrupt uint64
 }
 
-// StatsReporter is implemented by every store in this package.
+// StatsReporter is a store that keeps Stats: Counted and Cache.
 type StatsReporter interface {
 	Stats() Stats
 }
 
-// counters is the atomic form of Stats embedded in every store.
+// counters is the atomic form of Stats.
 type counters struct {
 	requests, hits, misses, bytes, wireBytes, errors, retries, corrupt atomic.Uint64
+}
+
+// done counts the outcome of one call: found or not (for a call that
+// got an answer), or err.
+func (c *counters) done(found bool, err error) {
+	switch {
+	case err == nil && found:
+		c.hits.Add(1)
+	case err == nil, isNotFound(err):
+		c.misses.Add(1)
+	case isCorrupt(err):
+		c.errors.Add(1)
+		c.corrupt.Add(1)
+	default:
+		c.errors.Add(1)
+	}
 }
 
 func (c *counters) snapshot() Stats {

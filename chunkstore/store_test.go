@@ -78,6 +78,21 @@ func TestConformance(t *testing.T) {
 			return chunkstore.NewFailover(chunkstore.NewMemory(chunkstore.MemoryOptions{}), newLocal(t))
 		})
 	})
+	// The decorators the opener composes, each alone and over HTTP.
+	t.Run("Counted", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) chunkstore.WriteStore { return chunkstore.NewCounted(newLocal(t)) })
+	})
+	t.Run("Retry", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) chunkstore.WriteStore {
+			return chunkstore.NewRetry(chunkstore.NewMemory(chunkstore.MemoryOptions{}), chunkstore.RetryOptions{})
+		})
+	})
+	t.Run("CountedRetryHTTP", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) chunkstore.WriteStore {
+			c, _ := serve(t, newLocal(t), chunkstore.HandlerOptions{WriteToken: "secret"}, chunkstore.HTTPOptions{Token: "secret"})
+			return chunkstore.NewCounted(chunkstore.NewRetry(c, chunkstore.RetryOptions{}))
+		})
+	})
 	t.Run("ReadOnly", func(t *testing.T) {
 		seed := func(t *testing.T, ws chunkstore.WriteStore, chunks []storetest.Chunk) {
 			for _, c := range chunks {

@@ -1,14 +1,10 @@
 package chunkstore_test
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 )
 
@@ -86,80 +82,6 @@ func TestLocationStringRoundTrip(t *testing.T) {
 		if got := l.String(); got != in {
 			t.Errorf("ParseURL(%q).String() = %q", in, got)
 		}
-	}
-}
-
-func TestOpen(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	s, err := chunkstore.Open(ctx, dir, chunkstore.Options{})
-	if _, ok := s.(*chunkstore.Local); err != nil || !ok {
-		t.Errorf("Open(%q) = %T, %v; want *Local", dir, s, err)
-	}
-	s, err = chunkstore.Open(ctx, "http://127.0.0.1:1/,"+dir, chunkstore.Options{})
-	if f, ok := s.(*chunkstore.Failover); err != nil || !ok || len(f.Stores()) != 2 {
-		t.Errorf("Open(list) = %T, %v; want a Failover of 2", s, err)
-	}
-	if _, err := chunkstore.Open(ctx, "ssh://h/srv", chunkstore.Options{}); err == nil || !strings.Contains(err.Error(), "no dialer") {
-		t.Errorf("Open(ssh) without a dialer = %v, want a no-dialer error", err)
-	}
-	var dialed chunkstore.Location
-	opts := chunkstore.Options{Dialers: map[string]chunkstore.Dialer{
-		"ssh": func(ctx context.Context, loc chunkstore.Location, opts chunkstore.Options) (chunkstore.Store, error) {
-			dialed = loc
-			return chunkstore.NewMemory(chunkstore.MemoryOptions{}), nil
-		},
-	}}
-	if _, err := chunkstore.Open(ctx, "ssh://u@h:2/srv", opts); err != nil || dialed.Host != "h" || dialed.Path != "/srv" {
-		t.Errorf("Open(ssh) with a dialer = %v, dialed %+v", err, dialed)
-	}
-	if _, err := chunkstore.Open(ctx, "htp://x", chunkstore.Options{}); !errors.Is(err, chunkstore.ErrBadURL) {
-		t.Errorf("Open(bad) = %v, want ErrBadURL", err)
-	}
-}
-
-// TestOpenListWithMemberDown: a store list opens although one member
-// cannot be opened now (an ssh server that is down); that member is opened
-// again when the failover turns to it. Only a list none of whose members
-// opens is an error.
-func TestOpenListWithMemberDown(t *testing.T) {
-	ctx := context.Background()
-	want := []byte("a chunk only the ssh store has")
-	id := casync.SHA512_256.Sum(want)
-	mem := chunkstore.NewMemory(chunkstore.MemoryOptions{})
-	if err := mem.StoreChunk(ctx, id, want); err != nil {
-		t.Fatal(err)
-	}
-	var up atomic.Bool
-	var dials atomic.Int64
-	opts := chunkstore.Options{Dialers: map[string]chunkstore.Dialer{
-		"ssh": func(ctx context.Context, loc chunkstore.Location, opts chunkstore.Options) (chunkstore.Store, error) {
-			dials.Add(1)
-			if !up.Load() {
-				return nil, errors.New("connection refused")
-			}
-			return mem, nil
-		},
-	}}
-	s, err := chunkstore.Open(ctx, t.TempDir()+",ssh://h/srv", opts)
-	if err != nil {
-		t.Fatalf("Open(a list whose ssh member is down) = %v, want the list", err)
-	}
-	defer s.Close()
-	if _, err := s.GetChunk(ctx, id); err == nil || !strings.Contains(err.Error(), "connection refused") {
-		t.Errorf("GetChunk while the ssh store is down = %v, want its error", err)
-	}
-	up.Store(true)
-	if got, err := s.GetChunk(ctx, id); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("GetChunk once the ssh store is up = %q, %v; want the chunk", got, err)
-	}
-	n := dials.Load()
-	if _, err := s.GetChunk(ctx, id); err != nil || dials.Load() != n {
-		t.Errorf("GetChunk again = %v after %d more dials; want the open store reused", err, dials.Load()-n)
-	}
-	up.Store(false)
-	if _, err := chunkstore.Open(ctx, "ssh://h/a,ssh://h/b", opts); err == nil || !strings.Contains(err.Error(), "connection refused") {
-		t.Errorf("Open(a list of stores that are all down) = %v, want their error", err)
 	}
 }
 

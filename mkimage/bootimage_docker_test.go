@@ -77,8 +77,8 @@ func tinyTree(t *testing.T, seed string) string {
 // for it, with src as the original image configuration.
 func convertedInput(t *testing.T, seed, boot string, src *dockerspec.DockerOCIImageConfig, tags ...string) BootImageInput {
 	t.Helper()
-	opts := Options{Store: t.TempDir()}
-	sum, err := Convert(context.Background(), Source{Kind: "dir", Path: tinyTree(t, seed)}, opts)
+	var opts Options
+	sum, err := convertTo(context.Background(), Source{Kind: "dir", Path: tinyTree(t, seed)}, t.TempDir(), opts)
 	if err != nil {
 		t.Fatalf("Convert() = %v", err)
 	}
@@ -323,12 +323,13 @@ func TestMakeBootImageFromDocker(t *testing.T) {
 	}
 	removeImage(t, c, srcInfo.ID)
 
-	opts := Options{Store: t.TempDir()}
+	var opts Options
+	storeDir := t.TempDir()
 	src, err := ParseSource(srcTag)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := Convert(ctx, src, opts)
+	sum, err := convertTo(ctx, src, storeDir, opts)
 	if err != nil {
 		t.Fatalf("Convert(%s) = %v", srcTag, err)
 	}
@@ -357,7 +358,7 @@ func TestMakeBootImageFromDocker(t *testing.T) {
 	}
 	want := bootconfig.Image{Entrypoint: []string{"/bin/sh"}, Cmd: []string{"-c", "exit 3"}, Env: srcInfo.Config.Env, User: "1000", WorkingDir: "/w",
 		Volumes: []string{"/data"}, ExposedPorts: []string{"80/tcp"}, Labels: map[string]string{"x": "y"}}
-	if !reflect.DeepEqual(bc.Image, want) || bc.SourceImageID != srcInfo.ID || bc.Store != opts.Store || bc.ArchiveSize != sum.Bytes {
+	if !reflect.DeepEqual(bc.Image, want) || bc.SourceImageID != srcInfo.ID || bc.Store != storeDir || bc.ArchiveSize != sum.Bytes {
 		t.Errorf("config.json = %+v, want image %+v from %s", bc, want, srcInfo.ID)
 	}
 }

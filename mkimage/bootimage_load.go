@@ -116,8 +116,9 @@ type BootImageOptions struct {
 	// BootBinary is the static boot binary (--boot-binary); "" means the
 	// file "boot" next to the running executable.
 	BootBinary string
-	// RuntimeStore is the store boot reads at run time (--runtime-store);
-	// "" means Options.Store.
+	// RuntimeStore is the store URL list boot reads at run time
+	// (--runtime-store); "" means the store Convert wrote to, as
+	// Summary.Store names it.
 	RuntimeStore string
 	// Tags name the image loaded into Docker (TARGET).
 	Tags []string
@@ -181,7 +182,7 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 	}
 	store := bo.RuntimeStore
 	if store == "" {
-		store = opts.Store
+		store = sum.Store
 	}
 	if local := localStores(store); len(local) > 0 && bo.Log != nil {
 		bo.Log.Warn("the boot image reads chunks from a directory of this host: mount it into its containers at that path (docker run -v), or give --runtime-store a URL they can reach",

@@ -48,7 +48,7 @@ func TestNewBootConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := Source{Kind: "dir", Path: tinyTree(t, "cfg")}
-			sum, err := Convert(context.Background(), src, tc.opts)
+			sum, err := Convert(context.Background(), src, nil, tc.opts)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,13 +24,6 @@ import (
 // and writes nothing but the returned Summary. Fields map one to one to
 // mkimage's flags.
 type Options struct {
-	// Store is the chunk store the chunks go to (--store). Empty means
-	// the chunks are cut and hashed but stored nowhere.
-	Store string
-	// StoreToken is the bearer token sent with writes to an HTTP store
-	// (--token-file); StoreCAFile a PEM file of CAs trusted for https
-	// (--ca-file).
-	StoreToken, StoreCAFile string
 	// IndexOut is a file to write the caidx to (--index-out); the TOC goes
 	// beside it as IndexOut+".toc".
 	IndexOut string
@@ -107,10 +101,19 @@ func (o *Options) logger() *slog.Logger {
 }
 
 // Convert encodes src as a catar, cuts it into chunks, stores the chunks
-// that the store lacks and builds the index and TOC. The output files are
+// that store lacks and builds the index and TOC. A nil store means the
+// chunks are cut and hashed but stored nowhere. The output files are
 // written only when everything else has succeeded, each whole or not at
 // all.
-func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
+//
+// The store is opened by the caller (cmd/mkimage, with the opener, for
+// writing: chunk IDs are computed here from the very bytes that are
+// stored, so the stores need not hash them again). If it is a
+// chunkstore.Syncer (a local directory, written without an fsync per
+// chunk), it is synced once, after the last chunk and before the index
+// that refers to the chunks is written: a crash before that leaves no
+// index that names an unsynced chunk. Convert does not close it.
+func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts Options) (*Summary, error) {
 	start := time.Now()
 	log := opts.logger()
 	jobs := opts.Jobs
@@ -129,16 +132,6 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 			return nil, err
 		}
 		src.docker, src.image = c, &info
-	}
-
-	var store chunkstore.WriteStore
-	if opts.Store != "" {
-		s, err := openWriteStore(ctx, opts.Store, opts)
-		if err != nil {
-			return nil, err
-		}
-		defer s.Close()
-		store = s
 	}
 
 	var catarFile *pendingFile
@@ -248,7 +241,7 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 		return nil, err
 	}
 	if store != nil {
-		if err := syncStore(store); err != nil {
+		if err := chunkstore.Sync(ctx, store); err != nil {
 			return nil, err
 		}
 	}
@@ -279,7 +272,7 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 		NewBytes:     up.newBytes.Load(),
 		BytesWritten: up.written.Load(),
 		Seconds:      time.Since(start).Seconds(),
-		Store:        opts.Store,
+		Store:        storeName(store),
 		IndexOut:     opts.IndexOut,
 		TOCDigest:    toc.Digest(),
 		Index:        idx,
@@ -362,7 +355,7 @@ type uploader struct {
 
 func newUploader(store chunkstore.WriteStore, log *slog.Logger, jobs int) *uploader {
 	u := &uploader{store: store, log: log, hasParallel: 16, putParallel: jobs}
-	if _, local := store.(*chunkstore.Local); !local {
+	if !chunkstore.IsLocal(store) {
 		// A remote store's writes wait on the network, not the CPU.
 		u.putParallel = max(jobs, 8)
 	}
@@ -397,13 +390,9 @@ func (u *uploader) upload(ctx context.Context, id casync.ChunkID, data []byte) e
 	defer putBuf(fbuf)
 	frame := casync.CompressChunk((*fbuf)[:0], data)
 	*fbuf = frame
-	var err error
-	if fs, ok := u.store.(frameStorer); ok {
-		err = fs.StoreFrame(ctx, id, frame)
-	} else {
-		err = u.store.StoreChunk(ctx, id, data)
-	}
-	if err != nil {
+	// The compression runs here, on the upload goroutines, and only once:
+	// a store that takes frames stores them as they are.
+	if err := chunkstore.WriteFrame(ctx, u.store, id, frame); err != nil {
 		return err
 	}
 	u.newChunks.Add(1)
@@ -419,12 +408,6 @@ var bufs = sync.Pool{New: func() any { return new([]byte) }}
 
 func getBuf() *[]byte  { return bufs.Get().(*[]byte) }
 func putBuf(b *[]byte) { bufs.Put(b) }
-
-// frameStorer is a store that takes chunks already compressed, so the
-// compression runs here, on the upload goroutines, and only once.
-type frameStorer interface {
-	StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error
-}
 
 func (u *uploader) progress(bytes int64, chunks int, start time.Time) Progress {
 	u.mu.Lock()
@@ -524,4 +507,14 @@ func writeAtomic(name string, write func(io.Writer) error) error {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return p.commit()
+}
+
+func defaultJobs() int { return runtime.GOMAXPROCS(0) }
+
+// storeName names store in the summary, "" for none.
+func storeName(store chunkstore.WriteStore) string {
+	if store == nil {
+		return ""
+	}
+	return chunkstore.Name(store)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 )
 
 // inFlight counts the requests of one method that a handler serves at
@@ -47,12 +50,19 @@ func TestConvertToSlowHTTPStore(t *testing.T) {
 	srv := httptest.NewServer(count.wrap(h, 10*time.Millisecond))
 	defer srv.Close()
 
-	opts := Options{Store: srv.URL, Jobs: 1}
-	if _, err := Convert(context.Background(), Source{Kind: "dir", Path: src}, opts); err == nil || !strings.Contains(err.Error(), "401") {
+	opts := Options{Jobs: 1}
+	ctx := context.Background()
+	if _, err := convertTo(ctx, Source{Kind: "dir", Path: src}, srv.URL, opts); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("Convert without the token = %v, want a 401 error", err)
 	}
-	opts.StoreToken = token
-	sum := convert(t, Source{Kind: "dir", Path: src}, opts)
+	creds := opener.Credentials{TokenFile: filepath.Join(t.TempDir(), "token")}
+	if err := os.WriteFile(creds.TokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := convertWith(ctx, Source{Kind: "dir", Path: src}, srv.URL, creds, opts)
+	if err != nil {
+		t.Fatalf("Convert with the token = %v", err)
+	}
 	for _, c := range sum.Index.Chunks {
 		if ok, err := mem.HasChunk(context.Background(), c.ID); !ok || err != nil {
 			t.Fatalf("chunk %s of the index is not in the store (%v)", c.ID, err)
@@ -68,7 +78,10 @@ func TestConvertToSlowHTTPStore(t *testing.T) {
 	if sum.NewChunks != sum.UniqueChunks {
 		t.Errorf("stored %d new chunks, want all %d distinct ones", sum.NewChunks, sum.UniqueChunks)
 	}
-	again := convert(t, Source{Kind: "dir", Path: src}, opts)
+	again, err := convertWith(ctx, Source{Kind: "dir", Path: src}, srv.URL, creds, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if again.NewChunks != 0 {
 		t.Errorf("second conversion stored %d chunks, want 0", again.NewChunks)
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -86,13 +87,35 @@ func addSpecialNodes(t *testing.T, dir string) {
 	must(os.Chtimes(p("etc/os-release"), time.Unix(1700000000, 123456789), time.Unix(1700000000, 123456789)))
 }
 
-func convert(t *testing.T, src Source, opts Options) *Summary {
+// convert converts src into the store that spec names ("" for none), as
+// convertTo does, and fails the test on an error.
+func convert(t *testing.T, src Source, spec string, opts Options) *Summary {
 	t.Helper()
-	sum, err := Convert(context.Background(), src, opts)
+	sum, err := convertTo(context.Background(), src, spec, opts)
 	if err != nil {
 		t.Fatalf("Convert(%s) = %v", src, err)
 	}
 	return sum
+}
+
+// convertTo converts src into the store that spec names ("" for none),
+// opened as cmd/mkimage opens it, with ssh credentials from the
+// environment.
+func convertTo(ctx context.Context, src Source, spec string, opts Options) (*Summary, error) {
+	return convertWith(ctx, src, spec, opener.Credentials{}.WithSSHFromEnv(os.Getenv), opts)
+}
+
+// convertWith is convertTo with the given credentials.
+func convertWith(ctx context.Context, src Source, spec string, creds opener.Credentials, opts Options) (*Summary, error) {
+	if spec == "" {
+		return Convert(ctx, src, nil, opts)
+	}
+	o, err := opener.Open(ctx, spec, opener.Options{Credentials: creds, Digest: opts.Digest, Write: true, Logger: opts.Log})
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	return Convert(ctx, src, o.Store, opts)
 }
 
 // TestConvertCasyncExtract checks the whole format path against the real
@@ -108,7 +131,7 @@ func TestConvertCasyncExtract(t *testing.T) {
 	index := filepath.Join(tmp, "rootfs.caidx")
 	catar := filepath.Join(tmp, "rootfs.catar")
 
-	sum := convert(t, Source{Kind: "dir", Path: root}, Options{Store: store, IndexOut: index, CatarOut: catar, Jobs: 2})
+	sum := convert(t, Source{Kind: "dir", Path: root}, store, Options{IndexOut: index, CatarOut: catar, Jobs: 2})
 	if sum.Chunks < 10 || sum.UniqueChunks >= sum.Chunks {
 		t.Errorf("Convert: %d chunks, %d distinct; want >= 10 chunks with repeats", sum.Chunks, sum.UniqueChunks)
 	}
@@ -192,7 +215,7 @@ func TestConvertReproducible(t *testing.T) {
 		}
 		index := filepath.Join(dir, "rootfs.caidx")
 		catar := filepath.Join(dir, "rootfs.catar")
-		sum := convert(t, Source{Kind: "dir", Path: root}, Options{Store: store, IndexOut: index, CatarOut: catar, Jobs: jobs})
+		sum := convert(t, Source{Kind: "dir", Path: root}, store, Options{IndexOut: index, CatarOut: catar, Jobs: jobs})
 		if i == 1 && (sum.NewChunks != 0 || sum.BytesWritten != 0) {
 			t.Errorf("second conversion wrote %d chunks (%d bytes), want 0", sum.NewChunks, sum.BytesWritten)
 		}
@@ -241,8 +264,8 @@ func TestConvertTarMatchesDir(t *testing.T) {
 	if out, err := exec.Command("tar", "--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", root, "-cf", tarFile, ".").CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v %s", err, out)
 	}
-	a := convert(t, Source{Kind: "dir", Path: root}, Options{})
-	b := convert(t, Source{Kind: "tar", Path: tarFile}, Options{})
+	a := convert(t, Source{Kind: "dir", Path: root}, "", Options{})
+	b := convert(t, Source{Kind: "tar", Path: tarFile}, "", Options{})
 	if len(a.Index.Chunks) != len(b.Index.Chunks) {
 		t.Fatalf("dir gives %d chunks, tar %d", len(a.Index.Chunks), len(b.Index.Chunks))
 	}
@@ -271,7 +294,7 @@ func TestConvertFailureLeavesNothing(t *testing.T) {
 	store := filepath.Join(tmp, "store")
 	index := filepath.Join(tmp, "out.caidx")
 	catar := filepath.Join(tmp, "out.catar")
-	_, err := Convert(context.Background(), Source{Kind: "tar", Path: tarFile}, Options{Store: store, IndexOut: index, CatarOut: catar})
+	_, err := convertTo(context.Background(), Source{Kind: "tar", Path: tarFile}, store, Options{IndexOut: index, CatarOut: catar})
 	if err == nil || !strings.Contains(err.Error(), ".wh.passwd") {
 		t.Fatalf("Convert(layer with whiteout) = %v, want an error naming the whiteout", err)
 	}
@@ -288,7 +311,7 @@ func TestConvertFailureLeavesNothing(t *testing.T) {
 		return nil
 	})
 
-	_, err = Convert(context.Background(), Source{Kind: "dir", Path: filepath.Join(tmp, "missing")}, Options{IndexOut: index})
+	_, err = Convert(context.Background(), Source{Kind: "dir", Path: filepath.Join(tmp, "missing")}, nil, Options{IndexOut: index})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Convert(missing dir) = %v, want ErrNotExist", err)
 	}

@@ -35,23 +35,23 @@ func TestConvertDockerMatchesExport(t *testing.T) {
 	tag, info := importTree(t, c, root, "convert-src")
 	src := checkExportMatches(t, casyncBin, tag, info)
 	store := filepath.Join(tmp, "store")
-	convert(t, src, Options{Store: store})
+	convert(t, src, store, Options{})
 
 	time.Sleep(time.Second) // a later export: Docker's mount points get later times
-	again := convert(t, src, Options{Store: store})
+	again := convert(t, src, store, Options{})
 	if again.NewChunks != 0 {
 		t.Errorf("second conversion of %s stored %d new chunks, want 0", tag, again.NewChunks)
 	}
 
 	// A failing conversion (the store cannot be created) removes its
 	// export container too.
-	_, err := Convert(ctx, src, Options{Store: "/proc/bootfs-no-store"})
+	_, err := convertTo(ctx, src, "/proc/bootfs-no-store", Options{})
 	if err == nil {
 		t.Fatal("Convert into /proc = nil error")
 	}
 	assertNoExportContainers(t, tag)
 
-	_, err = Convert(ctx, Source{Kind: "docker", Path: "bootfs-test/no-such-image:1"}, Options{})
+	_, err = Convert(ctx, Source{Kind: "docker", Path: "bootfs-test/no-such-image:1"}, nil, Options{})
 	if err == nil || !strings.Contains(err.Error(), "--pull") {
 		t.Errorf("Convert(missing image) = %v, want an error that suggests --pull", err)
 	}
@@ -101,7 +101,7 @@ func checkExportMatches(t *testing.T, casyncBin, tag string, info image.InspectR
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := convert(t, src, Options{Store: store, IndexOut: index})
+	sum := convert(t, src, store, Options{IndexOut: index})
 	if sum.SourceID != info.ID {
 		t.Errorf("Summary.SourceID = %s, want %s", sum.SourceID, info.ID)
 	}

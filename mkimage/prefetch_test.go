@@ -53,7 +53,7 @@ func TestPrefetchChunks(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src)
 	storeDir := t.TempDir()
-	sum := convert(t, Source{Kind: "dir", Path: src}, Options{Store: storeDir})
+	sum := convert(t, Source{Kind: "dir", Path: src}, storeDir, Options{})
 	store, err := chunkstore.NewLocal(storeDir, chunkstore.LocalOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -139,7 +139,7 @@ func TestConvertToSSHStore(t *testing.T) {
 	writeTree(t, root)
 
 	index := filepath.Join(tmp, "ssh.caidx")
-	sum := convert(t, Source{Kind: "dir", Path: root}, Options{Store: st.url, IndexOut: index, Jobs: 2})
+	sum := convert(t, Source{Kind: "dir", Path: root}, st.url, Options{IndexOut: index, Jobs: 2})
 	if sum.NewChunks != sum.UniqueChunks || sum.BytesWritten == 0 {
 		t.Errorf("Convert into an empty SSH store: %d new chunks (%d bytes written), want %d", sum.NewChunks, sum.BytesWritten, sum.UniqueChunks)
 	}
@@ -153,7 +153,7 @@ func TestConvertToSSHStore(t *testing.T) {
 
 	localDir := filepath.Join(tmp, "local")
 	localIndex := filepath.Join(tmp, "local.caidx")
-	convert(t, Source{Kind: "dir", Path: root}, Options{Store: localDir, IndexOut: localIndex, Jobs: 2})
+	convert(t, Source{Kind: "dir", Path: root}, localDir, Options{IndexOut: localIndex, Jobs: 2})
 	if a, b := readAll(t, index), readAll(t, localIndex); !bytes.Equal(a, b) {
 		t.Errorf("index written with an SSH store differs from the one with a local store")
 	}
@@ -163,7 +163,7 @@ func TestConvertToSSHStore(t *testing.T) {
 
 	stored := storeBytes(t, st.dir)
 	sent := st.sent.Load()
-	again := convert(t, Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
+	again := convert(t, Source{Kind: "dir", Path: root}, st.url, Options{Jobs: 2})
 	sent = st.sent.Load() - sent
 	if again.NewChunks != 0 || again.BytesWritten != 0 {
 		t.Errorf("second conversion into the SSH store wrote %d chunks (%d bytes), want 0", again.NewChunks, again.BytesWritten)
@@ -185,7 +185,7 @@ func TestConvertToSSHStoreReadOnlyKey(t *testing.T) {
 	t.Setenv(sshstore.EnvKeys, st.readerKey)
 	root := filepath.Join(t.TempDir(), "root")
 	writeTree(t, root)
-	_, err := Convert(context.Background(), Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
+	_, err := convertTo(context.Background(), Source{Kind: "dir", Path: root}, st.url, Options{Jobs: 2})
 	if err == nil || !strings.Contains(err.Error(), "may read but not write") {
 		t.Fatalf("Convert with a read-only key = %v, want an error saying the key may not write", err)
 	}
@@ -194,9 +194,9 @@ func TestConvertToSSHStoreReadOnlyKey(t *testing.T) {
 	}
 
 	t.Setenv(sshstore.EnvKeys, st.writerKey)
-	convert(t, Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
+	convert(t, Source{Kind: "dir", Path: root}, st.url, Options{Jobs: 2})
 	t.Setenv(sshstore.EnvKeys, st.readerKey)
-	sum, err := Convert(context.Background(), Source{Kind: "dir", Path: root}, Options{Store: st.url, Jobs: 2})
+	sum, err := convertTo(context.Background(), Source{Kind: "dir", Path: root}, st.url, Options{Jobs: 2})
 	if err != nil || sum.NewChunks != 0 {
 		t.Fatalf("Convert with a read-only key of a tree already in the store = %v; want success with no new chunks", err)
 	}
@@ -217,29 +217,6 @@ func storeBytes(t *testing.T, dir string) int64 {
 		n += fi.Size()
 	}
 	return n
-}
-
-func TestSSHClientOptions(t *testing.T) {
-	tests := []struct {
-		name      string
-		env       map[string]string
-		wantKeys  []string
-		wantHosts string
-	}{
-		{name: "defaults", env: nil},
-		{name: "one key", env: map[string]string{sshstore.EnvKeys: "/k/id"}, wantKeys: []string{"/k/id"}},
-		{name: "list", env: map[string]string{sshstore.EnvKeys: "/k/a, /k/b,", sshstore.EnvKnownHosts: "/k/known"},
-			wantKeys: []string{"/k/a", "/k/b"}, wantHosts: "/k/known"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			o := sshClientOptions(func(k string) string { return tt.env[k] })
-			if !slices.Equal(o.IdentityFiles, tt.wantKeys) || o.KnownHostsFile != tt.wantHosts || !o.TrustWrites {
-				t.Errorf("sshClientOptions(%v) = keys %q, known_hosts %q, trust %v; want %q, %q, true",
-					tt.env, o.IdentityFiles, o.KnownHostsFile, o.TrustWrites, tt.wantKeys, tt.wantHosts)
-			}
-		})
-	}
 }
 
 func readAll(t *testing.T, name string) []byte {

@@ -157,7 +157,7 @@ func equalMaps(a, b map[string]string) bool {
 // chunk: the TOC answers everything.
 func TestMountMetadataFetchesNothing(t *testing.T) {
 	im := newTreeImage(t)
-	store := im.localStore(t)
+	store := chunkstore.NewCounted(im.localStore(t))
 	mnt, r := mountImage(t, im, store, ReaderOptions{})
 	walkTree(t, mnt, false)
 	var sfs unix.Statfs_t

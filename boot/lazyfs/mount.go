@@ -17,6 +17,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
@@ -33,12 +34,9 @@ type ImageOptions struct {
 	// name with .caidx replaced by .toc, if either exists; else the TOC is
 	// built by streaming the archive through its chunks.
 	TOC string
-	// Dialers open stores of schemes chunkstore does not know, such as
-	// ssh (see chunkstore.Options).
-	Dialers map[string]chunkstore.Dialer
-	// CAFile is a PEM file of CA certificates trusted for https stores,
-	// besides the system's (--ca-file).
-	CAFile string
+	// Credentials let the stores in: a CA file trusted for https stores,
+	// besides the system's (--ca-file), ssh keys and known_hosts.
+	Credentials opener.Credentials
 	// Reader tunes fetching.
 	Reader ReaderOptions
 	// Logger receives progress and errors; nil discards.
@@ -51,9 +49,7 @@ type Image struct {
 	TOC    *casync.TOC
 	Reader *Reader
 
-	store  chunkstore.Store // what Reader reads: cache or remote
-	cache  *chunkstore.Cache
-	remote *counting
+	store *opener.Opened // what Reader reads: cache or remote
 }
 
 // OpenImage reads the index at indexPath, opens its store (behind the cache
@@ -71,22 +67,16 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 		return nil, err
 	}
 	digest := idx.Digest()
-	remote, err := chunkstore.Open(ctx, opts.Store, chunkstore.Options{
-		Digest: digest, Dialers: opts.Dialers, Logger: log, HTTP: chunkstore.HTTPOptions{CAFile: opts.CAFile},
+	// The Reader retries, with its own timeout per attempt.
+	store, err := opener.Open(ctx, opts.Store, opener.Options{
+		Credentials: opts.Credentials, Digest: digest, Logger: log,
+		Retry: chunkstore.RetryOptions{Retries: -1, Timeout: opts.Reader.Timeout},
+		Cache: opts.Cache,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
-	counted := &counting{Store: remote}
-	im := &Image{Index: idx, store: counted, remote: counted}
-	if opts.Cache != "" {
-		c, err := chunkstore.NewCache(counted, opts.Cache, chunkstore.CacheOptions{Digest: digest, Logger: log})
-		if err != nil {
-			remote.Close()
-			return nil, fmt.Errorf("boot: %w", err)
-		}
-		im.store, im.cache = c, c
-	}
+	im := &Image{Index: idx, store: store}
 	ro := opts.Reader
 	if ro.StoreName == "" {
 		ro.StoreName = opts.Store
@@ -94,7 +84,7 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 	if ro.Logger == nil {
 		ro.Logger = log
 	}
-	im.Reader = NewReader(idx, im.store, ro)
+	im.Reader = NewReader(idx, store.Store, ro)
 
 	tocPath := opts.TOC
 	if tocPath == "" {
@@ -163,8 +153,9 @@ func readTOC(name string) (*casync.TOC, error) {
 
 // Stats are the figures boot reports, as JSON in the --stats file.
 type Stats struct {
-	// ChunksFetched and BytesFetched count the chunks, and their bytes
-	// as stored (compressed), received from the store.
+	// ChunksFetched and BytesFetched count the chunks, and their bytes,
+	// received from the store: as stored (compressed) when a cache
+	// receives them, else uncompressed.
 	ChunksFetched uint64 `json:"chunks_fetched"`
 	BytesFetched  uint64 `json:"bytes_fetched"`
 	// CacheHits counts the chunks read from the cache directory instead.
@@ -183,16 +174,18 @@ type Stats struct {
 // Stats returns the image's figures so far.
 func (im *Image) Stats() Stats {
 	rs := im.Reader.Stats()
-	chunks, bytes := im.remote.fetched()
+	remote := im.store.Remote.Stats()
 	s := Stats{
-		ChunksFetched: chunks,
-		BytesFetched:  bytes,
-		MemoryHits:    rs.MemoryHits,
-		Retries:       rs.Retries,
-		Errors:        rs.Errors,
+		ChunksFetched: remote.Hits,
+		// A cache receives frames, as stored; without one the Reader
+		// gets chunks.
+		BytesFetched: remote.WireBytes + remote.Bytes,
+		MemoryHits:   rs.MemoryHits,
+		Retries:      rs.Retries,
+		Errors:       rs.Errors,
 	}
-	if im.cache != nil {
-		s.CacheHits = im.cache.Stats().Hits
+	if im.store.Cache != nil {
+		s.CacheHits = im.store.Cache.Stats().Hits
 	}
 	return s
 }

@@ -75,14 +75,14 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 // BOOTFS_BACKGROUND=1; cancel ctx to stop it. It returns the number of
 // chunks fetched, and an error only if the image has no cache.
 func (im *Image) FillCache(ctx context.Context, jobs int, log *slog.Logger) (int, error) {
-	if im.cache == nil {
+	if im.store.Cache == nil {
 		return 0, fmt.Errorf("boot: background fill: the image has no cache directory to fill")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	jobs = max(jobs, 1)
-	dir := im.cache.Dir()
+	dir := im.store.Cache.Dir()
 	seen := make(map[casync.ChunkID]bool, len(im.Index.Chunks))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
@@ -101,7 +101,7 @@ func (im *Image) FillCache(ctx context.Context, jobs int, log *slog.Logger) (int
 			continue
 		}
 		g.Go(func() error {
-			if _, err := im.cache.GetChunk(gctx, id); err != nil {
+			if _, err := im.store.Cache.GetChunk(gctx, id); err != nil {
 				if gctx.Err() == nil {
 					log.Debug("background fetch failed", "chunk", s, "err", err)
 				}

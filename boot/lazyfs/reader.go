@@ -604,7 +604,7 @@ func (r *Reader) fetch(i int) (*chunkBuf, error) {
 		// A missing chunk will not appear, a corrupt one will not mend,
 		// and a store that retried itself has waited long enough.
 		var ce *casync.ChecksumError
-		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) || errors.Is(err, chunkstore.ErrGaveUp) ||
+		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) ||
 			errors.As(err, &ce) || r.ctx.Err() != nil {
 			return nil, fail(attempt, err)
 		}

@@ -24,7 +24,8 @@ import (
 
 // ErrSession is wrapped by errors from a session that broke: the server
 // closed it, aborted it, sent something malformed, or stopped answering.
-// GetChunk retries such an error once on a new session.
+// The call fails, and the session is replaced on the next one: Retry
+// (which the opener puts around every store) tries again.
 var ErrSession = errors.New("sshstore: session failed")
 
 // ClientOptions configures a Store. The zero value works: it uses
@@ -95,56 +96,16 @@ type Store struct {
 	pushers   []*pusher
 	pushStart sync.Once
 	pushWG    sync.WaitGroup
-
-	requests, hits, misses, bytes, wireBytes, errors, retries, corrupt atomic.Uint64
 }
 
 var (
 	_ chunkstore.FrameWriteStore = (*Store)(nil)
 	_ chunkstore.BatchHaser      = (*Store)(nil)
-	_ chunkstore.StatsReporter   = (*Store)(nil)
-	_ chunkstore.Dialer          = Dial
 )
 
 type slot struct {
 	mu   sync.Mutex
 	sess *session
-}
-
-// New returns a store for loc, an "ssh://[user@]host[:port]/path" URL.
-// See Open.
-func New(loc string, opts ClientOptions) (*Store, error) {
-	l, err := chunkstore.ParseURL(loc)
-	if err != nil {
-		return nil, err
-	}
-	if l.Scheme != "ssh" {
-		return nil, fmt.Errorf("%w %q: not an ssh:// location", chunkstore.ErrBadURL, loc)
-	}
-	return Open(context.Background(), l, opts)
-}
-
-// Dial opens an SSH store with default ClientOptions, taking the digest and
-// logger from opts. It is the chunkstore.Dialer for "ssh":
-//
-//	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial}
-//
-// Use ClientOptions.Dialer to choose keys, known_hosts or sessions.
-func Dial(ctx context.Context, loc chunkstore.Location, opts chunkstore.Options) (chunkstore.Store, error) {
-	return ClientOptions{}.Dialer()(ctx, loc, opts)
-}
-
-// Dialer returns a chunkstore.Dialer that opens SSH stores with o, taking
-// the digest from the chunkstore.Options and their logger if o has none.
-func (o ClientOptions) Dialer() chunkstore.Dialer {
-	return func(ctx context.Context, loc chunkstore.Location, opts chunkstore.Options) (chunkstore.Store, error) {
-		co := o
-		co.Digest = opts.Digest
-		if co.Logger == nil {
-			co.Logger = opts.Logger
-		}
-		return Open(ctx, loc, co)
-	}
 }
 
 // Open returns a store for loc, whose scheme must be "ssh". It loads the
@@ -250,23 +211,6 @@ func (s *Store) ours() bool { return s.version == serverVersion }
 // String returns the store's location.
 func (s *Store) String() string { return s.url }
 
-// Stats returns the store's counters. Hits and Misses count CHUNK and
-// MISSING answers, WireBytes the compressed bytes received and the ones
-// stored, Retries the requests and writes retried on a new session,
-// Corrupt the chunks that failed verification.
-func (s *Store) Stats() chunkstore.Stats {
-	return chunkstore.Stats{
-		Requests:  s.requests.Load(),
-		Hits:      s.hits.Load(),
-		Misses:    s.misses.Load(),
-		Bytes:     s.bytes.Load(),
-		WireBytes: s.wireBytes.Load(),
-		Errors:    s.errors.Load(),
-		Retries:   s.retries.Load(),
-		Corrupt:   s.corrupt.Load(),
-	}
-}
-
 // GetChunk requests id and returns it decompressed and verified. A chunk
 // the server does not have gives an error wrapping chunkstore.ErrNotFound;
 // one whose bytes do not hash to id an error wrapping *casync.ChecksumError.
@@ -280,11 +224,13 @@ func (s *Store) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	}
 	data, err := decodeAnswer(s.opts.Digest, id, m)
 	if err != nil {
-		s.errors.Add(1)
-		s.corrupt.Add(1)
+		var ce *casync.ChecksumError
+		if !errors.As(err, &ce) {
+			// Undecodable is as corrupt as wrong: not to be retried.
+			err = fmt.Errorf("%w (%w)", &casync.ChecksumError{Want: id, Got: s.opts.Digest.Sum(m.data)}, err)
+		}
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
 	}
-	s.bytes.Add(uint64(len(data)))
 	return data, nil
 }
 
@@ -328,49 +274,37 @@ func (s *Store) hasByFetch(ctx context.Context, id casync.ChunkID) (bool, error)
 	return m.typ == msgChunk, nil
 }
 
-// fetch sends one request and returns the CHUNK or MISSING answer,
-// retrying once on a new session if the session breaks.
+// fetch sends one request and returns the CHUNK or MISSING answer. A
+// session that breaks or misses Timeout is closed, and the next request
+// on its slot opens a new one.
 func (s *Store) fetch(ctx context.Context, id casync.ChunkID) (message, error) {
-	s.requests.Add(1)
+	fail := func(err error) (message, error) {
+		return message{}, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
+	}
 	if err := ctx.Err(); err != nil {
-		s.errors.Add(1)
-		return message{}, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
+		return fail(err)
 	}
-	// A retry uses the same slot, whose broken session is then replaced,
-	// rather than another session that may be just as broken.
 	sl := s.slots[s.next.Add(1)%uint64(len(s.slots))]
-	for attempt := 0; ; attempt++ {
-		sess, err := s.session(ctx, sl)
-		if err != nil {
-			s.errors.Add(1)
-			return message{}, fmt.Errorf("fetch chunk %s: %w", id, err)
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-		m, err := sess.request(rctx, id)
-		timedOut := rctx.Err() != nil && ctx.Err() == nil
-		cancel()
-		switch {
-		case err == nil:
-			if m.typ == msgChunk {
-				s.hits.Add(1)
-				s.wireBytes.Add(uint64(len(m.data)))
-			} else {
-				s.misses.Add(1)
-			}
-			return m, nil
-		case ctx.Err() != nil:
-			err = ctx.Err()
-		case timedOut:
-			sess.fail(fmt.Errorf("request for chunk %s got no answer within %v", id, s.opts.Timeout))
-			err = fmt.Errorf("%w: no answer within %v: %w", ErrSession, s.opts.Timeout, context.DeadlineExceeded)
-		case errors.Is(err, ErrSession) && attempt == 0 && !s.closed.Load():
-			s.retries.Add(1)
-			s.log.Info("ssh chunk store session broke; retrying on a new one", "store", s.url, "err", err)
-			continue
-		}
-		s.errors.Add(1)
-		return message{}, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
+	sess, err := s.session(ctx, sl)
+	if err != nil {
+		return message{}, fmt.Errorf("fetch chunk %s: %w", id, err)
 	}
+	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	m, err := sess.request(rctx, id)
+	timedOut := rctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	switch {
+	case err == nil:
+		return m, nil
+	case ctx.Err() != nil:
+		err = ctx.Err()
+	case timedOut:
+		sess.fail(fmt.Errorf("request for chunk %s got no answer within %v", id, s.opts.Timeout))
+		err = fmt.Errorf("%w: no answer within %v: %w", ErrSession, s.opts.Timeout, context.DeadlineExceeded)
+	case errors.Is(err, ErrSession):
+		s.log.Info("ssh chunk store session broke; the next request opens a new one", "store", s.url, "err", err)
+	}
+	return fail(err)
 }
 
 // session returns the open session of sl, opening one if needed.
@@ -450,7 +384,14 @@ func (s *Store) dial(ctx context.Context) (client *ssh.Client, stop func(), err 
 // HELLO, all within DialTimeout.
 func (s *Store) open(ctx context.Context) (*session, error) {
 	fail := func(err error) (*session, error) {
-		return nil, fmt.Errorf("sshstore: connect to %s: %w", s.url, err)
+		err = fmt.Errorf("sshstore: connect to %s: %w", s.url, err)
+		var exit *ssh.ExitError
+		if errors.Is(err, ErrAuth) || errors.Is(err, ErrHostKey) || errors.As(err, &exit) {
+			// A refused key, host key or command: the next attempt
+			// would be refused alike.
+			err = chunkstore.Permanent(err)
+		}
+		return nil, err
 	}
 	client, stop, err := s.dial(ctx)
 	if err != nil {

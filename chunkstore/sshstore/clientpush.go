@@ -53,12 +53,8 @@ type pusher struct {
 // chunkstore.ErrReadOnly instead of being silently lost.
 func (s *Store) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
 	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
-		s.requests.Add(1)
-		s.errors.Add(1)
-		s.corrupt.Add(1)
 		return fmt.Errorf("store chunk on %s: %w", s.url, err)
 	}
-	s.bytes.Add(uint64(len(data)))
 	return s.push(ctx, id, casync.CompressChunk(nil, data))
 }
 
@@ -69,21 +65,15 @@ func (s *Store) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 func (s *Store) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
 	if !s.opts.TrustWrites {
 		if err := chunkstore.VerifyFrame(s.opts.Digest, id, frame); err != nil {
-			s.requests.Add(1)
-			s.errors.Add(1)
-			s.corrupt.Add(1)
 			return fmt.Errorf("store chunk on %s: %w", s.url, err)
 		}
 	}
 	return s.push(ctx, id, bytes.Clone(frame))
 }
 
-// push queues frame for a pusher and waits for its batch to be answered,
-// retrying once on a new session if the session breaks.
+// push queues frame for a pusher and waits for its batch to be answered.
 func (s *Store) push(ctx context.Context, id casync.ChunkID, frame []byte) error {
-	s.requests.Add(1)
 	fail := func(err error) error {
-		s.errors.Add(1)
 		return fmt.Errorf("store chunk %s on %s: %w", id, s.url, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -101,33 +91,28 @@ func (s *Store) push(ctx context.Context, id casync.ChunkID, frame []byte) error
 			go pu.loop()
 		}
 	})
-	for attempt := 0; ; attempt++ {
-		p := &put{id: id, frame: frame, done: make(chan struct{})}
-		select {
-		case s.puts <- p:
-		case <-ctx.Done():
-			return fail(ctx.Err())
-		case <-s.quit:
-			return fail(net.ErrClosed)
-		}
-		select {
-		case <-p.done:
-		case <-ctx.Done():
-			return fail(ctx.Err())
-		case <-s.quit:
-			return fail(net.ErrClosed)
-		}
-		switch {
-		case p.err == nil:
-			s.wireBytes.Add(uint64(len(frame)))
-			return nil
-		case errors.Is(p.err, ErrSession) && attempt == 0 && !s.closed.Load():
-			s.retries.Add(1)
-			s.log.Info("ssh chunk store push session broke; retrying on a new one", "store", s.url, "err", p.err)
-			continue
+	p := &put{id: id, frame: frame, done: make(chan struct{})}
+	select {
+	case s.puts <- p:
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	case <-s.quit:
+		return fail(net.ErrClosed)
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	case <-s.quit:
+		return fail(net.ErrClosed)
+	}
+	if p.err != nil {
+		if errors.Is(p.err, ErrSession) {
+			s.log.Info("ssh chunk store push session broke; the next write opens a new one", "store", s.url, "err", p.err)
 		}
 		return fail(p.err)
 	}
+	return nil
 }
 
 // loop pushes batches until the store closes.

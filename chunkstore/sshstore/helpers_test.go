@@ -159,12 +159,38 @@ func (f *fixture) clientOptions() ClientOptions {
 // the test.
 func (f *fixture) newClient(t testing.TB, opts ClientOptions) *Store {
 	t.Helper()
-	s, err := New(f.url("/store"), opts)
+	return dialURL(t, f.url("/store"), opts)
+}
+
+// dialURL opens the Store at the ssh:// URL u, closed at the end of the
+// test.
+func dialURL(t testing.TB, u string, opts ClientOptions) *Store {
+	t.Helper()
+	s, err := openURL(u, opts)
 	if err != nil {
-		t.Fatalf("New(%q) = %v", f.url("/store"), err)
+		t.Fatalf("Open(%q) = %v", u, err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// openURL opens the Store at the ssh:// URL u.
+func openURL(u string, opts ClientOptions) (*Store, error) {
+	loc, err := chunkstore.ParseURL(u)
+	if err != nil {
+		return nil, err
+	}
+	return Open(context.Background(), loc, opts)
+}
+
+// counted returns s counted and retried as the opener composes it, with
+// quick retries.
+func counted(s *Store, retries int) *chunkstore.Counted {
+	var c *chunkstore.Counted
+	c = chunkstore.NewCounted(chunkstore.NewRetry(s, chunkstore.RetryOptions{
+		Retries: retries, Backoff: time.Millisecond, OnRetry: func() { c.CountRetry() },
+	}))
+	return c
 }
 
 // randomChunks returns n chunks of size bytes each, from seed.

@@ -199,7 +199,7 @@ func TestDesyncReadsOverSSH(t *testing.T) {
 // store that the real casync made.
 func TestClientReadsCasyncStore(t *testing.T) {
 	cf := newCasyncFixture(t)
-	s, err := New("ssh://127.0.0.1:"+cf.port+cf.store, cf.clientOptions())
+	s, err := openURL("ssh://127.0.0.1:"+cf.port+cf.store, cf.clientOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

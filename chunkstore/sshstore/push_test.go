@@ -539,7 +539,7 @@ func TestPushReconnect(t *testing.T) {
 	f := startWriteServer(t, store, ServerOptions{})
 	opts := f.clientOptions()
 	opts.Sessions = 1 // one pusher, so the second write finds the dead connection
-	s := f.newClient(t, opts)
+	s := counted(f.newClient(t, opts), 1)
 	var ids []casync.ChunkID
 	for id := range chunks {
 		ids = append(ids, id)

@@ -50,14 +50,12 @@ func (s *Store) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, er
 
 // query asks the server about ids, at most maxQueryChunks of them, in one
 // query session and sets has. It runs on the connection of one of the
-// store's pull sessions, and is retried once if the session breaks.
+// store's pull sessions.
 func (s *Store) query(ctx context.Context, ids []casync.ChunkID, has []bool) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	s.requests.Add(uint64(len(ids)))
 	fail := func(err error) error {
-		s.errors.Add(1)
 		if len(ids) == 1 {
 			return fmt.Errorf("ask %s for chunk %s: %w", s.url, ids[0], err)
 		}
@@ -67,42 +65,31 @@ func (s *Store) query(ctx context.Context, ids []casync.ChunkID, has []bool) err
 	if err != nil {
 		return fail(err)
 	}
-	sl := s.slots[s.next.Add(1)%uint64(len(s.slots))]
-	for attempt := 0; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return fail(err)
-		}
-		sess, err := s.session(ctx, sl)
-		if err != nil {
-			return fail(err)
-		}
-		lacks, connErr, err := s.runQuery(ctx, sess.client, index, ids)
-		if connErr {
-			// The connection is gone or hangs: the pull session on it
-			// is replaced too.
-			sess.fail(err)
-		}
-		switch {
-		case err == nil:
-			for i, id := range ids {
-				_, missing := lacks[id]
-				has[i] = !missing
-				if missing {
-					s.misses.Add(1)
-				} else {
-					s.hits.Add(1)
-				}
-			}
-			return nil
-		case ctx.Err() != nil:
-			return fail(ctx.Err())
-		case errors.Is(err, ErrSession) && attempt == 0 && !s.closed.Load():
-			s.retries.Add(1)
-			s.log.Info("ssh chunk store query session broke; retrying", "store", s.url, "err", err)
-			continue
-		}
+	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
+	sl := s.slots[s.next.Add(1)%uint64(len(s.slots))]
+	sess, err := s.session(ctx, sl)
+	if err != nil {
+		return fail(err)
+	}
+	lacks, connErr, err := s.runQuery(ctx, sess.client, index, ids)
+	if connErr {
+		// The connection is gone or hangs: the pull session on it is
+		// replaced too.
+		sess.fail(err)
+	}
+	switch {
+	case err == nil:
+		for i, id := range ids {
+			_, missing := lacks[id]
+			has[i] = !missing
+		}
+		return nil
+	case ctx.Err() != nil:
+		return fail(ctx.Err())
+	}
+	return fail(err)
 }
 
 // queryIndex returns a caibx that lists ids, each as a chunk of one byte:
@@ -182,7 +169,7 @@ func (s *Store) runQuery(ctx context.Context, client *ssh.Client, index []byte, 
 		if errors.As(err, &exit) {
 			// The server refused the command, and its stderr says
 			// why: asking again would not help.
-			return nil, false, fmt.Errorf("read HELLO: %w", err)
+			return nil, false, chunkstore.Permanent(fmt.Errorf("read HELLO: %w", err))
 		}
 		if sendErr != nil {
 			err = fmt.Errorf("send query: %w (%w)", sendErr, err)

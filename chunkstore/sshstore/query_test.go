@@ -151,7 +151,7 @@ func TestHasChunks(t *testing.T) {
 				cl = &countingListener{Listener: l}
 				return cl
 			})
-			s := f.newClient(t, f.clientOptions())
+			s := chunkstore.NewCounted(f.newClient(t, f.clientOptions()))
 			ctx := context.Background()
 
 			out := cl.out.Load()
@@ -281,7 +281,7 @@ func TestHasChunksErrors(t *testing.T) {
 		f := startServer(t, store, ServerOptions{})
 		opts := f.clientOptions()
 		opts.Sessions = 1
-		s := f.newClient(t, opts)
+		s := counted(f.newClient(t, opts), 0) // retried, as the opener composes it
 		if got, err := s.HasChunks(context.Background(), ids); err != nil || !slices.Equal(got, []bool{true, true}) {
 			t.Fatalf("HasChunks = %v, %v", got, err)
 		}
@@ -298,14 +298,15 @@ func TestHasChunksErrors(t *testing.T) {
 
 	t.Run("store refused", func(t *testing.T) {
 		f := startServer(t, store, ServerOptions{StorePath: "/srv/store"})
-		s, err := New(f.url("/srv/store"), f.clientOptions())
+		ss, err := openURL(f.url("/srv/store"), f.clientOptions())
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer s.Close()
+		defer ss.Close()
 		// The pull session named the right path; make the push command
 		// name another.
-		s.pushCmd = "casync push - - - /srv/other"
+		ss.pushCmd = "casync push - - - /srv/other"
+		s := counted(ss, 1)
 		_, err = s.HasChunks(context.Background(), ids)
 		if err == nil || !strings.Contains(err.Error(), `no store at "/srv/other"`) || errors.Is(err, ErrSession) {
 			t.Errorf("HasChunks on a refused path = %v, want the server's refusal, not retried", err)

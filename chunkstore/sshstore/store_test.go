@@ -47,7 +47,7 @@ func TestGetChunk(t *testing.T) {
 	} {
 		t.Run(backend.name, func(t *testing.T) {
 			f := startServer(t, backend.store, ServerOptions{})
-			s := f.newClient(t, f.clientOptions())
+			s := chunkstore.NewCounted(f.newClient(t, f.clientOptions()))
 			tests := []struct {
 				name    string
 				id      casync.ChunkID
@@ -119,7 +119,7 @@ func TestClientVerifies(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := startServer(t, &lyingStore{Store: chunkstore.NewMemory(chunkstore.MemoryOptions{}), frame: tt.frame}, ServerOptions{})
-			s := f.newClient(t, f.clientOptions())
+			s := counted(f.newClient(t, f.clientOptions()), 3)
 			got, err := s.GetChunk(context.Background(), id)
 			var ce *casync.ChecksumError
 			if !errors.As(err, &ce) && !errors.Is(err, casync.ErrFormat) {
@@ -238,13 +238,13 @@ func TestAuthAndHostKeys(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := f.clientOptions()
 			tt.edit(&opts)
-			s, err := New(f.url("/store"), opts)
+			s, err := openURL(f.url("/store"), opts)
 			if err == nil {
 				s.Close()
-				t.Fatalf("New() succeeded, want %v", tt.wantErr)
+				t.Fatalf("Open() succeeded, want %v", tt.wantErr)
 			}
 			if !errors.Is(err, tt.wantErr) {
-				t.Errorf("New() = %v, want %v", err, tt.wantErr)
+				t.Errorf("Open() = %v, want %v", err, tt.wantErr)
 			}
 			for _, want := range tt.wantText {
 				if !strings.Contains(err.Error(), want) {
@@ -436,7 +436,7 @@ func TestServerGoneMidRequest(t *testing.T) {
 	opts := f.clientOptions()
 	opts.Timeout = time.Minute // must not be what ends the request
 	opts.DialTimeout = 5 * time.Second
-	s := f.newClient(t, opts)
+	s := counted(f.newClient(t, opts), 1)
 	go func() {
 		<-bs.started
 		f.srv.Close()
@@ -498,12 +498,13 @@ func (h *hangOnce) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, err
 }
 
 // TestReconnect restarts the server between two requests: the client's
-// session is broken and the request is retried once on a new one.
+// session is broken and the request is retried (by Retry, as the opener
+// composes it) on a new one.
 func TestReconnect(t *testing.T) {
 	chunks := randomChunks(5, 2, 5000)
 	mem := memoryStore(t, chunks)
 	f := startServer(t, mem, ServerOptions{})
-	s := f.newClient(t, f.clientOptions())
+	s := counted(f.newClient(t, f.clientOptions()), 0)
 	for id := range chunks {
 		if _, err := s.GetChunk(context.Background(), id); err != nil {
 			t.Fatal(err)
@@ -545,23 +546,6 @@ func TestContextCanceled(t *testing.T) {
 	}()
 	if _, err := s.GetChunk(ctx, idOf(1)); !errors.Is(err, context.Canceled) {
 		t.Errorf("GetChunk(canceled) = %v, want %v", err, context.Canceled)
-	}
-}
-
-func TestDialer(t *testing.T) {
-	chunks := randomChunks(6, 1, 100)
-	f := startServer(t, memoryStore(t, chunks), ServerOptions{})
-	st, err := chunkstore.Open(context.Background(), f.url("/store"), chunkstore.Options{
-		Dialers: map[string]chunkstore.Dialer{"ssh": f.clientOptions().Dialer()},
-	})
-	if err != nil {
-		t.Fatalf("chunkstore.Open(%q) = %v", f.url("/store"), err)
-	}
-	defer st.Close()
-	for id, want := range chunks {
-		if got, err := st.GetChunk(context.Background(), id); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("GetChunk(%s) = %v", id, err)
-		}
 	}
 }
 

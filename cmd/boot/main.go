@@ -24,8 +24,6 @@ import (
 
 	"github.com/bootfs/bootfs/boot"
 	"github.com/bootfs/bootfs/boot/lazyfs"
-	"github.com/bootfs/bootfs/chunkstore"
-	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
 // memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
@@ -177,7 +175,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
-	fs.StringVar(&opts.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
+	fs.StringVar(&opts.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&opts.FS.AllowSuidDev, "suid", false, "honour setuid bits and device nodes (mount without nosuid,nodev)")
 	if err := fs.Parse(args); err != nil {
@@ -202,7 +200,6 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		return bad("bad --log-level %q: %v", logLevel, err)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial}
 	return lazyfs.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
 }
 
@@ -276,8 +273,6 @@ func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.
 		// docker run -w: the boot image has no WORKDIR of its own.
 		opts.WorkingDir = wd
 	}
-	ssh := sshstore.ClientOptions{IdentityFiles: opts.SSHKeys, KnownHostsFile: opts.SSHKnownHosts}
-	opts.Dialers = map[string]chunkstore.Dialer{"ssh": ssh.Dialer()}
 	code, err := boot.Init(ctx, argv, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, err)

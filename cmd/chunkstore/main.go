@@ -197,10 +197,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("write token: %w", err)
 		}
 	}
-	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
+	local, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
 	if err != nil {
 		return err
 	}
+	// Counted for /metrics and the figures logged at the end.
+	store := chunkstore.NewCounted(local)
 	if token != "" || writeKeys != "" {
 		// access(2) reports a read-only filesystem even to root.
 		if err := unix.Access(c.dir, unix.W_OK); err != nil {

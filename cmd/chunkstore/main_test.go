@@ -19,7 +19,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
-	"github.com/bootfs/bootfs/chunkstore/sshstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -301,14 +301,15 @@ func TestServeSSHWrite(t *testing.T) {
 		{name: "writer", key: writerKey},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			client, err := sshstore.New("ssh://root@"+addr+l.Dir(), sshstore.ClientOptions{
-				IdentityFiles:  []string{tt.key},
-				KnownHostsFile: knownHosts,
-			})
+			o, err := opener.Open(ctx, "ssh://root@"+addr+l.Dir(), opener.Options{Credentials: opener.Credentials{
+				SSHKeys:       []string{tt.key},
+				SSHKnownHosts: knownHosts,
+			}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer client.Close()
+			defer o.Close()
+			client := o.Store
 			err = client.StoreChunk(ctx, id, data)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/bootfs/bootfs/chunkstore"
-	"github.com/bootfs/bootfs/chunkstore/sshstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -53,14 +53,15 @@ func TestServeSSH(t *testing.T) {
 
 	knownHosts := filepath.Join(dir, "known_hosts")
 	os.WriteFile(knownHosts, []byte(knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostPub)+"\n"), 0o600)
-	client, err := sshstore.New("ssh://root@"+addr+l.Dir(), sshstore.ClientOptions{
-		IdentityFiles:  []string{clientKey},
-		KnownHostsFile: knownHosts,
-	})
+	o, err := opener.Open(ctx, "ssh://root@"+addr+l.Dir(), opener.Options{Credentials: opener.Credentials{
+		SSHKeys:       []string{clientKey},
+		SSHKnownHosts: knownHosts,
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	defer o.Close()
+	client := o.Store
 	if _, err := client.GetChunk(ctx, ids[0]); err != nil {
 		t.Errorf("GetChunk over SSH from chunkstore serve = %v", err)
 	}

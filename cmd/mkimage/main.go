@@ -23,6 +23,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/mkimage"
 )
 
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var (
 		opts      mkimage.Options
+		store     string
+		creds     opener.Credentials
 		chunkSize = fs.String("chunk-size", "16k:64k:256k", "chunk sizes `min:avg:max`, in bytes or with a k/m suffix")
 		chunker   = fs.String("chunker", "buzhash", "chunking `algorithm`: buzhash (casync's) or rabin (restic's)")
 		digest    = fs.String("digest", "sha512-256", "chunk ID `hash`: sha512-256 or sha256")
@@ -59,14 +62,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		asJSON    = fs.Bool("json", false, "print the summary as JSON")
 		debug     = fs.Bool("debug", false, "log debug messages")
 		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
-		tokenFile = fs.String("token-file", "", "`FILE` holding the bearer token for writing to an HTTP store (chunkstore serve --write-token-file)")
 		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
 		boot      mkimage.BootImageOptions
 	)
+	fs.StringVar(&creds.TokenFile, "token-file", "", "`FILE` holding the bearer token for writing to an HTTP store (chunkstore serve --write-token-file)")
 	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
 	fs.StringVar(&boot.BootBinary, "boot-binary", "", "static boot `binary` for the image (default: boot next to mkimage)")
-	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://… or ssh://…")
-	fs.StringVar(&opts.StoreCAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store")
+	fs.StringVar(&store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://… or ssh://…")
+	fs.StringVar(&creds.CAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store")
 	fs.StringVar(&opts.IndexOut, "index-out", "", "write the caidx to `FILE` and the TOC to FILE.toc")
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
 	fs.BoolVar(&opts.Pull, "pull", false, "pull a SOURCE image that the Docker engine does not have")
@@ -95,15 +98,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		boot.Output = name
 	}
 	makeImage := target != "" || boot.Output != ""
-	if makeImage && opts.Store == "" {
+	if makeImage && store == "" {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
 	}
-	if *tokenFile != "" {
-		var err error
-		if opts.StoreToken, err = chunkstore.ReadTokenFile(*tokenFile); err != nil {
+	if boot.RuntimeStore == "" {
+		boot.RuntimeStore = store
+	}
+	if creds.TokenFile != "" {
+		if _, err := chunkstore.ReadTokenFile(creds.TokenFile); err != nil {
 			return usageError(stderr, "--token-file", err)
 		}
 	}
+	// An ssh:// store logs in with the keys in BOOTFS_SSH_KEY and checks
+	// the host key against BOOTFS_SSH_KNOWN_HOSTS, as boot does; each
+	// defaults to the files in ~/.ssh. The server must let the key write
+	// (chunkstore serve --write-authorized-keys).
+	creds = creds.WithSSHFromEnv(os.Getenv)
 	if *prefetch != "" {
 		if !makeImage {
 			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET or --output"))
@@ -128,7 +138,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "SOURCE", err)
 	}
-	if !makeImage && opts.Store == "" && opts.IndexOut == "" && opts.CatarOut == "" {
+	if !makeImage && store == "" && opts.IndexOut == "" && opts.CatarOut == "" {
 		fmt.Fprintln(stderr, "mkimage: nothing to write: give --store, --index-out, --catar-out, TARGET or --output")
 		fs.Usage()
 		return 2
@@ -143,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	boot.Log = opts.Log
-	if opts.Store == "" && opts.IndexOut != "" {
+	if store == "" && opts.IndexOut != "" {
 		opts.Log.Warn("no --store: the index is written, but its chunks are stored nowhere", "index", opts.IndexOut)
 	}
 	var bar *progressBar
@@ -154,7 +164,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sum, err := mkimage.Convert(ctx, src, opts)
+	sum, err := convert(ctx, src, store, creds, opts)
 	if bar != nil {
 		bar.finish(err == nil)
 	}
@@ -290,4 +300,20 @@ func (b *progressBar) finish(ok bool) {
 		b.bar.Abort(false)
 	}
 	b.p.Wait()
+}
+
+// convert opens the store that spec names ("" for none) for writing and
+// converts src into it. Chunk IDs are computed from the very bytes that
+// are stored, so the stores do not hash them again; every reader
+// verifies.
+func convert(ctx context.Context, src mkimage.Source, spec string, creds opener.Credentials, opts mkimage.Options) (*mkimage.Summary, error) {
+	if spec == "" {
+		return mkimage.Convert(ctx, src, nil, opts)
+	}
+	o, err := opener.Open(ctx, spec, opener.Options{Credentials: creds, Digest: opts.Digest, Write: true, Logger: opts.Log})
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	return mkimage.Convert(ctx, src, o.Store, opts)
 }
