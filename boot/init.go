@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/bootconfig"
 )
@@ -74,10 +75,17 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		return 0, err
 	}
 
+	open := opts.Open
+	if open == nil {
+		open = opener.Open
+	}
 	im, err := lazyfs.OpenImage(ctx, opts.Index, lazyfs.ImageOptions{
-		Store: store, Cache: opts.Cache, TOC: opts.TOC,
-		Credentials: opener.Credentials{CAFile: opts.CAFile, SSHKeys: opts.SSHKeys, SSHKnownHosts: opts.SSHKnownHosts},
-		Reader:      opts.Reader, Logger: log,
+		Open: func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
+			return open(ctx, store, opener.Options{
+				Credentials: opts.Credentials, Digest: d, Retry: opts.Retry, Cache: opts.Cache, Logger: log,
+			})
+		},
+		TOC: opts.TOC, Reader: opts.Reader, Logger: log,
 	})
 	if err != nil {
 		return 0, err

@@ -21,16 +21,18 @@ func TestInitOptionsFromEnv(t *testing.T) {
 		want    func(InitOptions) bool
 		wantErr bool
 	}{
-		{name: "empty", env: nil, want: func(o InitOptions) bool { return o.Store == "" && !o.Debug && !o.Background && o.SSHKeys == nil }},
+		{name: "empty", env: nil, want: func(o InitOptions) bool {
+			return o.Store == "" && !o.Debug && !o.Background && o.Credentials.SSHKeys == nil
+		}},
 		{name: "all", env: map[string]string{
 			EnvStore: " http://a,http://b ", EnvCache: "/c", EnvUpper: "/u", EnvLog: "debug", EnvStats: "/s.json",
 			EnvBackground: "1", EnvSSHKey: "/k1, /k2", EnvSSHKnownHosts: "/kh", EnvTimeout: "5s", EnvUser: "alice:wheel",
 			EnvRecord: "/r.list", EnvCAFile: "/ca.pem",
 		}, want: func(o InitOptions) bool {
 			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.Debug && o.Stats == "/s.json" &&
-				o.Record == "/r.list" && o.CAFile == "/ca.pem" &&
-				o.Background && slices.Equal(o.SSHKeys, []string{"/k1", "/k2"}) && o.SSHKnownHosts == "/kh" &&
-				o.Reader.Timeout == 5*time.Second && o.User == "alice:wheel"
+				o.Record == "/r.list" && o.Credentials.CAFile == "/ca.pem" &&
+				o.Background && slices.Equal(o.Credentials.SSHKeys, []string{"/k1", "/k2"}) && o.Credentials.SSHKnownHosts == "/kh" &&
+				o.Retry.Timeout == 5*time.Second && o.User == "alice:wheel"
 		}},
 		{name: "bad log", env: map[string]string{EnvLog: "trace"}, wantErr: true},
 		{name: "bad background", env: map[string]string{EnvBackground: "yes"}, wantErr: true},

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 	"github.com/bootfs/bootfs/internal/bootconfig"
 )
@@ -40,9 +42,6 @@ type InitOptions struct {
 	// read to, at exit and on SIGUSR1 (BOOTFS_RECORD): the input of
 	// mkimage --prefetch. See Recorder.
 	Record string
-	// CAFile is a PEM file of CA certificates trusted for https stores,
-	// besides the system's (BOOTFS_CA_FILE).
-	CAFile string
 	// Background fetches the whole image into the cache after the
 	// workload starts, at low priority (BOOTFS_BACKGROUND=1).
 	Background bool
@@ -62,11 +61,17 @@ type InitOptions struct {
 	// from its own working directory when that is not "/": docker run -w
 	// sets that.
 	WorkingDir string
-	// SSHKeys and SSHKnownHosts configure ssh:// stores
-	// (BOOTFS_SSH_KEY, a comma-separated list, and
-	// BOOTFS_SSH_KNOWN_HOSTS).
-	SSHKeys       []string
-	SSHKnownHosts string
+	// Credentials let boot into the stores: the CA file trusted for https
+	// stores besides the system's (BOOTFS_CA_FILE), and the keys and
+	// known_hosts of ssh:// stores (BOOTFS_SSH_KEY, a comma-separated
+	// list, and BOOTFS_SSH_KNOWN_HOSTS).
+	Credentials opener.Credentials
+	// Open opens the image's store, the URL list of the config (or
+	// Store), with the options Init composes; nil means opener.Open.
+	Open func(ctx context.Context, spec string, opts opener.Options) (*opener.Opened, error)
+	// Retry configures the store's retries; BOOTFS_TIMEOUT sets its
+	// per-attempt Timeout.
+	Retry chunkstore.RetryOptions
 	// Workdir is where init makes its mounts (default /.bootfs).
 	Workdir string
 	// Reader tunes fetching.
@@ -100,14 +105,13 @@ const (
 // error naming the variable.
 func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 	o := InitOptions{
-		Store:         strings.TrimSpace(getenv(EnvStore)),
-		Cache:         getenv(EnvCache),
-		Upper:         getenv(EnvUpper),
-		Stats:         getenv(EnvStats),
-		Record:        getenv(EnvRecord),
-		CAFile:        getenv(EnvCAFile),
-		SSHKnownHosts: getenv(EnvSSHKnownHosts),
-		User:          getenv(EnvUser),
+		Store:       strings.TrimSpace(getenv(EnvStore)),
+		Cache:       getenv(EnvCache),
+		Upper:       getenv(EnvUpper),
+		Stats:       getenv(EnvStats),
+		Record:      getenv(EnvRecord),
+		Credentials: opener.Credentials{CAFile: getenv(EnvCAFile)}.WithSSHFromEnv(getenv),
+		User:        getenv(EnvUser),
 	}
 	switch v := getenv(EnvLog); v {
 	case "", "info":
@@ -123,13 +127,12 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 	default:
 		return InitOptions{}, fmt.Errorf("boot: %s=%q: want 1 or 0", EnvBackground, v)
 	}
-	o.SSHKeys = sshstore.ParseKeyList(getenv(EnvSSHKey))
 	if v := getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			return InitOptions{}, fmt.Errorf("boot: %s=%q: want a positive duration such as 30s", EnvTimeout, v)
 		}
-		o.Reader.Timeout = d
+		o.Retry.Timeout = d
 	}
 	return o, nil
 }
@@ -211,18 +214,18 @@ func (o *InitOptions) ConfineToCaller() (closeFiles func(), err error) {
 		files = append(files, f)
 		return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())), nil
 	}
-	keys := make([]string, len(o.SSHKeys))
-	for i, k := range o.SSHKeys {
+	keys := make([]string, len(o.Credentials.SSHKeys))
+	for i, k := range o.Credentials.SSHKeys {
 		if keys[i], err = open(EnvSSHKey, k); err != nil {
 			closeFiles()
 			return func() {}, err
 		}
 	}
-	o.SSHKeys = keys
+	o.Credentials.SSHKeys = keys
 	for _, p := range []struct {
 		env  string
 		name *string
-	}{{EnvSSHKnownHosts, &o.SSHKnownHosts}, {EnvCAFile, &o.CAFile}} {
+	}{{EnvSSHKnownHosts, &o.Credentials.SSHKnownHosts}, {EnvCAFile, &o.Credentials.CAFile}} {
 		if *p.name == "" {
 			continue
 		}
@@ -250,7 +253,7 @@ func (o *InitOptions) checkCallerStore(store string) error {
 		return fmt.Errorf("boot: %w", err)
 	}
 	for _, l := range locs {
-		if strings.EqualFold(l.Scheme, "ssh") && (len(o.SSHKeys) == 0 || o.SSHKnownHosts == "") {
+		if strings.EqualFold(l.Scheme, "ssh") && (len(o.Credentials.SSHKeys) == 0 || o.Credentials.SSHKnownHosts == "") {
 			return fmt.Errorf("%w (uid %d, docker run --user): the ssh store %s needs %s and %s set explicitly",
 				ErrSetuid, o.Caller.UID, l, EnvSSHKey, EnvSSHKnownHosts)
 		}

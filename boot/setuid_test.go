@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/bootfs/bootfs/chunkstore/opener"
 )
 
 func requireRoot(t *testing.T) {
@@ -75,12 +77,12 @@ func TestConfineToCaller(t *testing.T) {
 		{name: "nothing set", opts: InitOptions{}},
 		{name: "cache none", opts: InitOptions{Cache: "none"}},
 		{name: "default cache", opts: InitOptions{Cache: "/.bootfs/cache/"}},
-		{name: "readable CA file", opts: InitOptions{CAFile: public}},
+		{name: "readable CA file", opts: InitOptions{Credentials: opener.Credentials{CAFile: public}}},
 		{name: "user", opts: InitOptions{User: "0"}, wantErr: "BOOTFS_USER is not allowed"},
 		{name: "upper", opts: InitOptions{Upper: "/tmp"}, wantErr: "BOOTFS_UPPER is not allowed"},
 		{name: "other cache", opts: InitOptions{Cache: "/etc"}, wantErr: "BOOTFS_CACHE is not allowed"},
-		{name: "root's key", opts: InitOptions{SSHKeys: []string{public, secret}}, wantErr: "BOOTFS_SSH_KEY: open " + secret + ": permission denied"},
-		{name: "root's known_hosts", opts: InitOptions{SSHKnownHosts: secret}, wantErr: "permission denied"},
+		{name: "root's key", opts: InitOptions{Credentials: opener.Credentials{SSHKeys: []string{public, secret}}}, wantErr: "BOOTFS_SSH_KEY: open " + secret + ": permission denied"},
+		{name: "root's known_hosts", opts: InitOptions{Credentials: opener.Credentials{SSHKnownHosts: secret}}, wantErr: "permission denied"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,10 +102,10 @@ func TestConfineToCaller(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ConfineToCaller(%+v) = %v", tt.opts, err)
 			}
-			if tt.opts.CAFile != "" {
-				b, err := os.ReadFile(o.CAFile)
-				if !strings.HasPrefix(o.CAFile, "/proc/self/fd/") || err != nil || string(b) != "pem" {
-					t.Errorf("CAFile = %q (%q, %v), want an open file of %s", o.CAFile, b, err, tt.opts.CAFile)
+			if tt.opts.Credentials.CAFile != "" {
+				b, err := os.ReadFile(o.Credentials.CAFile)
+				if !strings.HasPrefix(o.Credentials.CAFile, "/proc/self/fd/") || err != nil || string(b) != "pem" {
+					t.Errorf("CAFile = %q (%q, %v), want an open file of %s", o.Credentials.CAFile, b, err, tt.opts.Credentials.CAFile)
 				}
 			}
 			if err := o.checkCallerStore("http://x,/store"); err != nil {
@@ -115,9 +117,9 @@ func TestConfineToCaller(t *testing.T) {
 		})
 	}
 	// Without a Caller nothing changes.
-	o := InitOptions{User: "0", Upper: "/u", CAFile: secret}
-	if _, err := o.ConfineToCaller(); err != nil || o.CAFile != secret {
-		t.Errorf("ConfineToCaller without a Caller = %v, CAFile %q", err, o.CAFile)
+	o := InitOptions{User: "0", Upper: "/u", Credentials: opener.Credentials{CAFile: secret}}
+	if _, err := o.ConfineToCaller(); err != nil || o.Credentials.CAFile != secret {
+		t.Errorf("ConfineToCaller without a Caller = %v, CAFile %q", err, o.Credentials.CAFile)
 	}
 }
 

@@ -136,10 +136,7 @@ func TestRetry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &flakyN{Memory: memWith(t, []storetest.Chunk{c}), err: tt.err}
 			f.n.Store(tt.fails)
-			var counted *chunkstore.Counted
-			counted = chunkstore.NewCounted(chunkstore.NewRetry(f, chunkstore.RetryOptions{
-				Retries: tt.retries, Backoff: time.Millisecond, OnRetry: func() { counted.CountRetry() },
-			}))
+			counted := chunkstore.NewCountedRetry(f, chunkstore.RetryOptions{Retries: tt.retries, Backoff: time.Millisecond})
 			_, err := counted.GetChunk(context.Background(), c.ID)
 			if (err == nil) != tt.wantOK || (err != nil && !errors.Is(err, tt.err)) {
 				t.Fatalf("GetChunk = %v, want ok %v or %v", err, tt.wantOK, tt.err)

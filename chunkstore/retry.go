@@ -78,6 +78,22 @@ func NewRetry(s Store, opts RetryOptions) *Retry {
 	return &Retry{forward: forward{s}, opts: opts.withDefaults()}
 }
 
+// NewCountedRetry returns s retried as opts say and counted, with the
+// retries counted too: the remote that the opener composes. opts.OnRetry,
+// if set, is called as well.
+func NewCountedRetry(s Store, opts RetryOptions) *Counted {
+	var c *Counted
+	also := opts.OnRetry
+	opts.OnRetry = func() {
+		c.CountRetry()
+		if also != nil {
+			also()
+		}
+	}
+	c = NewCounted(NewRetry(s, opts))
+	return c
+}
+
 // AttemptsError is the error of a call that failed on every one of
 // Attempts (more than one) attempts; Err is the last attempt's error,
 // which names the store and the chunk.

@@ -5,12 +5,14 @@
 //
 //   - Reader is an io.ReaderAt over the archive made from the index and a
 //     chunkstore.Store: parallel, bounded fetches, a small in-memory LRU of
-//     chunks, read-ahead, retries with backoff and per-fetch timeouts.
+//     chunks, read-ahead. Retries, timeouts, counting and the cache are
+//     the store's decorators (chunkstore/opener composes them); the
+//     Reader makes one call per chunk it needs.
 //   - FS is the FUSE tree, served over FUSE's raw protocol. Metadata
 //     (lookup, getattr, readdir, readlink, xattrs) is answered from the TOC
 //     in memory, never from the network; file reads go through a Reader.
-//   - Image (OpenImage) is an index opened with its store, cache, TOC and
-//     Reader, with its Stats; PrefetchList and Image.FillCache fetch ahead
+//   - Image (OpenImage) is an index opened with its TOC and Reader over
+//     the store its Opener opens, with its Stats; PrefetchList and Image.FillCache fetch ahead
 //     of the reads.
 //   - Recorder lists the files a workload read, for mkimage --prefetch.
 //   - RunMount is `boot mount`: open the image, mount, serve until the
@@ -21,6 +23,8 @@
 // safe for that), so each Image, Reader and FS is independent.
 //
 // lazyfs ships inside every converted image, in boot. It depends on
-// casync, chunkstore and internal/atomicfile only; it must never import
+// casync, chunkstore (with chunkstore/opener's Opened, the store it is
+// handed) and internal/atomicfile only; it never sees store URLs,
+// credentials or the environment, and must never import
 // boot (which imports it), mkimage, desync or the Docker client.
 package lazyfs

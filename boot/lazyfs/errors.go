@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/bootfs/bootfs/casync"
 )
@@ -28,7 +29,8 @@ type ChunkError struct {
 	ID     casync.ChunkID
 	// Store names the store it was fetched from.
 	Store string
-	// Attempts is how many fetches were tried.
+	// Attempts is how many fetches were tried (see chunkstore.Attempts);
+	// Err, the last one's error, says it if there were several.
 	Attempts int
 	Err      error
 }
@@ -40,8 +42,13 @@ func (e *ChunkError) Error() string {
 	if errors.As(e.Err, &cv) || errors.As(e.Err, &ua) {
 		hint = "the https store's certificate is not trusted: give its CA certificate with BOOTFS_CA_FILE, or boot mount --ca-file"
 	}
-	return fmt.Sprintf("chunk %s (#%d at archive offset %d) from %s, %d attempt(s): %v (%s)",
-		e.ID, e.Index, e.Offset, e.Store, e.Attempts, e.Err, hint)
+	// The stores' errors name the chunk and the store, and Retry's the
+	// attempts: each is said once.
+	what := fmt.Sprintf("chunk #%d at archive offset %d", e.Index, e.Offset)
+	if msg := e.Err.Error(); !strings.Contains(msg, e.ID.String()) {
+		what = fmt.Sprintf("chunk %s (#%d at archive offset %d) from %s", e.ID, e.Index, e.Offset, e.Store)
+	}
+	return fmt.Sprintf("%s: %v (%s)", what, e.Err, hint)
 }
 
 // Unwrap returns ErrUnavailable and the underlying error, so errors.Is

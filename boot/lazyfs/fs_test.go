@@ -251,7 +251,8 @@ func TestMountCorruptChunk(t *testing.T) {
 	}
 	requireFUSE(t)
 	log, w := newTestLog(t)
-	r := NewReader(im.idx, im.localStore(t), ReaderOptions{Retries: 1, Backoff: time.Millisecond, StoreName: "teststore"})
+	store := chunkstore.NewCountedRetry(im.localStore(t), chunkstore.RetryOptions{Retries: 1, Backoff: time.Millisecond})
+	r := NewReader(im.idx, store, ReaderOptions{StoreName: "teststore"})
 	defer r.Close()
 	fsys, err := NewFS(im.tocObj, r, FSOptions{Logger: log})
 	if err != nil {
@@ -297,7 +298,8 @@ func TestMountHangingStore(t *testing.T) {
 	im := newTreeImage(t)
 	hs := &hangingStore{Store: im.localStore(t), ignoreCtx: true, release: make(chan struct{})}
 	defer close(hs.release)
-	mnt, _ := mountImage(t, im, hs, ReaderOptions{Timeout: 200 * time.Millisecond, Retries: 1, Backoff: 10 * time.Millisecond})
+	store := chunkstore.NewCountedRetry(hs, chunkstore.RetryOptions{Timeout: 200 * time.Millisecond, Retries: 1, Backoff: 10 * time.Millisecond})
+	mnt, _ := mountImage(t, im, store, ReaderOptions{})
 	start := time.Now()
 	done := make(chan error, 1)
 	go func() {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -386,4 +387,10 @@ next:
 		out = append(out, l)
 	}
 	return out
+}
+
+// openStore opens spec, with a cache in the directory cache if it is not
+// "", as boot and boot mount do.
+func openStore(spec, cache string) Opener {
+	return opener.Later(spec, opener.Options{Cache: cache})
 }

@@ -16,27 +16,24 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bootfs/bootfs/casync"
-	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
-// ImageOptions say where an image's chunks and TOC are. Fields map one to
-// one to `boot mount` flags.
+// Opener opens the store of an image's chunks, for chunk IDs of digest d
+// (the index's). The caller composes it with chunkstore/opener from the
+// store URL list, the credentials, the cache directory and the retry
+// settings it has; the lazy filesystem never sees URLs or credentials.
+type Opener func(ctx context.Context, d casync.Digest) (*opener.Opened, error)
+
+// ImageOptions say where an image's chunks and TOC are.
 type ImageOptions struct {
-	// Store is the chunk store URL, or a comma-separated failover list
-	// (--store). Required.
-	Store string
-	// Cache is a directory to cache chunks in, shared with other
-	// processes (--cache). Empty means no cache.
-	Cache string
+	// Open opens the store the index's chunks were written to. Required.
+	Open Opener
 	// TOC is the TOC file (--toc). Empty means INDEX.toc, or the index's
 	// name with .caidx replaced by .toc, if either exists; else the TOC is
 	// built by streaming the archive through its chunks.
 	TOC string
-	// Credentials let the stores in: a CA file trusted for https stores,
-	// besides the system's (--ca-file), ssh keys and known_hosts.
-	Credentials opener.Credentials
 	// Reader tunes fetching.
 	Reader ReaderOptions
 	// Logger receives progress and errors; nil discards.
@@ -52,35 +49,26 @@ type Image struct {
 	store *opener.Opened // what Reader reads: cache or remote
 }
 
-// OpenImage reads the index at indexPath, opens its store (behind the cache
-// if one is given) and loads or builds its TOC.
+// OpenImage reads the index at indexPath, opens its store with opts.Open
+// and loads or builds its TOC.
 func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if strings.TrimSpace(opts.Store) == "" {
+	if opts.Open == nil {
 		return nil, errors.New("boot: no chunk store given (pass --store URL: the store the index's chunks were written to)")
 	}
 	idx, err := readIndex(indexPath)
 	if err != nil {
 		return nil, err
 	}
-	digest := idx.Digest()
-	// The Reader retries, with its own timeout per attempt.
-	store, err := opener.Open(ctx, opts.Store, opener.Options{
-		Credentials: opts.Credentials, Digest: digest, Logger: log,
-		Retry: chunkstore.RetryOptions{Retries: -1, Timeout: opts.Reader.Timeout},
-		Cache: opts.Cache,
-	})
+	store, err := opts.Open(ctx, idx.Digest())
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
 	im := &Image{Index: idx, store: store}
 	ro := opts.Reader
-	if ro.StoreName == "" {
-		ro.StoreName = opts.Store
-	}
 	if ro.Logger == nil {
 		ro.Logger = log
 	}
@@ -181,7 +169,7 @@ func (im *Image) Stats() Stats {
 		// gets chunks.
 		BytesFetched: remote.WireBytes + remote.Bytes,
 		MemoryHits:   rs.MemoryHits,
-		Retries:      rs.Retries,
+		Retries:      remote.Retries,
 		Errors:       rs.Errors,
 	}
 	if im.store.Cache != nil {

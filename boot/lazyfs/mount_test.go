@@ -18,6 +18,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -113,7 +114,7 @@ func TestRunMountCasyncIndex(t *testing.T) {
 				store = t.TempDir() + "," + store
 			}
 			stop := startMount(t, index, mnt, MountOptions{
-				ImageOptions: ImageOptions{Store: store, Logger: testLogger(t)},
+				ImageOptions: ImageOptions{Open: openStore(store, ""), Logger: testLogger(t)},
 				Stats:        stats,
 			})
 			digestArgs := tc.args
@@ -143,7 +144,7 @@ func TestRunMountTOCAndCache(t *testing.T) {
 	cache := filepath.Join(t.TempDir(), "cache")
 	stats := filepath.Join(t.TempDir(), "stats.json")
 	opts := MountOptions{
-		ImageOptions: ImageOptions{Store: "file://" + im.store, Cache: cache, Logger: testLogger(t)},
+		ImageOptions: ImageOptions{Open: openStore("file://"+im.store, cache), Logger: testLogger(t)},
 		Stats:        stats,
 	}
 	mnt := t.TempDir()
@@ -206,12 +207,12 @@ func TestOpenImageErrors(t *testing.T) {
 		wantMsg string
 	}{
 		{name: "no store", index: im.index, wantMsg: "no chunk store"},
-		{name: "missing index", index: filepath.Join(dir, "nope.caidx"), opts: ImageOptions{Store: im.store}, want: os.ErrNotExist},
-		{name: "bad index", index: garbage, opts: ImageOptions{Store: im.store}, want: casync.ErrFormat},
-		{name: "bad TOC", index: im.index, opts: ImageOptions{Store: im.store, TOC: garbage}, want: casync.ErrFormat},
-		{name: "TOC of another archive", index: im.index, opts: ImageOptions{Store: im.store, TOC: otherIm.toc}, want: ErrMismatch},
-		{name: "bad store URL", index: im.index, opts: ImageOptions{Store: "gopher://x/y"}, wantMsg: "unknown scheme"},
-		{name: "wrong store, no TOC", index: otherIm.index, opts: ImageOptions{Store: im.store, TOC: "", Reader: ReaderOptions{Retries: -1}}, want: ErrUnavailable},
+		{name: "missing index", index: filepath.Join(dir, "nope.caidx"), opts: ImageOptions{Open: openStore(im.store, "")}, want: os.ErrNotExist},
+		{name: "bad index", index: garbage, opts: ImageOptions{Open: openStore(im.store, "")}, want: casync.ErrFormat},
+		{name: "bad TOC", index: im.index, opts: ImageOptions{Open: openStore(im.store, ""), TOC: garbage}, want: casync.ErrFormat},
+		{name: "TOC of another archive", index: im.index, opts: ImageOptions{Open: openStore(im.store, ""), TOC: otherIm.toc}, want: ErrMismatch},
+		{name: "bad store URL", index: im.index, opts: ImageOptions{Open: openStore("gopher://x/y", "")}, wantMsg: "unknown scheme"},
+		{name: "wrong store, no TOC", index: otherIm.index, opts: ImageOptions{Open: opener.Later(im.store, opener.Options{Retry: chunkstore.RetryOptions{Retries: -1}}), TOC: ""}, want: ErrUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.name == "wrong store, no TOC" {
@@ -307,7 +308,7 @@ func TestMountpointNotADirectory(t *testing.T) {
 		{file, "is not a directory"},
 		{missing, "no such file or directory"},
 	} {
-		err := RunMount(context.Background(), im.index, tc.dir, MountOptions{ImageOptions: ImageOptions{Store: im.store, Logger: testLogger(t)}})
+		err := RunMount(context.Background(), im.index, tc.dir, MountOptions{ImageOptions: ImageOptions{Open: openStore(im.store, ""), Logger: testLogger(t)}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("RunMount(%s) = %v, want an error saying %q", tc.dir, err, tc.want)
 		}

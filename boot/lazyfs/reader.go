@@ -2,14 +2,11 @@ package lazyfs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -32,21 +29,10 @@ type ReaderOptions struct {
 	// sequential reads of a file grow to (default 4 MiB, at most
 	// CacheBytes/2). Negative disables read-ahead.
 	ReadAhead int64
-	// Timeout bounds each attempt to fetch a chunk from the store
-	// (default 30s). Reads of the local cache directory are not bounded:
-	// a read waiting for one still returns when its context ends.
-	Timeout time.Duration
-	// Retries is how many times a failed fetch is tried again (default
-	// 3; negative for none). A chunk the store does not have is not
-	// retried.
-	Retries int
-	// Backoff is the wait before the first retry (default 100ms); it
-	// doubles, with jitter, for each further one.
-	Backoff time.Duration
 	// StoreName names the store in errors and log lines (default: the
 	// store's String method, if it has one).
 	StoreName string
-	// Logger receives debug lines about retries; nil discards them.
+	// Logger receives debug lines about read-ahead; nil discards them.
 	Logger *slog.Logger
 }
 
@@ -62,24 +48,8 @@ func (o ReaderOptions) withDefaults(store chunkstore.Store) ReaderOptions {
 	}
 	// Read-ahead that does not fit in the LRU is thrown away unread.
 	o.ReadAhead = min(o.ReadAhead, o.CacheBytes/2)
-	if o.Timeout <= 0 {
-		o.Timeout = 30 * time.Second
-	}
-	if o.Retries == 0 {
-		o.Retries = 3
-	}
-	if o.Retries < 0 {
-		o.Retries = 0
-	}
-	if o.Backoff <= 0 {
-		o.Backoff = 100 * time.Millisecond
-	}
 	if o.StoreName == "" {
-		if s, ok := store.(fmt.Stringer); ok {
-			o.StoreName = s.String()
-		} else {
-			o.StoreName = fmt.Sprintf("%T", store)
-		}
+		o.StoreName = chunkstore.Name(store)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -95,9 +65,8 @@ type ReaderStats struct {
 	BytesFetched  uint64 `json:"bytes_fetched"`
 	// MemoryHits counts chunks served from the in-memory LRU.
 	MemoryHits uint64 `json:"memory_hits"`
-	// Retries counts repeated fetch attempts.
-	Retries uint64 `json:"retries"`
-	// Errors counts chunks that could not be had (after every retry).
+	// Errors counts chunks that could not be had (after the store's
+	// retries).
 	Errors uint64 `json:"errors"`
 }
 
@@ -131,7 +100,7 @@ type Reader struct {
 	wg          sync.WaitGroup // read-ahead goroutines
 	prefetching atomic.Int64
 
-	chunksFetched, bytesFetched, memoryHits, retries, errors atomic.Uint64
+	chunksFetched, bytesFetched, memoryHits, errors atomic.Uint64
 
 	// Read-ahead from the local cache, for sequential reads of the
 	// archive: local is the store's network-free part, lastChunk the last
@@ -197,7 +166,6 @@ func (r *Reader) Stats() ReaderStats {
 		ChunksFetched: r.chunksFetched.Load(),
 		BytesFetched:  r.bytesFetched.Load(),
 		MemoryHits:    r.memoryHits.Load(),
-		Retries:       r.retries.Load(),
 		Errors:        r.errors.Load(),
 	}
 }
@@ -214,7 +182,7 @@ func (r *Reader) Close() error {
 }
 
 // ReadAt implements io.ReaderAt with no deadline of its own; every fetch
-// is still bounded by the Reader's timeouts and retries.
+// is still bounded by the store's timeouts and retries.
 func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	return r.ReadAtContext(context.Background(), p, off)
 }
@@ -564,8 +532,14 @@ func (r *Reader) goBackground(f func()) bool {
 func (r *Reader) ReadAhead() int64 { return max(r.opts.ReadAhead, 0) }
 
 // fetch gets chunk i, from the local cache if it has it, else from the
-// store with retries. It returns the chunk with one reference. It runs on
-// the Reader's context, once per chunk at a time (runLoad).
+// store. It returns the chunk with one reference. It runs on the Reader's
+// context, once per chunk at a time (runLoad): the loads map is what
+// collapses the reads and read-ahead of one chunk into one load, because
+// a load ends in one of the LRU's pooled buffers, with a reference for
+// each waiter, which the Cache's own collapsing of fetches cannot give.
+// The store retries (chunkstore.Retry, as the opener composes it), and
+// counts what crosses the network; the Reader neither retries nor counts
+// the store's calls.
 func (r *Reader) fetch(i int) (*chunkBuf, error) {
 	c := &r.idx.Chunks[i]
 	if r.local != nil {
@@ -587,67 +561,18 @@ func (r *Reader) fetch(i int) (*chunkBuf, error) {
 		return nil, fail(0, fmt.Errorf("reader closed: %w", r.ctx.Err()))
 	}
 	defer func() { <-r.sem }()
-
-	delay := r.opts.Backoff
-	for attempt := 1; ; attempt++ {
-		data, err := r.get(c.ID)
-		if err == nil && uint64(len(data)) != c.Size {
-			// The store verified the content against the ID, so the
-			// index is what is wrong; retrying will not help.
-			return nil, fail(attempt, fmt.Errorf("%w: chunk has %d bytes, the index says %d", ErrMismatch, len(data), c.Size))
-		}
-		if err == nil {
-			r.chunksFetched.Add(1)
-			r.bytesFetched.Add(uint64(len(data)))
-			return sharedBuf(data), nil
-		}
-		// A missing chunk will not appear, a corrupt one will not mend,
-		// and a store that retried itself has waited long enough.
-		var ce *casync.ChecksumError
-		if attempt > r.opts.Retries || errors.Is(err, chunkstore.ErrNotFound) ||
-			errors.As(err, &ce) || r.ctx.Err() != nil {
-			return nil, fail(attempt, err)
-		}
-		r.retries.Add(1)
-		wait := delay/2 + rand.N(delay/2+1)
-		r.log.Debug("retrying chunk fetch", "chunk", c.ID.String(), "store", r.opts.StoreName, "attempt", attempt, "wait", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-r.ctx.Done():
-			t.Stop()
-			return nil, fail(attempt, err)
-		}
-		delay *= 2
+	data, err := r.store.GetChunk(r.ctx, c.ID)
+	if err != nil {
+		return nil, fail(chunkstore.Attempts(err), err)
 	}
-}
-
-// get makes one attempt at fetching id, bounded by the timeout even if
-// the store does not heed its context.
-func (r *Reader) get(id casync.ChunkID) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Timeout)
-	defer cancel()
-	type result struct {
-		data []byte
-		err  error
+	if uint64(len(data)) != c.Size {
+		// The store verified the content against the ID, so the index
+		// is what is wrong.
+		return nil, fail(1, fmt.Errorf("%w: chunk has %d bytes, the index says %d", ErrMismatch, len(data), c.Size))
 	}
-	done := make(chan result, 1)
-	go func() {
-		data, err := r.store.GetChunk(ctx, id)
-		done <- result{data, err}
-	}()
-	select {
-	case res := <-done:
-		if res.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("timed out after %v: %w", r.opts.Timeout, res.err)
-		}
-		return res.data, res.err
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("timed out after %v: %w", r.opts.Timeout, ctx.Err())
-		}
-		return nil, ctx.Err()
-	}
+	r.chunksFetched.Add(1)
+	r.bytesFetched.Add(uint64(len(data)))
+	return sharedBuf(data), nil
 }
 
 // sequential is an io.Reader over a Reader that reads ahead as it goes,

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 )
 
 // blob is a random blob chunked into a memory store.
@@ -161,7 +165,9 @@ func TestReaderConcurrent(t *testing.T) {
 func TestReaderErrors(t *testing.T) {
 	b := newBlob(t, 10, 512<<10)
 	mid := b.idx.Chunks[5]
-	fast := ReaderOptions{Timeout: 100 * time.Millisecond, Retries: 2, Backoff: time.Millisecond}
+	// The store retries, as the opener composes it.
+	fast := chunkstore.RetryOptions{Timeout: 100 * time.Millisecond, Retries: 2, Backoff: time.Millisecond}
+	retried := func(s chunkstore.Store) *chunkstore.Counted { return chunkstore.NewCountedRetry(s, fast) }
 
 	t.Run("missing chunk is not retried", func(t *testing.T) {
 		mem := chunkstore.NewMemory(chunkstore.MemoryOptions{})
@@ -172,7 +178,7 @@ func TestReaderErrors(t *testing.T) {
 			}
 		}
 		rec := newRecordingStore(mem)
-		r := NewReader(b.idx, rec, fast)
+		r := NewReader(b.idx, retried(rec), ReaderOptions{})
 		defer r.Close()
 		_, err := r.ReadAt(make([]byte, 10), int64(mid.Start))
 		var ce *ChunkError
@@ -190,19 +196,20 @@ func TestReaderErrors(t *testing.T) {
 	})
 
 	t.Run("flaky store is retried", func(t *testing.T) {
-		r := NewReader(b.idx, &flakyStore{Store: b.store, n: 2}, fast)
+		store := retried(&flakyStore{Store: b.store, n: 2})
+		r := NewReader(b.idx, store, ReaderOptions{})
 		defer r.Close()
 		p := make([]byte, 50<<10)
 		if _, err := r.ReadAt(p, int64(mid.Start)); err != nil || !bytes.Equal(p, b.data[mid.Start:mid.Start+50<<10]) {
 			t.Fatalf("ReadAt(flaky) = %v, want the right bytes after retries", err)
 		}
-		if s := r.Stats(); s.Retries < 2 || s.Errors != 0 {
-			t.Errorf("Stats() = %+v, want at least 2 retries and no errors", s)
+		if s := r.Stats(); store.Stats().Retries < 2 || s.Errors != 0 {
+			t.Errorf("Stats() = %+v, store %+v, want at least 2 retries and no errors", s, store.Stats())
 		}
 	})
 
 	t.Run("too flaky store fails", func(t *testing.T) {
-		r := NewReader(b.idx, &flakyStore{Store: b.store, n: 3}, fast)
+		r := NewReader(b.idx, retried(&flakyStore{Store: b.store, n: 3}), ReaderOptions{})
 		defer r.Close()
 		_, err := r.ReadAt(make([]byte, 10), int64(mid.Start))
 		var ce *ChunkError
@@ -231,7 +238,7 @@ func TestReaderErrors(t *testing.T) {
 			}
 			local.StoreChunk(context.Background(), c.ID, data)
 		}
-		r := NewReader(b.idx, local, fast)
+		r := NewReader(b.idx, retried(local), ReaderOptions{})
 		defer r.Close()
 		p := make([]byte, 10)
 		_, err = r.ReadAt(p, int64(mid.Start)+5)
@@ -251,7 +258,7 @@ func TestReaderErrors(t *testing.T) {
 		for i := 1; i < len(bad.Chunks); i++ {
 			bad.Chunks[i].Start++
 		}
-		r := NewReader(&bad, b.store, fast)
+		r := NewReader(&bad, retried(b.store), ReaderOptions{})
 		defer r.Close()
 		if _, err := r.ReadAt(make([]byte, 10), 0); !errors.Is(err, ErrMismatch) {
 			t.Fatalf("ReadAt(wrong chunk size) = %v, want ErrMismatch", err)
@@ -273,7 +280,8 @@ func TestReaderHangingStore(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			hs := &hangingStore{Store: b.store, ignoreCtx: tc.ignoreCtx, release: make(chan struct{})}
 			defer close(hs.release)
-			r := NewReader(b.idx, hs, ReaderOptions{Timeout: 100 * time.Millisecond, Retries: 1, Backoff: 10 * time.Millisecond})
+			store := chunkstore.NewCountedRetry(hs, chunkstore.RetryOptions{Timeout: 100 * time.Millisecond, Retries: 1, Backoff: 10 * time.Millisecond})
+			r := NewReader(b.idx, store, ReaderOptions{})
 			defer r.Close()
 			start := time.Now()
 			_, err := r.ReadAt(make([]byte, 10), 0)
@@ -538,7 +546,7 @@ func TestReaderAheadMissFetchesTogether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := NewReader(b.idx, cache, ReaderOptions{Jobs: 8, Retries: -1})
+	r := NewReader(b.idx, cache, ReaderOptions{Jobs: 8})
 	defer r.Close()
 
 	// Read-ahead registers its loads of the first n chunks; a read of
@@ -699,5 +707,33 @@ func TestReaderRecycledBuffers(t *testing.T) {
 	wg.Wait()
 	if got, max := r.lru.bytes(), 4*int64(smallChunks.Max)+2*int64(smallChunks.Max); got > max {
 		t.Errorf("LRU holds %d bytes of buffers, want at most %d", got, max)
+	}
+}
+
+// TestReaderErrorSaysOnce: the error of a read whose chunk the store
+// failed to give on every attempt names the chunk, the store and the
+// attempt count once each.
+func TestReaderErrorSaysOnce(t *testing.T) {
+	b := newBlob(t, 12, 256<<10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	o, err := opener.Open(context.Background(), srv.URL, opener.Options{Digest: b.idx.Digest(), Retry: chunkstore.RetryOptions{Retries: 2, Backoff: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	r := NewReader(b.idx, o.Store, ReaderOptions{})
+	defer r.Close()
+	_, err = r.ReadAt(make([]byte, 10), 0)
+	var ce *ChunkError
+	if !errors.As(err, &ce) || ce.Attempts != 3 {
+		t.Fatalf("ReadAt(store that fails) = %v, want a *ChunkError after 3 attempts", err)
+	}
+	msg := err.Error()
+	id := b.idx.Chunks[0].ID.String()
+	if strings.Count(msg, id) != 1 || strings.Count(msg, srv.URL) != 1 || strings.Count(msg, "attempt") != 1 || !strings.Contains(msg, "3 attempts") {
+		t.Errorf("error %q: want the chunk %s, the store %s and the 3 attempts once each", msg, id, srv.URL)
 	}
 }

@@ -115,7 +115,7 @@ func TestMountRecord(t *testing.T) {
 	im := newTreeImage(t)
 	mnt := t.TempDir()
 	list := filepath.Join(t.TempDir(), "list")
-	stop := startMount(t, im.index, mnt, MountOptions{ImageOptions: ImageOptions{Store: im.store}, Record: list})
+	stop := startMount(t, im.index, mnt, MountOptions{ImageOptions: ImageOptions{Open: openStore(im.store, "")}, Record: list})
 	for _, name := range []string{"small.txt", "deep/a/b/c/d/e/leaf", "small.txt"} {
 		if _, err := os.ReadFile(filepath.Join(mnt, name)); err != nil {
 			t.Fatal(err)

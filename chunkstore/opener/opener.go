@@ -62,8 +62,7 @@ type Options struct {
 	// clients do not hash what they send again. Every server and every
 	// reader still verifies.
 	Write bool
-	// Retry configures retries and the per-attempt timeout. Its OnRetry
-	// is set by Open.
+	// Retry configures retries and the per-attempt timeout.
 	Retry chunkstore.RetryOptions
 	// Cache, if set, is a directory in which chunks read are cached
 	// (chunkstore.Cache), configured by CacheOptions (whose Digest and
@@ -133,13 +132,11 @@ func Open(ctx context.Context, spec string, opts Options) (*Opened, error) {
 		}
 		remote = chunkstore.NewFailover(stores...)
 	}
-	var counted *chunkstore.Counted
 	ro := opts.Retry
-	ro.OnRetry = func() { counted.CountRetry() }
 	if ro.Logger == nil {
 		ro.Logger = opts.Logger
 	}
-	counted = chunkstore.NewCounted(chunkstore.NewRetry(remote, ro))
+	counted := chunkstore.NewCountedRetry(remote, ro)
 	o := &Opened{Store: counted, Remote: counted}
 	if opts.Cache != "" {
 		co := opts.CacheOptions
@@ -155,6 +152,16 @@ func Open(ctx context.Context, spec string, opts Options) (*Opened, error) {
 		o.Store, o.Cache = c, c
 	}
 	return o, nil
+}
+
+// Later returns a function that opens spec with opts, with the digest it
+// is given: for a caller that learns the digest from an index it has yet
+// to read (boot/lazyfs's Opener).
+func Later(spec string, opts Options) func(context.Context, casync.Digest) (*Opened, error) {
+	return func(ctx context.Context, d casync.Digest) (*Opened, error) {
+		opts.Digest = d
+		return Open(ctx, spec, opts)
+	}
 }
 
 // backends opens the backend of one location.

@@ -186,11 +186,7 @@ func openURL(u string, opts ClientOptions) (*Store, error) {
 // counted returns s counted and retried as the opener composes it, with
 // quick retries.
 func counted(s *Store, retries int) *chunkstore.Counted {
-	var c *chunkstore.Counted
-	c = chunkstore.NewCounted(chunkstore.NewRetry(s, chunkstore.RetryOptions{
-		Retries: retries, Backoff: time.Millisecond, OnRetry: func() { c.CountRetry() },
-	}))
-	return c
+	return chunkstore.NewCountedRetry(s, chunkstore.RetryOptions{Retries: retries, Backoff: time.Millisecond})
 }
 
 // randomChunks returns n chunks of size bytes each, from seed.

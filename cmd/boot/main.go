@@ -24,6 +24,7 @@ import (
 
 	"github.com/bootfs/bootfs/boot"
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 )
 
 // memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
@@ -168,14 +169,18 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "usage: boot mount %s\n\nflags:\n", synopsis)
 		fs.PrintDefaults()
 	}
-	var opts lazyfs.MountOptions
-	var logLevel string
-	fs.StringVar(&opts.Store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
-	fs.StringVar(&opts.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
+	var (
+		opts     lazyfs.MountOptions
+		store    string
+		open     opener.Options
+		logLevel string
+	)
+	fs.StringVar(&store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
+	fs.StringVar(&open.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
-	fs.StringVar(&opts.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
+	fs.StringVar(&open.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&opts.FS.AllowSuidDev, "suid", false, "honour setuid bits and device nodes (mount without nosuid,nodev)")
 	if err := fs.Parse(args); err != nil {
@@ -192,7 +197,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return bad("want INDEX and MOUNTPOINT, got %d argument(s)", fs.NArg())
 	}
-	if strings.TrimSpace(opts.Store) == "" {
+	if strings.TrimSpace(store) == "" {
 		return bad("--store is required: the chunk store the index's chunks were written to")
 	}
 	var level slog.Level
@@ -200,6 +205,8 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		return bad("bad --log-level %q: %v", logLevel, err)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	open.Logger = opts.Logger
+	opts.Open = opener.Later(store, open)
 	return lazyfs.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
 }
 
