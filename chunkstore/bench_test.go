@@ -79,6 +79,31 @@ func BenchmarkHTTPGet64K(b *testing.B) {
 		})
 		reportChunks(b)
 	})
+	// The same client as the opener composes it: retried, with a timeout
+	// per attempt, and counted.
+	b.Run("bootfs-opened", func(b *testing.B) {
+		srv := httptest.NewServer(chunkstore.NewHTTPHandler(l, chunkstore.HandlerOptions{}))
+		defer srv.Close()
+		h, err := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := chunkstore.NewCountedRetry(h, chunkstore.RetryOptions{})
+		defer c.Close()
+		var next atomic.Uint64
+		b.SetBytes(size)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.GetChunk(context.Background(), ids[next.Add(1)%uint64(len(ids))]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportChunks(b)
+	})
 	b.Run("desync", func(b *testing.B) {
 		opts := desync.NewStoreOptionsWithDefaults()
 		opts.N = 32

@@ -2,6 +2,7 @@ package sshstore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -100,6 +101,7 @@ type Store struct {
 
 var (
 	_ chunkstore.FrameWriteStore = (*Store)(nil)
+	_ chunkstore.FrameStore      = (*Store)(nil)
 	_ chunkstore.BatchHaser      = (*Store)(nil)
 )
 
@@ -232,6 +234,32 @@ func (s *Store) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
 	}
 	return data, nil
+}
+
+// GetFrame requests id and returns its chunk frame, verified: as the
+// server sent it when it came compressed (what ours and casync send), so
+// that a Cache stores it without recompressing it; compressed here
+// otherwise. Errors are as for GetChunk.
+func (s *Store) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	m, err := s.fetch(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if m.typ == msgMissing {
+		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, chunkstore.ErrNotFound)
+	}
+	if m.flags&chunkCompressed == 0 {
+		data, err := decodeAnswer(s.opts.Digest, id, m)
+		if err != nil {
+			return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
+		}
+		return casync.CompressChunk(nil, data), nil
+	}
+	if err := chunkstore.VerifyFrame(s.opts.Digest, id, m.data); err != nil {
+		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id, s.url, err)
+	}
+	// Callers that asked for the same chunk at once share m.
+	return bytes.Clone(m.data), nil
 }
 
 // decodeAnswer returns the verified chunk in a CHUNK message for id,

@@ -44,8 +44,11 @@ func (c *countingConn) Read(p []byte) (int, error) {
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
+	// Counted before they go: a client that got them, and the test that
+	// then reads the count, must find them counted.
+	c.l.out.Add(int64(len(p)))
 	n, err := c.Conn.Write(p)
-	c.l.out.Add(int64(n))
+	c.l.out.Add(int64(n - len(p)))
 	return n, err
 }
 

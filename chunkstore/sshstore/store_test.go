@@ -601,3 +601,28 @@ func hasLine(logs string, parts ...string) bool {
 	}
 	return false
 }
+
+// TestGetFrame: a frame comes as the server's store holds it, verified,
+// so a Cache stores it without recompressing it; a missing chunk is
+// ErrNotFound and a bad frame a ChecksumError.
+func TestGetFrame(t *testing.T) {
+	chunks := randomChunks(8, 3, 30000)
+	local := localStore(t, chunks)
+	f := startServer(t, local, ServerOptions{})
+	s := f.newClient(t, f.clientOptions())
+	for id := range chunks {
+		got, err := s.GetFrame(context.Background(), id)
+		if want, _ := os.ReadFile(chunkPath(local.Dir(), id)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("GetFrame(%s) = %d bytes, %v; want the %d bytes of the stored frame", id, len(got), err, len(want))
+		}
+	}
+	if _, err := s.GetFrame(context.Background(), casync.SHA512_256.Sum([]byte("never stored"))); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Errorf("GetFrame(missing) = %v, want ErrNotFound", err)
+	}
+	id := casync.SHA512_256.Sum([]byte("right"))
+	lying := startServer(t, &lyingStore{Store: chunkstore.NewMemory(chunkstore.MemoryOptions{}), frame: casync.CompressChunk(nil, []byte("wrong"))}, ServerOptions{})
+	var ce *casync.ChecksumError
+	if _, err := lying.newClient(t, lying.clientOptions()).GetFrame(context.Background(), id); !errors.As(err, &ce) {
+		t.Errorf("GetFrame(wrong frame) = %v, want a ChecksumError", err)
+	}
+}
