@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 )
 
 // BenchmarkSequentialRead reads a 64 MiB file from start to end: from the
@@ -24,8 +25,13 @@ func BenchmarkSequentialRead(b *testing.B) {
 		b.Fatal(err)
 	}
 	im := buildImage(b, src, casync.DefaultChunkSize)
-	small, _ := mountImage(b, im, im.localStore(b), ReaderOptions{CacheBytes: 16 << 20})
-	large, _ := mountImage(b, im, im.localStore(b), ReaderOptions{CacheBytes: 256 << 20})
+	// The store as the opener composes it: retried, with a timeout per
+	// attempt, and counted.
+	opened := func() chunkstore.Store {
+		return chunkstore.NewCountedRetry(im.localStore(b), chunkstore.RetryOptions{})
+	}
+	small, _ := mountImage(b, im, opened(), ReaderOptions{CacheBytes: 16 << 20})
+	large, _ := mountImage(b, im, opened(), ReaderOptions{CacheBytes: 256 << 20})
 	readAll(b, filepath.Join(small, "big"), false) // warm the store's files
 	readAll(b, filepath.Join(large, "big"), true)  // and the large LRU
 
