@@ -43,7 +43,8 @@ func (s Sample) Fetched() int64 { return s.ImageBytes + s.StoreBytes }
 const runTimeout = 5 * time.Minute
 
 // url returns the address of upstream as seen over network n: upstream
-// itself on loopback, else a shaping proxy in front of it.
+// itself on loopback, else a shaping proxy in front of it. Every proxy of
+// one network shares that network's link, as the servers of one node do.
 func (h *harness) url(n Network, upstream string) (string, error) {
 	if !n.Shaped() {
 		return upstream, nil
@@ -54,7 +55,15 @@ func (h *harness) url(n Network, upstream string) (string, error) {
 	if p, ok := h.proxies[key]; ok {
 		return "http://" + p.Addr(), nil
 	}
-	p, err := shaper.Listen("127.0.0.1:0", strings.TrimPrefix(upstream, "http://"), n.Options())
+	link, ok := h.links[n.Name]
+	if !ok {
+		var err error
+		if link, err = shaper.NewNetwork(n.Options()); err != nil {
+			return "", err
+		}
+		h.links[n.Name] = link
+	}
+	p, err := link.Listen("127.0.0.1:0", strings.TrimPrefix(upstream, "http://"))
 	if err != nil {
 		return "", err
 	}

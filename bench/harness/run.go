@@ -27,7 +27,8 @@ type harness struct {
 	volume    string // the cache volume
 
 	mu      sync.Mutex
-	proxies map[string]*shaper.Proxy
+	proxies map[string]*shaper.Proxy   // by network and upstream
+	links   map[string]*shaper.Network // by network
 
 	images   []*image
 	prefetch string // why bootfs-prefetch cannot run, or ""
@@ -58,7 +59,7 @@ func Run(ctx context.Context, opts Options) (string, error) {
 	if err := opts.resolve(); err != nil {
 		return "", err
 	}
-	h := &harness{opts: opts, proxies: map[string]*shaper.Proxy{},
+	h := &harness{opts: opts, proxies: map[string]*shaper.Proxy{}, links: map[string]*shaper.Network{},
 		container: fmt.Sprintf("%s-%d-run", prefix, os.Getpid()),
 		volume:    fmt.Sprintf("%s-%d-cache", prefix, os.Getpid()),
 	}
