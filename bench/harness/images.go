@@ -35,6 +35,9 @@ type image struct {
 	storeBytes, casStoreBytes int64
 }
 
+// repo is the image's repository in the registry.
+func (im *image) repo() string { return prefix + "/" + im.wl.Name }
+
 // rootfsOf returns the workload's root filesystem: bench/rootfs.sh's
 // cached debootstrap, or a fresh busybox tree.
 func (h *harness) rootfsOf(ctx context.Context, w Workload) (string, error) {
@@ -153,6 +156,12 @@ func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
 	im.origTar = w.Name + "-orig.tar"
 	if im.origSize, err = h.save(ctx, im.orig, im.origTar); err != nil {
 		return nil, err
+	}
+	if h.registry != nil {
+		h.logf("%s: push %s to the registry", w.Name, im.orig)
+		if err := h.push(ctx, im.orig, im.repo(), "orig"); err != nil {
+			return nil, err
+		}
 	}
 
 	h.logf("%s: convert with mkimage", w.Name)

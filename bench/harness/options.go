@@ -30,7 +30,7 @@ type Options struct {
 	// its one run is enough to show where it stands; 0 means Samples.
 	CasyncSamples int
 	// Images, Modes and Networks select what to run (nil: the defaults;
-	// see Workloads, AllModes and Networks).
+	// see Workloads, DefaultModes and Networks).
 	Images, Modes, Networks []string
 	// Extras selects the other measurements: "convert", "dedup",
 	// "chunkers", "fuse", "pgversion" (nil: all that apply).
@@ -48,15 +48,23 @@ type Options struct {
 
 // Modes.
 const (
-	ModeFull     = "full-pull"
-	ModeCasync   = "casync-mount"
+	// ModeRegistry is the baseline: docker pull from a registry.
+	ModeRegistry = "registry-pull"
 	ModeCold     = "bootfs-cold"
-	ModeWarm     = "bootfs-warm"
 	ModePrefetch = "bootfs-prefetch"
+	ModeWarm     = "bootfs-warm"
+	ModeCasync   = "casync-mount"
+	// ModeSaveLoad is a pull without a registry: docker save's archive
+	// over one HTTP stream into docker load. Not run unless asked.
+	ModeSaveLoad = "save-load"
 )
 
 // AllModes lists the modes in report order.
-var AllModes = []string{ModeFull, ModeCasync, ModeCold, ModeWarm, ModePrefetch}
+var AllModes = []string{ModeRegistry, ModeCold, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
+
+// DefaultModes are the modes a run without MODES runs: all but save-load,
+// which the registry pull replaces as the baseline.
+var DefaultModes = AllModes[:len(AllModes)-1]
 
 // Network is a network condition between the node and the servers.
 type Network struct {
@@ -172,7 +180,7 @@ func (o *Options) resolve() error {
 		o.Images = []string{"debian-min", "python", "gcc", "postgres"}
 	}
 	if o.Modes == nil {
-		o.Modes = AllModes
+		o.Modes = DefaultModes
 	}
 	if o.Networks == nil {
 		for _, n := range Networks {

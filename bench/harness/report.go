@@ -227,7 +227,7 @@ func (r *Report) Markdown(charts []string) string {
 	}
 
 	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init) or casync mount, sampled every 10 ms; the highest over all runs.\n\n| image |")
-	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeFull })
+	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeRegistry || m == ModeSaveLoad })
 	for _, m := range fuseModes {
 		p(" %s |", m)
 	}
@@ -348,14 +348,17 @@ func (r *Report) Goals() []string {
 		return "**missed**"
 	}
 	const slow = "20ms-100mbit"
-	for _, img := range []string{"postgres", "python"} {
-		full, cold := r.cell(img, slow, ModeFull), r.cell(img, slow, ModeCold)
-		if len(full.ok) == 0 || len(cold.ok) == 0 {
-			g = append(g, fmt.Sprintf("bootfs cold ≥ 3× faster to ready than a full pull at %s for %s: not measured", slow, img))
+	for _, t := range []struct {
+		img  string
+		goal float64
+	}{{"postgres", 5}, {"python", 3}, {"gcc", 3}} {
+		pull, cold := r.cell(t.img, slow, ModeRegistry), r.cell(t.img, slow, ModeCold)
+		if len(pull.ok) == 0 || len(cold.ok) == 0 {
+			g = append(g, fmt.Sprintf("bootfs cold ≥ %.0f× faster to ready than a registry pull at %s for %s: not measured", t.goal, slow, t.img))
 			continue
 		}
-		x := full.ready.Seconds() / cold.ready.Seconds()
-		g = append(g, fmt.Sprintf("bootfs cold ≥ 3× faster to ready than a full pull at %s for %s: %s (%.1f×: %s against %s)", slow, img, mark(x >= 3), x, secs(cold.ready), secs(full.ready)))
+		x := pull.ready.Seconds() / cold.ready.Seconds()
+		g = append(g, fmt.Sprintf("bootfs cold ≥ %.0f× faster to ready than a registry pull at %s for %s: %s (%.1f×: %s against %s)", t.goal, slow, t.img, mark(x >= t.goal), x, secs(cold.ready), secs(pull.ready)))
 	}
 	for _, img := range r.Images {
 		c := r.cell(img, "", ModeCold)
@@ -439,13 +442,23 @@ func (r *Report) Write(out string) (string, error) {
 	return file, os.WriteFile(file, []byte(r.Markdown(charts)), 0o644)
 }
 
-// palette colours the modes in every chart alike.
+// palette colours the modes in every chart alike, in AllModes' order.
 var palette = []color.Color{
-	color.RGBA{0x99, 0x99, 0x99, 0xff}, // full pull
-	color.RGBA{0xe6, 0x9f, 0x00, 0xff}, // casync
+	color.RGBA{0x99, 0x99, 0x99, 0xff}, // registry pull
 	color.RGBA{0x00, 0x72, 0xb2, 0xff}, // bootfs cold
-	color.RGBA{0x56, 0xb4, 0xe9, 0xff}, // warm
 	color.RGBA{0x00, 0x9e, 0x73, 0xff}, // prefetch
+	color.RGBA{0x56, 0xb4, 0xe9, 0xff}, // warm
+	color.RGBA{0xe6, 0x9f, 0x00, 0xff}, // casync
+	color.RGBA{0x44, 0x44, 0x44, 0xff}, // save-load
+}
+
+// modeColor is m's colour; a mode of an older report that this version
+// does not know is black.
+func modeColor(m string) color.Color {
+	if i := slices.Index(AllModes, m); i >= 0 {
+		return palette[i%len(palette)]
+	}
+	return color.Black
 }
 
 // chart draws a grouped bar chart: a group per image, a bar per mode.
@@ -472,7 +485,7 @@ func (r *Report) chart(file, title string, value func(img, mode string) (float64
 		if err != nil {
 			return err
 		}
-		bars.Color = palette[slices.Index(AllModes, m)%len(palette)]
+		bars.Color = modeColor(m)
 		bars.LineStyle.Width = 0
 		bars.Offset = width * vg.Length(float64(i)-float64(len(r.Modes)-1)/2)
 		p.Add(bars)

@@ -23,6 +23,7 @@ type harness struct {
 	store     *storeServer
 	casStore  *storeServer
 	tarURL    string
+	registry  *registry
 	container string // the name of the one container a run uses
 	volume    string // the cache volume
 
@@ -44,6 +45,10 @@ func (h *harness) logf(format string, a ...any) {
 func (h *harness) storeDir() string    { return filepath.Join(h.opts.Work, "store") }
 func (h *harness) casStoreDir() string { return filepath.Join(h.opts.Work, "casync-store") }
 func (h *harness) tarDir() string      { return filepath.Join(h.opts.Work, "tars") }
+
+func (h *harness) needRegistry() bool {
+	return slices.Contains(h.opts.Modes, ModeRegistry)
+}
 
 func (h *harness) needCasync() bool {
 	return slices.Contains(h.opts.Modes, ModeCasync) || slices.Contains(h.opts.Extras, "dedup") ||
@@ -161,6 +166,11 @@ func (h *harness) setup(ctx context.Context) error {
 	}
 	if h.tarURL, err = h.serveTars(); err != nil {
 		return err
+	}
+	if h.needRegistry() {
+		if h.registry, err = h.startRegistry(ctx); err != nil {
+			return err
+		}
 	}
 	if h.runFlags, err = h.privilegeFlags(ctx); err != nil {
 		return err
@@ -313,7 +323,9 @@ func (h *harness) runMode(ctx context.Context, j job, m string) Sample {
 	s := Sample{Image: j.im.wl.Name, Network: j.net.Name, Mode: m}
 	var err error
 	switch m {
-	case ModeFull:
+	case ModeRegistry:
+		err = h.runRegistryPull(ctx, j, &s)
+	case ModeSaveLoad:
 		err = h.runFull(ctx, j, &s)
 	case ModeCasync:
 		err = h.runCasyncMode(ctx, j, &s)
@@ -339,8 +351,8 @@ func removeImage(ctx context.Context, tag string) error {
 	return err
 }
 
-// runFull: the original image is removed, then fetched as a docker save
-// archive over HTTP, loaded and run.
+// runFull (save-load): the original image is removed, then fetched as a
+// docker save archive over HTTP, loaded and run.
 func (h *harness) runFull(ctx context.Context, j job, s *Sample) error {
 	docker(context.Background(), "rm", "-f", h.container)
 	if err := removeImage(ctx, j.im.orig); err != nil {
