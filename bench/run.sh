@@ -12,7 +12,8 @@
 #                       (default 1; 0 for SAMPLES)
 #   IMAGES=a,b          debian-min, python, gcc, postgres, busybox
 #                       (default: the four Debian images)
-#   MODES=a,b           registry-pull, bootfs-cold, bootfs-prefetch,
+#   MODES=a,b           registry-pull, estargz, estargz-optimized,
+#                       bootfs-cold, bootfs-prefetch,
 #                       bootfs-warm, casync-mount, save-load
 #                       (default: all but save-load)
 #   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit (default: all)

@@ -50,17 +50,22 @@ type Options struct {
 const (
 	// ModeRegistry is the baseline: docker pull from a registry.
 	ModeRegistry = "registry-pull"
-	ModeCold     = "bootfs-cold"
-	ModePrefetch = "bootfs-prefetch"
-	ModeWarm     = "bootfs-warm"
-	ModeCasync   = "casync-mount"
+	// ModeEstargz and ModeEstargzOpt are the lazy-pull peer, eStargz
+	// through stargz-snapshotter, without and with the workload's
+	// prefetch optimization.
+	ModeEstargz    = "estargz"
+	ModeEstargzOpt = "estargz-optimized"
+	ModeCold       = "bootfs-cold"
+	ModePrefetch   = "bootfs-prefetch"
+	ModeWarm       = "bootfs-warm"
+	ModeCasync     = "casync-mount"
 	// ModeSaveLoad is a pull without a registry: docker save's archive
 	// over one HTTP stream into docker load. Not run unless asked.
 	ModeSaveLoad = "save-load"
 )
 
 // AllModes lists the modes in report order.
-var AllModes = []string{ModeRegistry, ModeCold, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
+var AllModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
 
 // DefaultModes are the modes a run without MODES runs: all but save-load,
 // which the registry pull replaces as the baseline.
@@ -181,6 +186,9 @@ func (o *Options) resolve() error {
 	}
 	if o.Modes == nil {
 		o.Modes = DefaultModes
+		if o.Quick {
+			o.Modes = slices.DeleteFunc(slices.Clone(DefaultModes), func(m string) bool { return m == ModeEstargz || m == ModeEstargzOpt })
+		}
 	}
 	if o.Networks == nil {
 		for _, n := range Networks {

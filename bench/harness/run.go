@@ -23,9 +23,12 @@ type harness struct {
 	store     *storeServer
 	casStore  *storeServer
 	tarURL    string
+	marker    string // the directory holding runMarker
 	registry  *registry
-	container string // the name of the one container a run uses
-	volume    string // the cache volume
+	stargz    *stargzNode // the private containerd of the eStargz modes
+	estargz   string      // why the eStargz modes cannot run, or ""
+	container string      // the name of the one container a run uses
+	volume    string      // the cache volume
 
 	mu      sync.Mutex
 	proxies map[string]*shaper.Proxy   // by network and upstream
@@ -47,7 +50,11 @@ func (h *harness) casStoreDir() string { return filepath.Join(h.opts.Work, "casy
 func (h *harness) tarDir() string      { return filepath.Join(h.opts.Work, "tars") }
 
 func (h *harness) needRegistry() bool {
-	return slices.Contains(h.opts.Modes, ModeRegistry)
+	return slices.Contains(h.opts.Modes, ModeRegistry) || h.needEstargz()
+}
+
+func (h *harness) needEstargz() bool {
+	return slices.Contains(h.opts.Modes, ModeEstargz) || slices.Contains(h.opts.Modes, ModeEstargzOpt)
 }
 
 func (h *harness) needCasync() bool {
@@ -73,6 +80,14 @@ func Run(ctx context.Context, opts Options) (string, error) {
 		return "", err
 	}
 	h.report = newReport(opts, h.prefetch)
+	if opts.Quick && !h.needEstargz() {
+		note := "quick mode: estargz and estargz-optimized are not run (building the snapshotter and converting with ctr-remote take minutes); MODES=... with them runs them"
+		h.logf("%s", note)
+		h.report.Notes = append(h.report.Notes, note)
+	}
+	if h.estargz != "" {
+		h.report.Notes = append(h.report.Notes, "estargz, estargz-optimized: "+h.estargz)
+	}
 	for _, name := range opts.Images {
 		w, _ := workload(name)
 		im, err := h.prepare(ctx, w)
@@ -172,6 +187,20 @@ func (h *harness) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if h.needEstargz() {
+		if h.estargz = estargzTools(); h.estargz == "" {
+			if h.stargz, err = h.newStargzNode(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	h.marker = filepath.Join(h.opts.Work, "marker")
+	if err := os.MkdirAll(filepath.Join(h.marker, filepath.Dir(runMarker)), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(h.marker, runMarker), fmt.Appendf(nil, "%d %s\n", os.Getpid(), time.Now().Format(time.RFC3339Nano)), 0o644); err != nil {
+		return err
+	}
 	if h.runFlags, err = h.privilegeFlags(ctx); err != nil {
 		return err
 	}
@@ -199,7 +228,7 @@ func (h *harness) privilegeFlags(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	tag := prefix + "/probe:" + fmt.Sprint(os.Getpid())
-	if err := dockerImport(ctx, dir, tag, nil); err != nil {
+	if err := dockerImport(ctx, dir, tag, nil, ""); err != nil {
 		return nil, err
 	}
 	defer docker(context.Background(), "rmi", "-f", tag)
@@ -329,6 +358,8 @@ func (h *harness) runMode(ctx context.Context, j job, m string) Sample {
 		err = h.runFull(ctx, j, &s)
 	case ModeCasync:
 		err = h.runCasyncMode(ctx, j, &s)
+	case ModeEstargz, ModeEstargzOpt:
+		err = h.runEstargz(ctx, j, m, &s)
 	case ModeCold, ModeWarm, ModePrefetch:
 		err = h.runBootfs(ctx, j, m, &s)
 	}
