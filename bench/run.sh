@@ -17,7 +17,8 @@
 #                       bootfs-warm, casync-mount, save-load
 #                       (default: all but save-load)
 #   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit (default: all)
-#   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion (default: all)
+#   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion, node
+#                       (default: all)
 #   BENCH_QUICK=1       busybox only, one sample, loopback and 20ms-100mbit,
 #                       no Go conversion benchmark: CI's check that the
 #                       harness works (under two minutes)

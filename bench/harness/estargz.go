@@ -345,7 +345,7 @@ func (h *harness) runEstargz(ctx context.Context, j job, m string, s *Sample) er
 		rw.Stop()
 		return err
 	}
-	s.Ready, err = n.run(ctx, j.im.wl, image, start)
+	s.Ready, err = n.run(ctx, j.im.wl, image, prefix+"-run", start)
 	got, lerr := h.registry.since(mark)
 	s.RSS = rw.Stop()
 	if err == nil && lerr != nil {
@@ -355,10 +355,9 @@ func (h *harness) runEstargz(ctx context.Context, j job, m string, s *Sample) er
 	return err
 }
 
-// run runs the workload with ctr on the stargz snapshotter and returns its
-// time to ready counted from start.
-func (n *stargzNode) run(ctx context.Context, w Workload, image string, start time.Time) (time.Duration, error) {
-	const id = prefix + "-run"
+// run runs the workload with ctr on the stargz snapshotter as container
+// id and returns its time to ready counted from start.
+func (n *stargzNode) run(ctx context.Context, w Workload, image, id string, start time.Time) (time.Duration, error) {
 	args := []string{"--address", n.socket(), "--namespace", ctrNamespace, "run", "--rm", "--snapshotter", "stargz", "--net-host", image, id}
 	cmd := exec.CommandContext(ctx, "ctr", append(args, w.Argv...)...)
 	p, err := startProcess(cmd, w)

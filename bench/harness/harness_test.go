@@ -215,6 +215,10 @@ func TestReport(t *testing.T) {
 	add(ModeEstargz, 4*time.Second, 5e6, 0, "")
 	add(ModeEstargzOpt, 3*time.Second, 6e6, 0, "")
 	r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: ModePrefetch, Skipped: "not available: test"})
+	r.NodeImage, r.NodeNetwork, r.NodeContainers = "python", "20ms-100mbit", 8
+	r.Node = []NodeRow{{System: ModeRegistry, Ready: 9 * time.Second, Bytes: 66e6, Requests: 5},
+		{System: ModeCold, Ready: 4 * time.Second, Bytes: 20e6, Requests: 200, RSS: 300e6},
+		{System: ModeEstargz, Err: "ctr run: boom"}}
 	md := r.Markdown([]string{"x-ready.png"})
 	for _, want := range []string{
 		"| python | 11.00 s (10.00–12.00) | 5.00 s, 1 failed | 2.50 s (2.00–3.00) | 1.00 s | n/a |",
@@ -233,6 +237,11 @@ func TestReport(t *testing.T) {
 		"python, 20ms-100mbit, casync-mount failed: casync mount exited",
 		"bootfs-prefetch: not available: test",
 		"![x-ready](x-ready.png)",
+		"## A node: 8 containers of python at once (20ms-100mbit)",
+		"| registry-pull | 9.00 s | 66.0 MB | 5 | – |",
+		"| bootfs-cold | 4.00 s | 20.0 MB | 200 | 300.0 MB |",
+		"| estargz | failed | | | |",
+		"node scenario, estargz failed: ctr run: boom",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)

@@ -179,6 +179,7 @@ func await(ctx context.Context, w Workload, p process, start time.Time) (time.Du
 
 // containerRun is one docker run of a workload.
 type containerRun struct {
+	name     string // the container's name; "" is the harness's one
 	image    string
 	boot     bool // a boot image: add the FUSE privilege flags
 	env      []string
@@ -190,7 +191,10 @@ type containerRun struct {
 // ready counted from start and, if asked, the peak RSS of the container's
 // init (boot).
 func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, start time.Time) (time.Duration, int64, error) {
-	name := h.container
+	name := c.name
+	if name == "" {
+		name = h.container
+	}
 	docker(context.Background(), "rm", "-f", name)
 	defer docker(context.Background(), "rm", "-f", name)
 	args := []string{"run", "--name", name, "--pull", "never", "--network", "host"}

@@ -33,7 +33,7 @@ type Options struct {
 	// see Workloads, DefaultModes and Networks).
 	Images, Modes, Networks []string
 	// Extras selects the other measurements: "convert", "dedup",
-	// "chunkers", "fuse", "pgversion" (nil: all that apply).
+	// "chunkers", "fuse", "pgversion", "node" (nil: all that apply).
 	Extras []string
 	// Quick is BENCH_QUICK=1: the busybox image only, one sample, loopback
 	// and the slowest network, and no Go conversion benchmark.
@@ -160,7 +160,7 @@ var Workloads = []Workload{
 }
 
 // AllExtras lists the extra measurements in report order.
-var AllExtras = []string{"convert", "dedup", "chunkers", "fuse", "pgversion"}
+var AllExtras = []string{"convert", "dedup", "chunkers", "fuse", "pgversion", "node"}
 
 // resolve fills in defaults and checks the selection.
 func (o *Options) resolve() error {
@@ -178,7 +178,7 @@ func (o *Options) resolve() error {
 			o.Networks = []string{"loopback", "20ms-100mbit"}
 		}
 		if o.Extras == nil {
-			o.Extras = []string{"dedup", "chunkers", "fuse"}
+			o.Extras = []string{"dedup", "chunkers", "fuse", "node"}
 		}
 	}
 	if o.Images == nil {

@@ -42,6 +42,10 @@ type Report struct {
 	FUSEImage   string
 	FUSE        []FUSERow
 	PgVersion   []PgVersionRow
+
+	NodeImage, NodeNetwork string
+	NodeContainers         int
+	Node                   []NodeRow
 }
 
 // ImageSize is an image as a full pull and as bootfs delivers it.
@@ -292,6 +296,21 @@ func (r *Report) Markdown(charts []string) string {
 			p("| %s | %s | %s | %d | %.1f%% of %s | %s |\n", v.System, secs(v.Took), mb(v.Bytes), v.Requests, pct(v.Bytes, v.ImageStore), mb(v.ImageStore), mb(v.RSS))
 		}
 	}
+	if len(r.Node) > 0 {
+		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs loads the boot image once and runs them all on one empty cache volume, shared as on a node. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs: every container's boot).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
+			r.NodeContainers, r.NodeImage, r.NodeNetwork, r.NodeContainers)
+		for _, n := range r.Node {
+			if n.Err != "" {
+				p("| %s | failed | | | |\n", n.System)
+				continue
+			}
+			rss := "–"
+			if n.RSS > 0 {
+				rss = mb(n.RSS)
+			}
+			p("| %s | %s | %s | %d | %s |\n", n.System, secs(n.Ready), mb(n.Bytes), n.Requests, rss)
+		}
+	}
 	if len(charts) > 0 {
 		p("\n## Charts\n\n")
 		for _, c := range charts {
@@ -309,6 +328,11 @@ func (r *Report) Markdown(charts []string) string {
 	for _, s := range r.Runs {
 		if s.Err != "" {
 			notes = append(notes, fmt.Sprintf("%s, %s, %s failed: %s", s.Image, s.Network, s.Mode, oneLine(s.Err)))
+		}
+	}
+	for _, n := range r.Node {
+		if n.Err != "" {
+			notes = append(notes, fmt.Sprintf("node scenario, %s failed: %s", n.System, oneLine(n.Err)))
 		}
 	}
 	if len(notes) > 0 {
