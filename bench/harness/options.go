@@ -142,11 +142,15 @@ var Workloads = []Workload{
 	},
 	{
 		// Debian's cluster 15/main, made by the package's postinst; no
-		// TCP listener, so runs never fight over port 5432.
+		// TCP listener, so runs never fight over port 5432. Its socket
+		// goes to /tmp: containerd's default spec (ctr run, the eStargz
+		// modes) mounts an empty tmpfs on /run, which hides the
+		// package's /run/postgresql, and the same command must run
+		// everywhere.
 		Name: "postgres", Rootfs: "postgres", Packages: "postgresql",
 		Changes: []string{"USER postgres", `CMD ["` + postgresBin + `"]`},
 		Argv: []string{postgresBin, "-D", "/var/lib/postgresql/15/main",
-			"-c", "config_file=/etc/postgresql/15/main/postgresql.conf", "-c", "listen_addresses="},
+			"-c", "config_file=/etc/postgresql/15/main/postgresql.conf", "-c", "listen_addresses=", "-c", "unix_socket_directories=/tmp"},
 		User:  "postgres",
 		Ready: regexp.MustCompile(`database system is ready to accept connections`),
 		Want:  "ready to accept connections",
