@@ -589,9 +589,9 @@ func (r *Report) stem() string {
 func (r *Report) chart(file, title string, modes []string, value func(img, mode string) (float64, bool)) error {
 	p := plot.New()
 	p.Title.Text = title
+	// Top right: the registry pull, the first bar of each group, is
+	// the tallest.
 	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Legend.XOffs = vg.Points(40)
 	p.Y.Min = 0
 	width := vg.Points(float64(90) / float64(max(1, len(modes))))
 	for i, m := range modes {
