@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -248,10 +249,11 @@ func unmountUnder(dir string) {
 	}
 }
 
-// prepareEstargz converts the original image, from the registry, into
-// eStargz (not optimized) and eStargz optimized for the workload (ctr-remote
-// runs it once and puts the files it read first, with a landmark), pushes
-// both to the registry and leaves the node wiped.
+// prepareEstargz puts the eStargz conversions of the original image in the
+// registry: not optimized, and optimized for the workload (ctr-remote runs
+// it once and puts the files it read first, behind a landmark). A
+// conversion takes minutes, so it is kept in the tree cache (see
+// estargzCache) and later runs import it instead. The node is left wiped.
 func (h *harness) prepareEstargz(ctx context.Context, im *image) error {
 	n := h.stargz
 	if err := n.wipe(); err != nil {
@@ -263,9 +265,8 @@ func (h *harness) prepareEstargz(ctx context.Context, im *image) error {
 	defer n.wipe()
 	reg := h.registry.addr
 	orig := ref(reg, im.repo(), "orig")
-	if _, err := n.ctr(ctx, "images", "pull", "--plain-http", orig); err != nil {
-		return err
-	}
+	cache := h.estargzCache(ctx, im)
+	pulled := false
 	w := im.wl
 	for _, v := range []struct {
 		tag  string
@@ -274,15 +275,44 @@ func (h *harness) prepareEstargz(ctx context.Context, im *image) error {
 		{"estargz", []string{"--no-optimize"}},
 		{"estargz-opt", optimizeArgs(w)},
 	} {
-		h.logf("%s: convert to %s with ctr-remote", w.Name, v.tag)
 		dst := ref(reg, im.repo(), v.tag)
-		args := append([]string{"image", "optimize", "--oci", "--estargz-compression-level", estargzCompression}, v.args...)
-		cmd := exec.CommandContext(ctx, "ctr-remote", append(append([]string{"--address", n.socket(), "--namespace", ctrNamespace}, args...), orig, dst)...)
-		if w.Stdin != "" && v.tag == "estargz-opt" {
-			cmd.Stdin = strings.NewReader(w.Stdin)
+		// The cached archive names the image without the registry, whose
+		// port changes from run to run.
+		cached := prefix + ".cache/" + w.Name + ":" + v.tag
+		archive := ""
+		if cache != "" {
+			archive = filepath.Join(cache, v.tag+".tar")
 		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("ctr-remote %s: %w: %s", strings.Join(args, " "), err, tail(string(out), 1500))
+		if _, err := os.Stat(archive); archive != "" && err == nil {
+			h.logf("%s: %s from the cache %s", w.Name, v.tag, archive)
+			if _, err := n.ctr(ctx, "images", "import", "--no-unpack", archive); err != nil {
+				return err
+			}
+			if _, err := n.ctr(ctx, "images", "tag", "--force", cached, dst); err != nil {
+				return err
+			}
+		} else {
+			if !pulled {
+				if _, err := n.ctr(ctx, "images", "pull", "--plain-http", orig); err != nil {
+					return err
+				}
+				pulled = true
+			}
+			h.logf("%s: convert to %s with ctr-remote", w.Name, v.tag)
+			args := append([]string{"image", "optimize", "--oci", "--estargz-compression-level", estargzCompression}, v.args...)
+			cmd := exec.CommandContext(ctx, "ctr-remote", append(append([]string{"--address", n.socket(), "--namespace", ctrNamespace}, args...), orig, dst)...)
+			if w.Stdin != "" && v.tag == "estargz-opt" {
+				cmd.Stdin = strings.NewReader(w.Stdin)
+			}
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("ctr-remote %s: %w: %s", strings.Join(args, " "), err, tail(string(out), 1500))
+			}
+			if archive != "" {
+				if err := n.export(ctx, dst, cached, archive); err != nil {
+					// The run goes on; only the next one converts again.
+					h.logf("%s: keep %s in the cache: %v", w.Name, v.tag, err)
+				}
+			}
 		}
 		if _, err := n.ctr(ctx, "images", "push", "--plain-http", dst); err != nil {
 			return err
@@ -290,6 +320,46 @@ func (h *harness) prepareEstargz(ctx context.Context, im *image) error {
 	}
 	im.estargz = true
 	return nil
+}
+
+// estargzCache returns the directory that keeps im's eStargz conversions,
+// beside its cached tree, or "" when there is none (the busybox tree is
+// made anew each run). Its name is a digest of everything a conversion
+// depends on: the tree (rootfs.sh's completion stamp, which a rebuild
+// renews), the workload, the gzip level and ctr-remote's version. The
+// converted layers include another run's runMarker, which nothing reads.
+func (h *harness) estargzCache(ctx context.Context, im *image) string {
+	if im.wl.Rootfs == "" {
+		return ""
+	}
+	stamp, err := os.Stat(filepath.Join(im.rootfs, ".bootfs-complete"))
+	if err != nil {
+		return ""
+	}
+	version, err := command(ctx, "ctr-remote", "--version")
+	if err != nil {
+		return ""
+	}
+	wl, _ := json.Marshal(im.wl)
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\n%d\n%s\n%s\n%s", im.rootfs, stamp.ModTime().UnixNano(), wl, estargzCompression, version))
+	return filepath.Join(filepath.Dir(im.rootfs), fmt.Sprintf("estargz-%s-%x", im.wl.Name, sum[:8]))
+}
+
+// export writes image, named as name, to archive: a temporary file renamed
+// into place, so that a cut-off export is never taken for a conversion.
+func (n *stargzNode) export(ctx context.Context, image, name, archive string) error {
+	if err := os.MkdirAll(filepath.Dir(archive), 0o755); err != nil {
+		return err
+	}
+	if _, err := n.ctr(ctx, "images", "tag", "--force", image, name); err != nil {
+		return err
+	}
+	tmp := archive + ".part"
+	if _, err := n.ctr(ctx, "images", "export", tmp, name); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, archive)
 }
 
 // optimizeArgs are ctr-remote optimize's flags that run the workload as
