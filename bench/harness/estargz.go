@@ -391,38 +391,60 @@ func (h *harness) runEstargz(ctx context.Context, j job, m string, s *Sample) er
 	if m == ModeEstargzOpt {
 		tag = "estargz-opt"
 	}
-	n := h.stargz
-	if err := n.wipe(); err != nil {
-		return err
-	}
-	defer n.wipe()
-	if err := n.start(ctx); err != nil {
-		return err
-	}
-	host, err := h.url(j.net, "http://"+h.registry.addr)
+	defer h.stargz.wipe()
+	st, err := h.startEstargz(ctx, j.im, j.net, tag)
 	if err != nil {
 		return err
 	}
-	image := ref(host, j.im.repo(), tag)
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	pid := n.sgz.cmd.Process.Pid
-	rw := watchRSS(func() int { return pid })
-	mark := h.registry.mark()
-	start := time.Now()
-	if _, err := n.ctrBin(ctx, "ctr-remote", "image", "rpull", "--plain-http", image); err != nil {
-		rw.Stop()
-		return err
-	}
-	s.Ready, err = n.run(ctx, j.im.wl, image, prefix+"-run", start)
-	got, lerr := h.registry.since(mark)
-	s.RSS = rw.Stop()
+	s.Ready, err = h.stargz.run(ctx, j.im.wl, st.image, prefix+"-run", st.start)
+	got, lerr := h.registry.since(st.mark)
+	s.RSS = st.rss.Stop()
 	if err == nil && lerr != nil {
 		return lerr
 	}
 	s.ImageBytes, s.Requests = got.Bytes, got.Requests
 	return err
+}
+
+// estargzStart is an eStargz image rpulled on a cold node: its reference
+// through the link, the watch of the snapshotter's RSS, where the
+// registry's log was and when the clock started.
+type estargzStart struct {
+	image string
+	rss   *rssWatcher
+	mark  int64
+	start time.Time
+}
+
+// startEstargz makes the node cold (both daemons stopped, their state
+// wiped, started again, the page cache dropped), then starts the clock
+// and rpulls im's tag through network n. The caller wipes the node
+// after, and stops the RSS watch.
+func (h *harness) startEstargz(ctx context.Context, im *image, n Network, tag string) (estargzStart, error) {
+	node := h.stargz
+	if err := node.wipe(); err != nil {
+		return estargzStart{}, err
+	}
+	if err := node.start(ctx); err != nil {
+		return estargzStart{}, err
+	}
+	host, err := h.url(n, "http://"+h.registry.addr)
+	if err != nil {
+		return estargzStart{}, err
+	}
+	st := estargzStart{image: ref(host, im.repo(), tag)}
+	if err := dropCaches(); err != nil {
+		return estargzStart{}, err
+	}
+	pid := node.sgz.cmd.Process.Pid
+	st.rss = watchRSS(func() int { return pid })
+	st.mark = h.registry.mark()
+	st.start = time.Now()
+	if _, err := node.ctrBin(ctx, "ctr-remote", "image", "rpull", "--plain-http", st.image); err != nil {
+		st.rss.Stop()
+		return estargzStart{}, err
+	}
+	return st, nil
 }
 
 // run runs the workload with ctr on the stargz snapshotter as container

@@ -123,23 +123,11 @@ func (h *harness) nodeRegistry(ctx context.Context, im *image, n Network, row *N
 	if h.registry == nil {
 		return errSkipped("no registry in this run")
 	}
-	host, err := h.url(n, "http://"+h.registry.addr)
+	pulled, mark, start, err := h.pullCold(ctx, im, n)
+	if pulled != "" {
+		defer removeImage(context.Background(), pulled)
+	}
 	if err != nil {
-		return err
-	}
-	pulled := ref(host, im.repo(), "orig")
-	for _, t := range []string{im.orig, pulled} {
-		if err := removeImage(ctx, t); err != nil {
-			return err
-		}
-	}
-	defer removeImage(context.Background(), pulled)
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	mark := h.registry.mark()
-	start := time.Now()
-	if _, err := docker(ctx, "pull", "-q", pulled); err != nil {
 		return err
 	}
 	row.Ready, _, err = atOnce(func(i int) (time.Duration, int64, error) {
@@ -156,36 +144,17 @@ func (h *harness) nodeEstargz(ctx context.Context, im *image, n Network, row *No
 	if h.stargz == nil || !im.estargz {
 		return errSkipped("no eStargz in this run")
 	}
-	node := h.stargz
-	if err := node.wipe(); err != nil {
-		return err
-	}
-	defer node.wipe()
-	if err := node.start(ctx); err != nil {
-		return err
-	}
-	host, err := h.url(n, "http://"+h.registry.addr)
+	defer h.stargz.wipe()
+	st, err := h.startEstargz(ctx, im, n, "estargz")
 	if err != nil {
 		return err
 	}
-	image := ref(host, im.repo(), "estargz")
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	pid := node.sgz.cmd.Process.Pid
-	rw := watchRSS(func() int { return pid })
-	mark := h.registry.mark()
-	start := time.Now()
-	if _, err := node.ctrBin(ctx, "ctr-remote", "image", "rpull", "--plain-http", image); err != nil {
-		rw.Stop()
-		return err
-	}
 	row.Ready, _, err = atOnce(func(i int) (time.Duration, int64, error) {
-		took, err := node.run(ctx, im.wl, image, h.nodeName(i), start)
+		took, err := h.stargz.run(ctx, im.wl, st.image, h.nodeName(i), st.start)
 		return took, 0, err
 	})
-	got, lerr := h.registry.since(mark)
-	row.RSS = rw.Stop()
+	got, lerr := h.registry.since(st.mark)
+	row.RSS = st.rss.Stop()
 	row.Bytes, row.Requests = got.Bytes, got.Requests
 	return errors.Join(err, lerr)
 }
@@ -194,42 +163,19 @@ func (h *harness) nodeEstargz(ctx context.Context, im *image, n Network, row *No
 // and shared by every container, as DESIGN.md has it, then every docker
 // run at once.
 func (h *harness) nodeBootfs(ctx context.Context, im *image, n Network, row *NodeRow) error {
-	if err := removeImage(ctx, im.boot); err != nil {
-		return err
-	}
-	docker(context.Background(), "volume", "rm", "-f", h.volume)
-	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
-		return err
-	}
-	storeURL, err := h.url(n, h.store.url)
-	if err != nil {
-		return err
-	}
-	tarURL, err := h.url(n, h.tarURL)
-	if err != nil {
-		return err
-	}
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	before, err := h.store.metrics()
+	st, err := h.startBootfs(ctx, n, im.boot, true)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	if row.Bytes, err = load(ctx, tarURL+"/"+im.bootTar); err != nil {
+	if row.Bytes, err = load(ctx, st.tarURL+"/"+im.bootTar); err != nil {
 		return err
 	}
 	row.Requests = 1
 	row.Ready, row.RSS, err = atOnce(func(i int) (time.Duration, int64, error) {
-		return h.runContainer(ctx, im.wl, containerRun{
-			name: h.nodeName(i), image: im.boot, boot: true, watchRSS: true,
-			env:     []string{"BOOTFS_STORE=" + storeURL},
-			volumes: []string{h.volume + ":/.bootfs/cache"},
-		}, start)
+		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i), im.boot), start)
 	})
-	after, merr := h.store.metrics()
-	d := after.sub(before)
+	d, merr := st.fetched(h)
 	row.Bytes += d.Bytes
 	row.Requests += d.Requests
 	return errors.Join(err, merr)

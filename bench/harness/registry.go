@@ -149,28 +149,41 @@ func (h *harness) push(ctx context.Context, tag, repo, rtag string) error {
 	return err
 }
 
-// runRegistryPull: the node has no layer of the image (the original and
-// every tag of it removed); docker pull through the network's link, then
-// docker run, as a user without bootfs would.
-func (h *harness) runRegistryPull(ctx context.Context, j job, s *Sample) error {
-	docker(context.Background(), "rm", "-f", h.container)
-	host, err := h.url(j.net, "http://"+h.registry.addr)
+// pullCold removes im's original and every tag of its pull, so that the
+// node has none of its layers, drops the page cache, then starts the
+// clock and pulls it through network n. It returns the pulled reference
+// (the caller removes it), where the registry's log was and the start.
+func (h *harness) pullCold(ctx context.Context, im *image, n Network) (pulled string, mark int64, start time.Time, err error) {
+	host, err := h.url(n, "http://"+h.registry.addr)
 	if err != nil {
-		return err
+		return "", 0, time.Time{}, err
 	}
-	pulled := ref(host, j.im.repo(), "orig")
-	for _, t := range []string{j.im.orig, pulled} {
+	pulled = ref(host, im.repo(), "orig")
+	for _, t := range []string{im.orig, pulled} {
 		if err := removeImage(ctx, t); err != nil {
-			return err
+			return "", 0, time.Time{}, err
 		}
 	}
-	defer removeImage(context.Background(), pulled)
 	if err := dropCaches(); err != nil {
-		return err
+		return "", 0, time.Time{}, err
 	}
-	mark := h.registry.mark()
-	start := time.Now()
+	mark = h.registry.mark()
+	start = time.Now()
 	if _, err := docker(ctx, "pull", "-q", pulled); err != nil {
+		return pulled, 0, time.Time{}, err
+	}
+	return pulled, mark, start, nil
+}
+
+// runRegistryPull: from a node without the image, docker pull through the
+// network's link, then docker run, as a user without bootfs would.
+func (h *harness) runRegistryPull(ctx context.Context, j job, s *Sample) error {
+	docker(context.Background(), "rm", "-f", h.container)
+	pulled, mark, start, err := h.pullCold(ctx, j.im, j.net)
+	if pulled != "" {
+		defer removeImage(context.Background(), pulled)
+	}
+	if err != nil {
 		return err
 	}
 	s.Ready, _, err = h.runContainer(ctx, j.im.wl, containerRun{image: pulled}, start)

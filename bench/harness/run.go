@@ -445,50 +445,82 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		tag, tar = j.im.prefetch, j.im.prefetchTar
 	}
 	docker(context.Background(), "rm", "-f", h.container)
-	if m != ModeWarm {
-		if err := removeImage(ctx, tag); err != nil {
-			return err
-		}
-		docker(context.Background(), "volume", "rm", "-f", h.volume)
-	}
-	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
-		return err
-	}
-	storeURL, err := h.url(j.net, h.store.url)
-	if err != nil {
-		return err
-	}
-	tarURL, err := h.url(j.net, h.tarURL)
-	if err != nil {
-		return err
-	}
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	before, err := h.store.metrics()
+	st, err := h.startBootfs(ctx, j.net, tag, m != ModeWarm)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	if m != ModeWarm {
-		if s.ImageBytes, err = load(ctx, tarURL+"/"+tar); err != nil {
+		if s.ImageBytes, err = load(ctx, st.tarURL+"/"+tar); err != nil {
 			return err
 		}
 		s.Requests = 1
 	}
-	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, containerRun{
-		image: tag, boot: true, watchRSS: true,
-		env:     []string{"BOOTFS_STORE=" + storeURL},
-		volumes: []string{h.volume + ":/.bootfs/cache"},
-	}, start)
-	after, merr := h.store.metrics()
+	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
+	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
 	}
-	d := after.sub(before)
 	s.StoreBytes = d.Bytes
 	s.Requests += d.Requests
 	return err
+}
+
+// bootfsStart is a boot image about to start over a network: where its
+// containers reach the store and the image archive, and the store's
+// counters before.
+type bootfsStart struct {
+	storeURL, tarURL string
+	before           counters
+}
+
+// startBootfs readies a start of the boot image tag over network n: with
+// cold, the image and the cache volume removed first; then the volume
+// made, the page cache dropped and the store's counters read.
+func (h *harness) startBootfs(ctx context.Context, n Network, tag string, cold bool) (bootfsStart, error) {
+	if cold {
+		if err := removeImage(ctx, tag); err != nil {
+			return bootfsStart{}, err
+		}
+		docker(context.Background(), "volume", "rm", "-f", h.volume)
+	}
+	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
+		return bootfsStart{}, err
+	}
+	var st bootfsStart
+	var err error
+	if st.storeURL, err = h.url(n, h.store.url); err != nil {
+		return bootfsStart{}, err
+	}
+	if st.tarURL, err = h.url(n, h.tarURL); err != nil {
+		return bootfsStart{}, err
+	}
+	if err := dropCaches(); err != nil {
+		return bootfsStart{}, err
+	}
+	if st.before, err = h.store.metrics(); err != nil {
+		return bootfsStart{}, err
+	}
+	return st, nil
+}
+
+// container is the docker run of the boot image tag as name ("": the
+// harness's one) on the store and the cache volume, its RSS watched.
+func (st bootfsStart) container(h *harness, name, tag string) containerRun {
+	return containerRun{
+		name: name, image: tag, boot: true, watchRSS: true,
+		env:     []string{"BOOTFS_STORE=" + st.storeURL},
+		volumes: []string{h.volume + ":/.bootfs/cache"},
+	}
+}
+
+// fetched returns what the store has sent since st.
+func (st bootfsStart) fetched(h *harness) (counters, error) {
+	after, err := h.store.metrics()
+	if err != nil {
+		return counters{}, err
+	}
+	return after.sub(st.before), nil
 }
 
 // errSkipped marks a mode that cannot run here; the report shows the

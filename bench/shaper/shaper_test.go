@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// echoServer answers every connection by copying what it reads back,
-// and returns its address.
-func echoServer(t *testing.T) string {
+// server serves every connection with handle, which closes it, and
+// returns its address.
+func server(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,39 +25,39 @@ func echoServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().String()
 }
 
+// echoServer answers every connection by copying what it reads back.
+func echoServer(t *testing.T) string {
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(c, c)
+	})
+}
+
 // sinkServer reads each connection to EOF and answers with the SHA-256
 // of what it read.
 func sinkServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h := sha256.New()
-				io.Copy(h, c)
-				c.Write(h.Sum(nil))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		c.Write(h.Sum(nil))
+	})
+}
+
+// sourceServer writes size bytes to every connection and closes it.
+func sourceServer(t *testing.T, size int) string {
+	data := make([]byte, size)
+	rand.Read(data)
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write(data)
+	})
 }
 
 func proxy(t *testing.T, upstream string, opts Options) *Proxy {
@@ -207,31 +207,6 @@ func TestListenRejectsNegative(t *testing.T) {
 	if _, err := Listen("127.0.0.1:0", "127.0.0.1:1", Options{Up: Link{Rate: -1}}); err == nil {
 		t.Error("Listen with a negative rate succeeded")
 	}
-}
-
-// sourceServer writes size bytes to every connection and closes it.
-func sourceServer(t *testing.T, size int) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	data := make([]byte, size)
-	rand.Read(data)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write(data)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // TestParallelConnectionsShareTheLink opens 8 connections at once through
