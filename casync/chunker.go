@@ -100,6 +100,10 @@ func (s ChunkSize) check() error {
 	return nil
 }
 
+// ParseSize parses a byte count with an optional binary k, m or g
+// suffix, as --chunk-size's parts and other size flags take it.
+func ParseSize(s string) (uint64, error) { return parseSize(s) }
+
 // parseSize parses a byte count with an optional binary k, m or g suffix.
 func parseSize(s string) (uint64, error) {
 	num, mult := s, uint64(1)

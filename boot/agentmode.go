@@ -1,0 +1,56 @@
+package boot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/bootfs/bootfs/boot/agent"
+)
+
+// agentTimeout bounds the agent's work for one container: reading its
+// index and TOC, mounting, pivoting. It fetches no chunk meanwhile.
+const agentTimeout = 2 * time.Minute
+
+// initViaAgent runs the workload through the node agent if its socket is
+// at /run/bootfs (see DESIGN, "With the node agent"): the agent makes the
+// image this container's root, then boot execs the workload in its own
+// place, so it becomes PID 1 as in a plain container. done is false when
+// there is no agent to ask (no socket, or none listening on it): Init
+// then mounts the image itself. Otherwise it returns only on failure,
+// with the workload's would-be exit status or an error.
+func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err error) {
+	log := opts.Logger
+	sock := agent.SocketPath("")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
+		return 0, false, nil
+	}
+	cfg, err := loadConfig(opts)
+	if err != nil {
+		return 0, true, err
+	}
+	err = agent.MountRoot(sock, agent.Request{Upper: opts.Upper}, agentTimeout)
+	if errors.Is(err, agent.ErrNoAgent) {
+		log.Warn("bootfs: the node agent's socket is there but no agent answers; mounting in the container instead", "err", err)
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, true, fmt.Errorf("boot: %w", err)
+	}
+	log.Info("bootfs: node-agent mode: the node's bootfs-agent serves this container's image (without -v /run/bootfs:/run/bootfs it mounts its own and needs --privileged --device /dev/fuse)")
+	if opts.Stats != "" || opts.Record != "" || opts.Background {
+		log.Warn("bootfs: BOOTFS_STATS, BOOTFS_RECORD and BOOTFS_BACKGROUND do nothing in node-agent mode; the agent's /metrics has its figures")
+	}
+	img, extraGroups := opts.workloadImage(cfg.Image)
+	err = execWorkload(workloadSpec{
+		Argv: argv, Env: os.Environ(), ImageEnv: img.Env,
+		User: img.User, WorkingDir: img.WorkingDir, ExtraGroups: extraGroups,
+	})
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		fmt.Fprintln(os.Stderr, err)
+		return ee.Status, true, nil
+	}
+	return 0, true, err
+}
