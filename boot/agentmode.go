@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/boot/agent"
+	"github.com/bootfs/bootfs/internal/bootconfig"
 )
 
 // agentTimeout bounds the agent's work for one container: reading its
@@ -26,10 +27,10 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
 		return 0, false, nil
 	}
-	cfg, err := loadConfig(opts)
-	if err != nil {
-		return 0, true, err
-	}
+	// Read now, parsed once the agent has checked the image: its old
+	// root, and this file, are gone then. The agent reads and checks the
+	// image's files itself, in the container's root.
+	cfgData, cfgErr := os.ReadFile(opts.Config)
 	err = agent.MountRoot(sock, agent.Request{Upper: opts.Upper}, agentTimeout)
 	if errors.Is(err, agent.ErrNoAgent) {
 		log.Warn("bootfs: the node agent's socket is there but no agent answers; mounting in the container instead", "err", err)
@@ -41,6 +42,13 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 	log.Info("bootfs: node-agent mode: the node's bootfs-agent serves this container's image (without -v /run/bootfs:/run/bootfs it mounts its own and needs --privileged --device /dev/fuse)")
 	if opts.Stats != "" || opts.Record != "" || opts.Background {
 		log.Warn("bootfs: BOOTFS_STATS, BOOTFS_RECORD and BOOTFS_BACKGROUND do nothing in node-agent mode; the agent's /metrics has its figures")
+	}
+	if cfgErr != nil {
+		return 0, true, fmt.Errorf("boot: read config: %w", cfgErr)
+	}
+	cfg, err := bootconfig.Load(cfgData)
+	if err != nil {
+		return 0, true, fmt.Errorf("boot: %s: %w", opts.Config, err)
 	}
 	img, extraGroups := opts.workloadImage(cfg.Image)
 	err = execWorkload(workloadSpec{

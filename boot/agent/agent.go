@@ -192,6 +192,14 @@ func (a *Agent) handle(c *net.UnixConn) {
 			a.log.Warn("cannot answer the caller", "err", werr)
 		}
 	}
+	defer func() {
+		// A bug one container's files reach must not end the agent,
+		// and every other container's filesystem with it.
+		if v := recover(); v != nil {
+			a.log.Error("request failed with a panic", "panic", v)
+			reply(fmt.Errorf("the agent failed on this image (a bug: %v)", v))
+		}
+	}()
 	p, err := peerOf(c)
 	if err != nil {
 		a.log.Warn("refused a caller", "err", err)

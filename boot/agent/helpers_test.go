@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,3 +77,6 @@ func writeTree(t testing.TB, dir string, files map[string]string) {
 		}
 	}
 }
+
+// dialPacket connects to the agent's socket.
+func dialPacket(sock string) (net.Conn, error) { return net.Dial("unixpacket", sock) }

@@ -155,7 +155,7 @@ func newOverlay(lower, upperDir int) (int, error) {
 			return -1, fmt.Errorf("configure overlay: %s: %w", l.key, err)
 		}
 	}
-	if err := unix.FsconfigSetString(fsfd, "source", "bootfs"); err != nil {
+	if err := unix.FsconfigSetString(fsfd, "source", "overlay"); err != nil {
 		return -1, fmt.Errorf("configure overlay: source: %w", err)
 	}
 	if err := unix.FsconfigCreate(fsfd); err != nil {
@@ -195,7 +195,11 @@ func inMountNamespace(pidfd int, f func() error) error {
 // root of dirfd, with no magic links (/proc/PID/fd/N and the like, which
 // could lead out of it), and no automounts.
 func resolve(dirfd int, p string, flags uint64) (int, error) {
-	return unix.Openat2(dirfd, strings.TrimPrefix(path.Clean("/"+p), "/"), &unix.OpenHow{
+	rel := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if rel == "" {
+		rel = "."
+	}
+	return unix.Openat2(dirfd, rel, &unix.OpenHow{
 		Flags:   flags | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
 	})
@@ -282,10 +286,10 @@ func bind(root int, b bindMount) error {
 // an empty file), every step resolved inside root.
 func mountPoint(root int, p string, dir bool) (int, error) {
 	fd, err := resolve(root, p, unix.O_PATH)
-	if !errors.Is(err, unix.ENOENT) {
+	p = path.Clean("/" + p)
+	if !errors.Is(err, unix.ENOENT) || p == "/" {
 		return fd, err
 	}
-	p = path.Clean("/" + p)
 	parent, err := mountPoint(root, path.Dir(p), true)
 	if err != nil {
 		return -1, err
