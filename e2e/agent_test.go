@@ -476,3 +476,87 @@ func TestAgentMetricsLoopbackOnly(t *testing.T) {
 		t.Errorf("bootfs-agent --metrics 0.0.0.0:0: %v, %s; want a failure naming loopback", err, out)
 	}
 }
+
+// TestAgentHealthcheck: Docker's HEALTHCHECK, run by the engine as an
+// exec into the container, sees the image's root in agent mode.
+func TestAgentHealthcheck(t *testing.T) {
+	e := setup(t)
+	root := filepath.Join(e.tmp, "bb")
+	orig := e.prefix + "/bb:health"
+	if err := dockerImport(root, orig, `CMD ["/bin/sh"]`, `HEALTHCHECK --interval=1s --retries=1 CMD ["cat", "/data/hello"]`); err != nil {
+		t.Fatal(err)
+	}
+	img := e.prefix + "/bb:health-boot"
+	if _, err := e.convert(orig, img, e.store); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, e, e.storeURL)
+	name := e.prefix + "-agent-health"
+	startDetached(t, name, a.flags(), img, "sleep", "600")
+	var status string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", name).Output()
+		if status = strings.TrimSpace(string(out)); status == "healthy" || status == "unhealthy" {
+			break
+		}
+	}
+	if status != "healthy" {
+		out, _ := exec.Command("docker", "inspect", "-f", "{{json .State.Health}}", name).Output()
+		t.Errorf("health = %q, want healthy: %s", status, out)
+	}
+}
+
+// TestAgentDebian: a converted Debian image with python3 runs with no
+// privilege through the agent, its output equal to the original's.
+func TestAgentDebian(t *testing.T) {
+	e := setup(t)
+	root := debianRootfs(t, "python", "python3")
+	orig := e.prefix + "/debian:python"
+	if err := dockerImport(root, orig, `CMD ["/bin/bash"]`); err != nil {
+		t.Fatal(err)
+	}
+	img := e.prefix + "/debian:python-agent"
+	if _, err := e.convert(orig, img, e.store); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, e, e.storeURL)
+	for _, args := range [][]string{
+		{"cat", "/etc/os-release"},
+		{"python3", "-c", "import json, sqlite3, sys, hashlib; print(sys.version_info[:2], json.dumps({'a': 1}), sqlite3.sqlite_version, hashlib.sha256(open('/usr/bin/python3', 'rb').read()).hexdigest())"},
+		{"sh", "-c", "dpkg -l | wc -l; id; echo $PATH; ls /usr/lib | head -20; md5sum /usr/lib/x86_64-linux-gnu/libc.so.6"},
+	} {
+		want := e.run(t, false, nil, orig, args...)
+		got := e.run(t, false, a.flags(), img, args...)
+		if got.stdout != want.stdout || got.code != want.code || want.code != 0 {
+			t.Errorf("docker run %q:\n got (exit %d):\n%s\nstderr: %s\n want (exit %d):\n%s\nstderr: %s", args, got.code, got.stdout, got.stderr, want.code, want.stdout, want.stderr)
+		}
+	}
+	t.Logf("chunks fetched: %v, bytes %v", a.metric(t, "chunks_fetched_total"), a.metric(t, "bytes_fetched_total"))
+}
+
+// TestAgentCacheMax: with --cache-max the node cache stays under the cap
+// while containers read more than it holds, and their reads are right.
+func TestAgentCacheMax(t *testing.T) {
+	e := setup(t)
+	const max = 256 << 10
+	a := startAgent(t, e, e.storeURL, "--cache-max", "256k", "--memory", "1m")
+	want := e.run(t, false, nil, e.bb, "md5sum", "/bin/busybox")
+	for i := range 2 {
+		got := e.run(t, false, a.flags(), e.bbBoot, "md5sum", "/bin/busybox")
+		if got.code != 0 || got.stdout != want.stdout {
+			t.Fatalf("run %d: exit %d, %q, want %q; stderr: %s", i, got.code, got.stdout, want.stdout, got.stderr)
+		}
+	}
+	if fetched := a.metric(t, "bytes_fetched_total"); fetched <= max {
+		t.Fatalf("fetched %v bytes, no more than the cap: the test proves nothing", fetched)
+	}
+	var size float64
+	// The agent evicts every 30s besides as it fetches; the metric is
+	// measured at most every 10s.
+	for deadline := time.Now().Add(50 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if size = a.metric(t, "cache_bytes"); size <= max {
+			return
+		}
+	}
+	t.Errorf("cache_bytes = %v, over --cache-max %d", size, max)
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -131,6 +132,9 @@ func (a *Agent) Serve(ctx context.Context) error {
 		<-ctx.Done()
 		l.Close()
 	}()
+	if a.opts.CacheMax > 0 {
+		go a.evictEvery(ctx, evictEvery)
+	}
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
@@ -145,6 +149,34 @@ func (a *Agent) Serve(ctx context.Context) error {
 			continue
 		}
 		go a.handle(c)
+	}
+}
+
+// evictEvery is how often the agent brings the node cache back under its
+// cap. The Cache evicts as fetches take it over, but one eviction at a
+// time: a burst of fetches during one can leave it over until the next
+// fetch, which on a node whose containers all run may be long. Each
+// eviction walks the cache directory, hence not more often.
+const evictEvery = 30 * time.Second
+
+func (a *Agent) evictEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		stores := slices.Collect(maps.Values(a.stores))
+		a.mu.Unlock()
+		// One directory: one store's eviction covers every digest's.
+		if len(stores) > 0 {
+			if _, err := stores[0].cache.Evict(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("cannot evict cached chunks", "err", err)
+			}
+		}
 	}
 }
 
