@@ -560,3 +560,20 @@ func TestAgentCacheMax(t *testing.T) {
 	}
 	t.Errorf("cache_bytes = %v, over --cache-max %d", size, max)
 }
+
+// TestAgentVolumes: an empty named volume gets the image's content at its
+// path first, as Docker fills it, and keeps what is written to it.
+func TestAgentVolumes(t *testing.T) {
+	e := setup(t)
+	a := startAgent(t, e, e.storeURL)
+	vol := e.volume(t, "agent-data")
+	want := e.run(t, false, []string{"-v", e.volume(t, "agent-data-orig") + ":/data"}, e.bb, "sh", "-c", "ls -ln /data /data/sub; cat /data/hello")
+	got := e.run(t, false, a.flags("-v", vol+":/data"), e.bbBoot, "sh", "-c", "ls -ln /data /data/sub; cat /data/hello; echo kept > /data/new")
+	if normalizeLs(got.stdout) != normalizeLs(want.stdout) || got.code != 0 {
+		t.Errorf("a fresh volume at /data:\n got (exit %d):\n%s\nstderr: %s\n want:\n%s", got.code, got.stdout, got.stderr, want.stdout)
+	}
+	got = e.run(t, false, a.flags("-v", vol+":/data"), e.bbBoot, "cat", "/data/new", "/data/hello")
+	if got.stdout != "kept\nhello from the image\n" {
+		t.Errorf("the volume again: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+}

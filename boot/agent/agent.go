@@ -530,22 +530,22 @@ func (a *Agent) Close() error {
 // not the root, /.bootfs (the image's own files and cache) nor the
 // agent's socket directory, which the workload has no use for.
 func containerBinds(mounts []mountinfo.Mount) []bindMount {
-	var points []string
+	var binds []bindMount
 	for _, m := range mounts {
 		p := path.Clean(m.Point)
 		if p == "/" || !path.IsAbs(p) || under(p, bootconfig.Dir) || under(p, DefaultSocketDir) {
 			continue
 		}
-		points = append(points, p)
+		binds = append(binds, bindMount{point: p, volume: m.IsNamedVolume()})
 	}
-	slices.SortStableFunc(points, func(a, b string) int {
-		return strings.Count(a, "/") - strings.Count(b, "/")
+	slices.SortStableFunc(binds, func(a, b bindMount) int {
+		return strings.Count(a.point, "/") - strings.Count(b.point, "/")
 	})
 	var out []bindMount
-	for _, p := range points {
-		covered := slices.ContainsFunc(out, func(b bindMount) bool { return under(p, b.point) })
+	for _, b := range binds {
+		covered := slices.ContainsFunc(out, func(o bindMount) bool { return under(b.point, o.point) })
 		if !covered {
-			out = append(out, bindMount{point: p})
+			out = append(out, b)
 		}
 	}
 	return out

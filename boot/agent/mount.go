@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/internal/copytree"
 )
 
 // fuseMount is a FUSE superblock made with the new mount API: a detached
@@ -207,8 +208,11 @@ func resolve(dirfd int, p string, flags uint64) (int, error) {
 
 // bindMount is a mount of the caller's that its new root gets too.
 // Its clone keeps the mount's flags (read-only, nosuid and the like).
+// A Docker volume (named or anonymous) that is empty gets the image's
+// content at its path first, as Docker fills a volume from the image.
 type bindMount struct {
-	point string
+	point  string
+	volume bool
 }
 
 // pivot makes the overlay ovl the root of the mount namespace of the
@@ -219,6 +223,11 @@ type bindMount struct {
 // process whose root was the old one (the caller, PID 1 of its container)
 // has the new one from then on.
 func pivot(ovl int, attachAt string, binds []bindMount) error {
+	// Lookups from AT_FDCWD (resolve) take the working directory as
+	// their root: the caller's root, as setns left it.
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
 	// pivot_root refuses a shared root; a private root keeps the new
 	// mounts from propagating anywhere.
 	if err := unix.Mount("", "/", "", unix.MS_PRIVATE, ""); err != nil {
@@ -234,6 +243,11 @@ func pivot(ovl int, attachAt string, binds []bindMount) error {
 		return fmt.Errorf("attach the root at %s: %w", attachAt, err)
 	}
 	for _, b := range binds {
+		if b.volume {
+			if err := fillVolume(ovl, b.point); err != nil {
+				return err
+			}
+		}
 		if err := bind(ovl, b); err != nil {
 			return err
 		}
@@ -248,6 +262,31 @@ func pivot(ovl int, attachAt string, binds []bindMount) error {
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("detach the old root: %w", err)
+	}
+	return nil
+}
+
+// fillVolume copies the image's directory at p, if it has one, into the
+// caller's volume at p if that is empty. The image's path is resolved in
+// the image (root), the volume's in the caller's root; the copy walks
+// from the image directory as the thread's working directory, so no
+// symlink of the image is followed.
+func fillVolume(root int, p string) error {
+	if !copytree.IsEmptyDir(p) {
+		return nil
+	}
+	src, err := resolve(root, p, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil // nothing in the image there
+	}
+	defer unix.Close(src)
+	if err := unix.Fchdir(src); err != nil {
+		return fmt.Errorf("fill the volume %s: %w", p, err)
+	}
+	// Lookups from AT_FDCWD (resolve) take the working directory as root.
+	defer unix.Chdir("/")
+	if err := copytree.Copy(".", p, nil); err != nil {
+		return fmt.Errorf("copy the image's %s into its empty volume: %w", p, err)
 	}
 	return nil
 }
