@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -53,7 +54,12 @@ func (s *syncBuffer) String() string {
 // t.
 func startAgent(t *testing.T, e *env, store string, extra ...string) *agent {
 	t.Helper()
-	dir := t.TempDir()
+	return startAgentIn(t, e, t.TempDir(), store, extra...)
+}
+
+// startAgentIn starts bootfs-agent with its socket and cache in dir.
+func startAgentIn(t *testing.T, e *env, dir, store string, extra ...string) *agent {
+	t.Helper()
 	a := &agent{sockDir: filepath.Join(dir, "sock"), cache: filepath.Join(dir, "cache"), log: &syncBuffer{}}
 	a.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"--socket-dir", a.sockDir, "--store", store, "--cache", a.cache, "--metrics", a.metrics, "--log-level", "debug"}, extra...)
@@ -575,5 +581,67 @@ func TestAgentVolumes(t *testing.T) {
 	got = e.run(t, false, a.flags("-v", vol+":/data"), e.bbBoot, "cat", "/data/new", "/data/hello")
 	if got.stdout != "kept\nhello from the image\n" {
 		t.Errorf("the volume again: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+}
+
+// TestAgentReplace: an agent started with --replace takes the socket over
+// while a container reads files it has not read before, one after the
+// other: the old agent goes on serving that container (no read fails)
+// and exits when it ends; new containers go to the new agent.
+func TestAgentReplace(t *testing.T) {
+	e := setup(t)
+	root := filepath.Join(t.TempDir(), "many")
+	if err := busyboxTree(root, filepath.Join(e.tmp, "bb", "bin", "busybox")); err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := range 120 {
+		name := fmt.Sprintf("many/f%03d", i)
+		data := bytes.Repeat([]byte(fmt.Sprintf("%s %d ", name, i*7919)), 64<<10/12)
+		if err := os.MkdirAll(filepath.Join(root, "many"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&want, "%x  /%s\n", md5.Sum(data), name)
+	}
+	orig := e.prefix + "/many:orig"
+	if err := dockerImport(root, orig, `CMD ["/bin/sh"]`); err != nil {
+		t.Fatal(err)
+	}
+	img := e.prefix + "/many:boot"
+	if _, err := e.convert(orig, img, e.store); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	old := startAgentIn(t, e, dir, e.storeURL)
+	name := e.prefix + "-agent-replace"
+	startDetached(t, name, old.flags(), img, "sh", "-c", "echo start; for f in /many/*; do md5sum $f || echo FAIL $f; sleep 0.05; done; echo DONE")
+	waitLog(t, name, "start")
+	time.Sleep(time.Second) // some files read
+	cur := startAgentIn(t, e, dir, e.storeURL, "--replace")
+	if got := e.run(t, false, cur.flags(), e.bbBoot, "cat", "/data/hello"); got.code != 0 || got.stdout != "hello from the image\n" {
+		t.Errorf("a new container after the replacement: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+	if cur.metric(t, "requests_total") != 1 {
+		t.Errorf("the new agent served %v requests, want the new container's 1", cur.metric(t, "requests_total"))
+	}
+	waitLog(t, name, "DONE")
+	logs, _ := exec.Command("docker", "logs", name).Output()
+	got := strings.TrimSuffix(strings.TrimPrefix(string(logs), "start\n"), "DONE\n")
+	if got != want.String() {
+		t.Errorf("the container's reads across the replacement:\n%s\nwant:\n%s", got, want.String())
+	}
+	exec.Command("docker", "rm", "-f", name).Run()
+	exited := make(chan error, 1)
+	go func() { exited <- old.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("the old agent: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("the old agent did not exit when its last container ended:\n%s", old.log.String())
 	}
 }

@@ -40,6 +40,10 @@ type Options struct {
 	// Stores are the URLs of the --store list, to tell an image's own
 	// store apart in the log.
 	Stores []string
+	// Replace takes the socket over from an agent listening on it
+	// (--replace): that one stops taking requests and goes on serving the
+	// containers it mounted until they end, so an upgrade breaks none.
+	Replace bool
 	// Cache is the node's chunk cache directory (--cache). Required.
 	Cache string
 	// CacheMax caps the cache's size in bytes, evicting the least
@@ -192,8 +196,11 @@ func (a *Agent) listen() (*net.UnixListener, error) {
 			return nil, fmt.Errorf("bootfs-agent: %s exists and is not a socket; remove it or pick another --socket-dir", sock)
 		}
 		if c, err := net.Dial("unixpacket", sock); err == nil {
+			err := a.replace(c.(*net.UnixConn), sock)
 			c.Close()
-			return nil, fmt.Errorf("bootfs-agent: another agent is listening on %s", sock)
+			if err != nil {
+				return nil, err
+			}
 		}
 		os.Remove(sock)
 	}
@@ -206,6 +213,30 @@ func (a *Agent) listen() (*net.UnixListener, error) {
 		return nil, fmt.Errorf("bootfs-agent: %w", err)
 	}
 	return l, nil
+}
+
+// replace asks the agent on the other end of c, listening on sock, to
+// stop taking requests (SIGTERM, by pidfd), and waits until it has let go
+// of sock. It keeps serving its containers.
+func (a *Agent) replace(c *net.UnixConn, sock string) error {
+	if !a.opts.Replace {
+		return fmt.Errorf("bootfs-agent: another agent is listening on %s (pass --replace to take over from it: it keeps serving its containers until they end)", sock)
+	}
+	old, err := peerOf(c)
+	if err != nil {
+		return fmt.Errorf("bootfs-agent: the agent on %s: %w", sock, err)
+	}
+	defer old.close()
+	if err := unix.PidfdSendSignal(old.pidfd, unix.SIGTERM, nil, 0); err != nil {
+		return fmt.Errorf("bootfs-agent: stop the agent on %s (pid %d): %w", sock, old.pid, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Lstat(sock); errors.Is(err, os.ErrNotExist) {
+			a.log.Info("took over from the running agent; it serves its containers until they end", "pid", old.pid)
+			return nil
+		}
+	}
+	return fmt.Errorf("bootfs-agent: the agent on %s (pid %d) did not let go of it in 10s", sock, old.pid)
 }
 
 // handle serves one connection: one request, one reply.

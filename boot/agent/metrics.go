@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/bootfs/bootfs/chunkstore"
@@ -88,7 +90,14 @@ func (a *Agent) ServeMetrics(ctx context.Context, addr string) error {
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return fmt.Errorf("bootfs-agent: --metrics %q: not a loopback address; the agent serves metrics only on 127.0.0.1 or ::1", addr)
 	}
-	l, err := net.Listen("tcp", addr)
+	// An agent this one replaces (Options.Replace) lets go of the
+	// address as it stops taking requests: give it a moment.
+	var l net.Listener
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if l, err = net.Listen("tcp", addr); err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("bootfs-agent: metrics: %w", err)
 	}

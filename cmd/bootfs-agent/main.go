@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&caFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
 	fs.StringVar(&sshKeys, "ssh-key", "", "private key `FILE[,FILE...]` for ssh:// stores")
 	fs.StringVar(&ssh.KnownHostsFile, "ssh-known-hosts", "", "known_hosts `FILE` with the ssh store's host key")
+	fs.BoolVar(&opts.Replace, "replace", false, "take the socket over from a running agent, which stops taking requests and serves its containers until they end (an upgrade that breaks none)")
 	fs.StringVar(&level, "log-level", "info", "log `level`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
