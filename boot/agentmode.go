@@ -1,9 +1,12 @@
 package boot
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/bootfs/bootfs/boot/agent"
@@ -24,7 +27,7 @@ const agentTimeout = 2 * time.Minute
 func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err error) {
 	log := opts.Logger
 	sock := agent.SocketPath("")
-	if fi, err := os.Stat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
+	if !waitSocket(sock, agentWait, log) {
 		return 0, false, nil
 	}
 	// Read now, parsed once the agent has checked the image: its old
@@ -61,4 +64,48 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 		return ee.Status, true, nil
 	}
 	return 0, true, err
+}
+
+// agentWait is how long boot waits for the agent's socket when the
+// container has the socket directory mounted but no socket is in it yet:
+// an agent started beside the container (Compose's depends_on) or being
+// replaced.
+const agentWait = 10 * time.Second
+
+// waitSocket reports whether sock is a socket, waiting up to wait for it
+// if its directory is a mount point of the container's (docker run -v
+// DIR:/run/bootfs says the agent is meant).
+func waitSocket(sock string, wait time.Duration, log *slog.Logger) bool {
+	isSocket := func() bool {
+		fi, err := os.Stat(sock)
+		return err == nil && fi.Mode().Type() == os.ModeSocket
+	}
+	if isSocket() || !isMountPoint(filepath.Dir(sock)) {
+		return isSocket()
+	}
+	log.Info("bootfs: waiting for the node agent's socket", "socket", sock, "for", wait)
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if isSocket() {
+			return true
+		}
+	}
+	return false
+}
+
+// isMountPoint reports whether dir is a mount point of this process's.
+func isMountPoint(dir string) bool {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	mounts, err := ParseMountInfo(bytes.NewReader(mi))
+	if err != nil {
+		return false
+	}
+	for _, m := range mounts {
+		if filepath.Clean(m.Point) == filepath.Clean(dir) {
+			return true
+		}
+	}
+	return false
 }

@@ -205,11 +205,29 @@ func TestAgentFallback(t *testing.T) {
 	if !strings.Contains(got.stderr, "in-container mode") || !strings.Contains(got.stderr, "-v /run/bootfs:/run/bootfs") {
 		t.Errorf("stderr does not name the mode and the agent:\n%s", got.stderr)
 	}
-	// A socket directory with no agent behind it: the grant still works.
+	// A socket directory with no agent behind it: boot waits for one a
+	// while, then the grant still works.
 	dir := t.TempDir()
 	got = e.run(t, true, []string{"-v", dir + ":/run/bootfs"}, e.bbBoot, "cat", "/data/hello")
-	if got.code != 0 || got.stdout != "hello from the image\n" {
+	if got.code != 0 || got.stdout != "hello from the image\n" || !strings.Contains(got.stderr, "waiting for the node agent") {
 		t.Errorf("with an empty socket directory: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+}
+
+// TestAgentStartedAfter: a container started before its agent (Compose
+// starts them together) waits for the socket and runs through the agent.
+func TestAgentStartedAfter(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "sock")
+	os.MkdirAll(sock, 0o755)
+	res := make(chan result, 1)
+	go func() { res <- e.run(t, false, []string{"-v", sock + ":/run/bootfs"}, e.bbBoot, "cat", "/data/hello") }()
+	time.Sleep(2 * time.Second)
+	startAgentIn(t, e, dir, e.storeURL)
+	got := <-res
+	if got.code != 0 || got.stdout != "hello from the image\n" || !strings.Contains(got.stderr, "node-agent mode") {
+		t.Errorf("a container started before the agent: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
 	}
 }
 
