@@ -179,6 +179,13 @@ func inMountNamespace(pidfd int, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		defer func() {
+			// This goroutine's panic would end the agent, and every
+			// container's filesystem with it.
+			if v := recover(); v != nil {
+				errc <- fmt.Errorf("the agent failed in the caller's namespace (a bug: %v)", v)
+			}
+		}()
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
 			errc <- fmt.Errorf("unshare the thread's filesystem attributes: %w", err)
 			return
