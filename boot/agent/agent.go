@@ -73,7 +73,7 @@ type Agent struct {
 	stores map[casync.Digest]*nodeStore
 	mounts map[uint64]*mount // by mount namespace
 	closed bool
-	wg     sync.WaitGroup // mounts being served
+	wg     sync.WaitGroup // mounts in a.mounts: Add as one is reserved, Done as it is dropped
 
 	requests, refused, served atomic.Uint64
 }
@@ -324,6 +324,7 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		err = errors.New("the caller's mount namespace has its image mounted already")
 	default:
 		a.mounts[p.mntNS] = m
+		a.wg.Add(1) // under mu, so Close never waits before it
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -404,9 +405,7 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	// reference to the superblock goes (the fds below, or the
 	// container's namespace), the server stops.
 	serving = true
-	a.wg.Add(2)
 	go func() {
-		defer a.wg.Done()
 		srv.Serve()
 		close(m.served)
 	}()
@@ -468,7 +467,6 @@ const abortAfter = 10 * time.Second
 // with that; if something keeps the namespace alive, the connection is
 // aborted, so no mount or state of a dead container stays in the agent.
 func (a *Agent) watch(m *mount, log *slog.Logger) {
-	defer a.wg.Done()
 	exited := make(chan struct{})
 	go func() {
 		waitExit(m.peer.pidfd, m.served)
@@ -502,6 +500,7 @@ func (a *Agent) drop(m *mount) {
 		m.reader.Close()
 	}
 	m.peer.close()
+	a.wg.Done()
 }
 
 // waitExit returns when the process pidfd names has exited (a pidfd
