@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -661,5 +662,30 @@ func TestAgentReplace(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Errorf("the old agent did not exit when its last container ended:\n%s", old.log.String())
+	}
+}
+
+// TestAgentSampleContainer: the agent as a container (samples/agent)
+// serves an unprivileged converted container.
+func TestAgentSampleContainer(t *testing.T) {
+	e := setup(t)
+	_, file, _, _ := runtime.Caller(0)
+	module := filepath.Dir(filepath.Dir(file))
+	img := e.prefix + "/agent:sample"
+	if out, err := exec.Command("docker", "build", "-q", "--force-rm", "-t", img, "-f", filepath.Join(module, "samples/agent/Dockerfile"), e.bin).CombinedOutput(); err != nil {
+		t.Fatalf("docker build samples/agent: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", img).Run() })
+	sock := t.TempDir()
+	name := e.prefix + "-agent-sample"
+	startDetached(t, name, []string{"--pid", "host", "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_PTRACE", "--device", "/dev/fuse",
+		"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "-v", sock + ":/run/bootfs"},
+		img, "--store", e.storeURL)
+	waitLog(t, name, "listening")
+	want := e.run(t, false, nil, e.bb, "sh", "-c", "cat /etc/os-release; md5sum /bin/busybox")
+	got := e.run(t, false, []string{"-v", sock + ":/run/bootfs"}, e.bbBoot, "sh", "-c", "cat /etc/os-release; md5sum /bin/busybox")
+	if got.code != 0 || got.stdout != want.stdout {
+		logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
+		t.Errorf("through the agent container: exit %d, %q, want %q; stderr: %s\nagent logs:\n%s", got.code, got.stdout, want.stdout, got.stderr, logs)
 	}
 }
