@@ -4,6 +4,7 @@
 //	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
 //	chunkstore verify --dir DIR [--repair]
 //	chunkstore prune  --dir DIR [--yes] INDEX...
+//	chunkstore gc     --dir DIR --max SIZE [--yes]
 //
 // Each subcommand turns its flags into options for one call into package
 // chunkstore. Exit codes: 0 success, 1 failure (or bad chunks found by
@@ -50,6 +51,9 @@ commands:
           check every chunk; with --repair, remove the bad ones
   prune   --dir DIR [--yes] INDEX...
           remove chunks no INDEX references (lists them only, without --yes)
+  gc      --dir DIR --max SIZE [--yes]
+          bring a node's chunk cache down to SIZE, least recently used
+          chunks first (lists them only, without --yes)
   help    show this text
 
 Run "chunkstore COMMAND -h" for the flags of a command.
@@ -71,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = verify(ctx, args[1:], stdout, stderr)
 	case "prune":
 		err = prune(ctx, args[1:], stdout, stderr)
+	case "gc":
+		err = gc(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
