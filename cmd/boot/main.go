@@ -3,7 +3,7 @@
 //
 //	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
 //	boot exec -- CMD [ARG...]   (docker exec CONTAINER /.bootfs/boot exec -- CMD)
-//	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
+//	boot mount [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
 // boot. Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -24,6 +24,7 @@ import (
 
 	"github.com/bootfs/bootfs/boot"
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
@@ -77,7 +78,7 @@ commands:
           docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD; CMD gets
           the workload's root, mount and PID namespaces, user, groups,
           environment and working directory; exits with CMD's status
-  mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE]
+  mount   [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE]
           [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
           lazily, until interrupted (SIGINT or SIGTERM); SIGUSR1 writes stats
@@ -92,6 +93,8 @@ a mounted volume:
                              image's)
   BOOTFS_CACHE=DIR|none      chunk cache (default /.bootfs/cache: mount the
                              node's cache volume there)
+  BOOTFS_CACHE_MAX=SIZE      cap the cache (such as 2g), across every container
+                             sharing it; least recently used chunks go first
   BOOTFS_UPPER=DIR           the overlay's writable layer (default a tmpfs)
   BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
   BOOTFS_RECORD=FILE         the image files the workload read, one absolute
@@ -171,9 +174,10 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	var opts lazyfs.MountOptions
-	var logLevel string
+	var logLevel, cacheMax string
 	fs.StringVar(&opts.Store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
 	fs.StringVar(&opts.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
+	fs.StringVar(&cacheMax, "cache-max", "", "cap --cache at `SIZE` (bytes, or with a k, m or g suffix), least recently used chunks evicted, across every process sharing it")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
@@ -196,6 +200,16 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if strings.TrimSpace(opts.Store) == "" {
 		return bad("--store is required: the chunk store the index's chunks were written to")
+	}
+	if cacheMax != "" {
+		n, err := casync.ParseSize(cacheMax)
+		if err != nil || n > 1<<62 {
+			return bad("bad --cache-max %q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", cacheMax)
+		}
+		if opts.Cache == "" {
+			return bad("--cache-max needs --cache: the directory to cap")
+		}
+		opts.CacheMax = int64(n)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
