@@ -115,7 +115,7 @@ func (s *Store) keepAliveMap(ctx context.Context, ref name.Tag, bootImage bool) 
 	}
 	desc, err := remote.Head(ref, s.remoteOpts(ctx)...)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("%s: %w", ref, notFound(err, s.opts.AuthFile))
+		return v1.Hash{}, notFound(err, s.opts.AuthFile, ref.String())
 	}
 	ka := s.repo.Tag(SubjectTag(desc.Digest))
 	m, err := s.manifest(ctx, ka)
@@ -128,7 +128,7 @@ func (s *Store) keepAliveMap(ctx context.Context, ref name.Tag, bootImage bool) 
 func (s *Store) manifest(ctx context.Context, r name.Reference) (v1.Hash, error) {
 	desc, err := remote.Get(r, s.remoteOpts(ctx)...)
 	if err != nil {
-		return v1.Hash{}, notFound(err, s.opts.AuthFile)
+		return v1.Hash{}, notFound(err, s.opts.AuthFile, r.String())
 	}
 	var m v1.Manifest
 	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
@@ -141,10 +141,10 @@ func (s *Store) manifest(ctx context.Context, r name.Reference) (v1.Hash, error)
 }
 
 // notFound explains a registry error, saying "does not exist" for 404s.
-func notFound(err error, authFile string) error {
+func notFound(err error, authFile, what string) error {
 	var te *transport.Error
 	if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("%w: does not exist", ErrNotBootfs)
+		return fmt.Errorf("%w: %s does not exist", ErrNotBootfs, what)
 	}
 	return explain(err, authFile)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,6 +77,9 @@ type Ref struct {
 	Tag    string
 }
 
+// tagPattern is the OCI distribution spec's tag grammar.
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+
 // ParseRef parses oci://host[:port]/repo, with an optional @sha256:<hex>
 // (a chunk map) or :tag (a boot image) after the repository.
 func ParseRef(s string, o Options) (Ref, error) {
@@ -99,7 +103,7 @@ func ParseRef(s string, o Options) (Ref, error) {
 		path, r.Digest = p, h
 	} else if i := strings.LastIndexByte(path, ':'); i > strings.LastIndexByte(path, '/') {
 		path, r.Tag = path[:i], path[i+1:]
-		if _, err := name.NewTag("x/x:"+r.Tag, name.StrictValidation); err != nil {
+		if !tagPattern.MatchString(r.Tag) {
 			return bad("bad tag " + r.Tag)
 		}
 	}
@@ -119,8 +123,8 @@ func URL(repo name.Repository, d v1.Hash) string {
 	return "oci://" + repo.RegistryStr() + "/" + repo.RepositoryStr() + "@" + d.String()
 }
 
-// New opens the store that the oci:// URL u names. It pings the registry
-// and takes a token if it asks for one; it reads no chunk map yet.
+// New opens the store that the oci:// URL u names. It pings the
+// registry, takes a token if it asks for one, and reads the chunk map(s).
 func New(ctx context.Context, u string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
 	ref, err := ParseRef(u, opts)
@@ -131,12 +135,18 @@ func New(ctx context.Context, u string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry %s: %w", ref.Repo.RegistryStr(), err)
 	}
-	return &Store{
+	s := &Store{
 		url: u, repo: ref.Repo, pin: ref.Digest, tag: ref.Tag, opts: opts, rt: rt,
 		web:    &http.Client{Transport: rt},
 		packOf: map[v1.Hash]int{}, chunks: map[casync.ChunkID]loc{},
 		spooled: map[casync.ChunkID]loc{},
-	}, nil
+	}
+	// Read the chunk map(s) now: a repository, tag or map that is not
+	// there is a clear error at open, not an EIO at the first read.
+	if err := s.index(ctx); err != nil {
+		return nil, fmt.Errorf("open %s: %w", u, err)
+	}
+	return s, nil
 }
 
 func (s *Store) String() string { return s.url }

@@ -294,5 +294,7 @@ func startTokenServer(t testing.TB, dir, service string, users map[string]string
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	return "http://" + l.Addr().String() + "/token", bundle
+	// A host name, not an IP literal: go-containerregistry refuses token
+	// realms at private and loopback IP literals (an SSRF guard).
+	return fmt.Sprintf("http://localhost:%d/token", l.Addr().(*net.TCPAddr).Port), bundle
 }
