@@ -362,3 +362,81 @@ func TestRegistryAuth(t *testing.T) {
 		}
 	})
 }
+
+// minbaseOf derives a Debian minbase tree from the cached python one
+// (bench/rootfs.sh) by purging python3 and what it brought, offline: the
+// machine reaches no Debian mirror to debootstrap minbase itself.
+func minbaseOf(t *testing.T, pyRoot string) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "minbase")
+	if out, err := exec.Command("cp", "-a", pyRoot, root).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v\n%s", pyRoot, err, out)
+	}
+	purge := []string{"--purge", "libpython3-stdlib", "python3", "python3.11", "python3-minimal", "python3.11-minimal",
+		"libpython3.11-stdlib", "libpython3.11-minimal", "media-types", "libexpat1", "libncursesw6", "libreadline8",
+		"readline-common", "libsqlite3-0", "tzdata"}
+	// dpkg may refuse some (others depend on them); what it removes is
+	// enough, and python3 must be gone.
+	exec.Command("chroot", append([]string{root, "dpkg"}, purge...)...).Run()
+	if _, err := os.Lstat(filepath.Join(root, "usr/bin/python3")); err == nil {
+		t.Fatalf("python3 is still in the derived minbase tree %s", root)
+	}
+	return root
+}
+
+// TestRegistryDebianSharedBase pushes Debian minbase, then minbase with
+// python3, into one repository: the second uploads only the chunks the
+// first did not have, as many as a chunk store would take, and the
+// pushed python image runs python as the original does.
+func TestRegistryDebianSharedBase(t *testing.T) {
+	e := setup(t)
+	testenv.LookPath(t, registrytest.Binary)
+	pyRoot := debianRootfs(t, "python", "python3")
+	minRoot := minbaseOf(t, pyRoot)
+	r := registrytest.Start(t, registrytest.Config{})
+	repo := r.Host + "/registry-e2e/debian"
+
+	pushTimed := func(ref, root string) (pushSummary, time.Duration, int) {
+		r.ResetLog()
+		start := time.Now()
+		s := e.push(t, ref, "dir:"+root)
+		took := time.Since(start)
+		return s, took, strings.Count(r.Log(), `"PUT /v2/`) + strings.Count(r.Log(), `"PATCH /v2/`) + strings.Count(r.Log(), `"POST /v2/`)
+	}
+	min, minTook, minReqs := pushTimed(repo+":min", minRoot)
+	py, pyTook, pyReqs := pushTimed(repo+":python", pyRoot)
+	t.Logf("push minbase: %d bytes, %d chunks, %d new, %d written, %d upload requests, %v", min.Bytes, min.Chunks, min.NewChunks, min.BytesWritten, minReqs, minTook.Round(time.Millisecond))
+	t.Logf("push +python3: %d bytes, %d chunks, %d new (%d bytes), %d written, %d upload requests, %v", py.Bytes, py.Chunks, py.NewChunks, py.NewBytes, py.BytesWritten, pyReqs, pyTook.Round(time.Millisecond))
+	if shared := py.Bytes - py.NewBytes; shared < min.Bytes/2 {
+		t.Errorf("the python push reused %d bytes of the %d-byte base, want at least half", shared, min.Bytes)
+	}
+
+	// The same two into a chunk store: the registry takes no more.
+	store := filepath.Join(t.TempDir(), "store")
+	for _, c := range []struct {
+		root string
+		want pushSummary
+	}{{minRoot, min}, {pyRoot, py}} {
+		out, err := exec.Command(filepath.Join(e.bin, "mkimage"), "--store", store, "--json", "--quiet", "dir:"+c.root).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s convertSummary
+		json.Unmarshal(out, &s)
+		if s.NewChunks != c.want.NewChunks {
+			t.Errorf("%s: the chunk store took %d new chunks, the registry %d", c.root, s.NewChunks, c.want.NewChunks)
+		}
+	}
+
+	pyImg := e.prefix + "/reg-debian-python:orig"
+	if err := dockerImport(pyRoot, pyImg, `CMD ["/bin/bash"]`); err != nil {
+		t.Fatal(err)
+	}
+	prog := "import json, sqlite3; print(json.dumps({'sqlite': sqlite3.sqlite_version}))"
+	want := e.run(t, false, nil, pyImg, "python3", "-c", prog)
+	pull(t, repo+":python")
+	got := e.run(t, true, nil, repo+":python", "python3", "-c", prog)
+	if want.code != 0 || got.code != 0 || got.stdout != want.stdout {
+		t.Errorf("python3 in the pushed image: exit %d, %q, stderr %s; the original: exit %d, %q", got.code, got.stdout, got.stderr, want.code, want.stdout)
+	}
+}
