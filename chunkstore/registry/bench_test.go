@@ -92,4 +92,3 @@ func requests(log string) int {
 	}
 	return n
 }
-
