@@ -151,6 +151,10 @@ func TestRegistryPushRun(t *testing.T) {
 	if st.BytesFetched > uint64(s1.Bytes)/4 {
 		t.Errorf("cat /data/hello fetched %d of %d bytes: the 24 MiB file it never read was fetched", st.BytesFetched, s1.Bytes)
 	}
+	// Setuid boot (docker run --user) reads a registry anonymously too.
+	if got := e.run(t, true, []string{"--user", "1000"}, ref, "sh", "-c", "id -u; cat /data/hello"); got.code != 0 || got.stdout != "1000\n"+want.stdout {
+		t.Errorf("docker run --user 1000 %s: exit %d, %q, stderr %s", ref, got.code, got.stdout, got.stderr)
+	}
 	wantBig := md5hex(big)
 	if got := e.run(t, true, nil, ref, "md5sum", "/data/big"); got.code != 0 || !strings.HasPrefix(got.stdout, wantBig) {
 		t.Fatalf("md5sum /data/big in the boot image: exit %d, %q, stderr %s; want %s", got.code, got.stdout, got.stderr, wantBig)
@@ -341,6 +345,32 @@ func TestRegistryAuth(t *testing.T) {
 		if msg := bootMountError(t, e, "oci://"+repo, index, "--registry-auth", auth, "--ca-file", other.CAFile); !strings.Contains(msg, "--ca-file") {
 			t.Errorf("boot mount with the wrong CA: %s; want an error naming --ca-file", msg)
 		}
+
+		// In a container, boot takes the file from BOOTFS_REGISTRY_AUTH.
+		// Docker pulls the boot image from a plain registry of the test
+		// (this engine trusts no test CA); BOOTFS_STORE points boot at the
+		// TLS one, which holds the same chunks.
+		plain := registrytest.Start(t, registrytest.Config{})
+		ref := plain.Host + "/registry-e2e/auth:1"
+		e.push(t, ref, "dir:"+tree)
+		pull(t, ref)
+		files := t.TempDir()
+		for name, from := range map[string]string{"config.json": auth, "ca.pem": r.CAFile} {
+			b, err := os.ReadFile(from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(files, name), b)
+		}
+		flags := []string{"-v", files + ":/auth:ro", "-e", "BOOTFS_CACHE=none", "-e", "BOOTFS_STORE=oci://" + repo + ":1", "-e", "BOOTFS_CA_FILE=/auth/ca.pem"}
+		got := e.run(t, true, append(flags, "-e", "BOOTFS_REGISTRY_AUTH=/auth/config.json"), ref, "md5sum", "/data/big")
+		if got.code != 0 || !strings.HasPrefix(got.stdout, md5hex(big)) {
+			t.Errorf("docker run with BOOTFS_REGISTRY_AUTH: exit %d, %q, stderr %s", got.code, got.stdout, got.stderr)
+		}
+		got = e.run(t, true, flags, ref, "md5sum", "/data/big")
+		if got.code == 0 || !strings.Contains(got.stderr, "BOOTFS_REGISTRY_AUTH") {
+			t.Errorf("docker run without credentials: exit %d, stderr %s; want a failure naming BOOTFS_REGISTRY_AUTH", got.code, got.stderr)
+		}
 	})
 	t.Run("token", func(t *testing.T) {
 		r := registrytest.Start(t, registrytest.Config{Token: true, Users: users})
@@ -407,6 +437,8 @@ func TestRegistryDebianSharedBase(t *testing.T) {
 	py, pyTook, pyReqs := pushTimed(repo+":python", pyRoot)
 	t.Logf("push minbase: %d bytes, %d chunks, %d new, %d written, %d upload requests, %v", min.Bytes, min.Chunks, min.NewChunks, min.BytesWritten, minReqs, minTook.Round(time.Millisecond))
 	t.Logf("push +python3: %d bytes, %d chunks, %d new (%d bytes), %d written, %d upload requests, %v", py.Bytes, py.Chunks, py.NewChunks, py.NewBytes, py.BytesWritten, pyReqs, pyTook.Round(time.Millisecond))
+	mapDigest := py.RuntimeStore[strings.LastIndex(py.RuntimeStore, "@")+1:]
+	t.Logf("the python image's chunk map: %s bytes", registryRequest(t, r, http.MethodHead, "/v2/registry-e2e/debian/blobs/"+mapDigest).Header.Get("Content-Length"))
 	if shared := py.Bytes - py.NewBytes; shared < min.Bytes/2 {
 		t.Errorf("the python push reused %d bytes of the %d-byte base, want at least half", shared, min.Bytes)
 	}
