@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/bootfs/bootfs/casync"
@@ -193,4 +194,40 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestRedirect: a registry that redirects blob GETs (to object storage,
+// as many do) is followed, Range and all.
+func TestRedirect(t *testing.T) {
+	r := registrytest.Start(t, registrytest.Config{})
+	cs := storetest.Chunks(25, 12)
+	_, pinned := commit(t, r, registry.Options{TempDir: t.TempDir(), PackSize: 128 << 10}, cs)
+	target, _ := url.Parse("http://" + r.Host)
+	var ranged atomic.Int64
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Header.Get("Range") != "" {
+			ranged.Add(1)
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, req)
+	}))
+	defer storage.Close()
+	var redirected atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if strings.Contains(req.URL.Path, "/blobs/") && req.Method == http.MethodGet {
+			redirected.Add(1)
+			http.Redirect(w, req, storage.URL+req.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, req)
+	}))
+	defer front.Close()
+	s := open(t, strings.Replace(pinned, r.Host, strings.TrimPrefix(front.URL, "http://"), 1), registry.Options{})
+	for _, c := range cs {
+		if got, err := s.GetChunk(context.Background(), c.ID); err != nil || string(got) != string(c.Data) {
+			t.Fatalf("GetChunk(%s) through a redirect = %d bytes, %v", c.ID, len(got), err)
+		}
+	}
+	if redirected.Load() == 0 || ranged.Load() < int64(len(cs)) {
+		t.Errorf("%d redirects, %d ranged GETs at the storage; want every chunk read there by range", redirected.Load(), ranged.Load())
+	}
 }
