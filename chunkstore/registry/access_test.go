@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore/registry"
@@ -229,5 +231,29 @@ func TestRedirect(t *testing.T) {
 	}
 	if redirected.Load() == 0 || ranged.Load() < int64(len(cs)) {
 		t.Errorf("%d redirects, %d ranged GETs at the storage; want every chunk read there by range", redirected.Load(), ranged.Load())
+	}
+}
+
+// TestOpenHang: a registry that accepts connections and never answers
+// fails New within OpenTimeout.
+func TestOpenHang(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	start := time.Now()
+	_, err = registry.New(context.Background(), "oci://"+l.Addr().String()+"/x", registry.Options{OpenTimeout: time.Second})
+	if err == nil || time.Since(start) > 30*time.Second {
+		t.Errorf("New of a silent registry = %v after %v, want an error within about a second", err, time.Since(start))
 	}
 }

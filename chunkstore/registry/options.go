@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -78,6 +79,10 @@ type Options struct {
 	// TempDir holds the spool of chunks written before Commit (default
 	// os.TempDir()).
 	TempDir string
+	// OpenTimeout bounds New: the ping, the token and reading the chunk
+	// maps (default 2 minutes), so that a registry that accepts
+	// connections and never answers cannot hang boot.
+	OpenTimeout time.Duration
 	// Logger receives warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -93,6 +98,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.OpenTimeout <= 0 {
+		o.OpenTimeout = 2 * time.Minute
 	}
 	return o
 }
@@ -116,6 +124,9 @@ func (o Options) baseTransport() (http.RoundTripper, error) {
 	rt := o.Transport
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
+		// A registry that takes the request and never answers fails the
+		// call instead of holding it (callers' contexts bound it too).
+		t.ResponseHeaderTimeout = time.Minute
 		if o.CAFile != "" {
 			pem, err := os.ReadFile(o.CAFile)
 			if err != nil {

@@ -131,6 +131,9 @@ func New(ctx context.Context, u string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	octx, cancel := context.WithTimeout(ctx, opts.OpenTimeout)
+	defer cancel()
+	ctx = octx
 	rt, _, err := opts.connect(ctx, ref.Repo)
 	if err != nil {
 		return nil, fmt.Errorf("registry %s: %w", ref.Repo.RegistryStr(), err)
