@@ -353,7 +353,7 @@ func (c *Cache) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
 		c.stats.errors.Add(1)
 		return false, err
 	}
-	if _, err := os.Stat(chunkFile(c.dir, id)); err == nil {
+	if ok, _ := statChunkFile(chunkFile(c.dir, id)); ok {
 		c.stats.hits.Add(1)
 		return true, nil
 	}
@@ -378,7 +378,7 @@ func (c *Cache) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 		return err
 	}
 	c.stats.bytes.Add(uint64(len(data)))
-	if _, err := os.Stat(chunkFile(c.dir, id)); err != nil {
+	if ok, _ := statChunkFile(chunkFile(c.dir, id)); !ok {
 		c.save(id, casync.CompressChunk(nil, data))
 	}
 	return nil
