@@ -101,7 +101,7 @@ func (s ChunkSize) check() error {
 }
 
 // ParseSize parses a byte count with an optional binary k, m or g suffix,
-// as --chunk-size takes its parts: "65536", "64k", "2g".
+// as --chunk-size and the byte-count flags of the commands take it.
 func ParseSize(s string) (uint64, error) {
 	num, mult := s, uint64(1)
 	if n := len(s); n > 0 {

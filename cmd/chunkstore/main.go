@@ -21,8 +21,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -156,14 +158,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		httpAddr, tlsCert, tlsKey, tokenFile string
 		sshAddr, hostKey, authorizedKeys     string
 		writeKeys, indexDir                  string
-		maxConcurrent                        int
+		maxConcurrent, maxPerClient          int
+		maxConns, maxConnsPerClient          int
+		rememberVerified                     int
+		putWait                              time.Duration
 	)
+	minRate := sizeFlag(chunkstore.DefaultMinRate)
+	maxPutBytes := sizeFlag(chunkstore.DefaultMaxPutBytes)
+	maxChunkSize := sizeFlag(defaultMaxChunkSize)
 	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F] [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]", stderr, &c)
 	fs.StringVar(&httpAddr, "http", "", "serve HTTP on `ADDR`, such as :8080")
 	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate `file`: serve HTTPS (and HTTP/2)")
 	fs.StringVar(&tlsKey, "tls-key", "", "PEM key `file` for --tls-cert")
 	fs.StringVar(&tokenFile, "write-token-file", "", "`file` holding the bearer token that PUT needs; without it the store is read-only")
-	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunk requests handled at once (default 16 per CPU)")
+	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunks read, verified or stored at once (default 16 per CPU); answers are sent without holding one")
+	fs.IntVar(&maxPerClient, "max-per-client", 0, "`N` of the --max-concurrent slots that one client address may hold (default a quarter of them)")
+	fs.Var(&minRate, "min-rate", "slowest `rate` in bytes a second at which a client may read an answer or send a PUT body; each 64 KiB piece gets 2 s plus its size at this rate (k, m suffixes)")
+	fs.IntVar(&maxConns, "max-conns", chunkstore.DefaultMaxConns, "`N` open HTTP connections; more are closed at once")
+	fs.IntVar(&maxConnsPerClient, "max-conns-per-client", chunkstore.DefaultMaxConnsPerClient, "`N` open HTTP connections from one client address")
+	fs.Var(&maxPutBytes, "max-put-bytes", "PUT body `bytes` held at once across all uploads (k, m, g suffixes)")
+	fs.DurationVar(&putWait, "put-wait", chunkstore.DefaultPutWait, "how long a PUT waits for room under --max-put-bytes before it gets 503 with Retry-After")
+	fs.Var(&maxChunkSize, "max-chunk-size", "largest chunk, in `bytes` uncompressed, that a write may store (casync's default max; raise it for images made with a larger mkimage --chunk-size max)")
+	fs.IntVar(&rememberVerified, "remember-verified", defaultRememberVerified, "`N` verified chunk files remembered (by inode, size, mtime and ctime) so that a GET does not verify one again; 0 verifies every GET")
 	fs.StringVar(&sshAddr, "ssh", "", "serve casync's protocol over SSH on `ADDR`, such as :2222")
 	fs.StringVar(&hostKey, "host-key", "", "SSH host private key `file` (for --ssh)")
 	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh) and read; passwords are never accepted")
@@ -203,7 +219,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("write token: %w", err)
 		}
 	}
-	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
+	if maxChunkSize > casync.MaxChunkSize {
+		return usageErr(fmt.Sprintf("--max-chunk-size %d is above %d, the largest chunk bootfs reads", maxChunkSize, casync.MaxChunkSize))
+	}
+	store, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{
+		Digest: d, Logger: log,
+		MaxChunkSize: int(maxChunkSize), RememberVerified: rememberVerified,
+	})
 	if err != nil {
 		return err
 	}
@@ -217,9 +239,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if httpAddr != "" {
 		g.Go(func() error {
 			return chunkstore.ListenAndServe(ctx, httpAddr, store, chunkstore.ServerOptions{
-				HandlerOptions: chunkstore.HandlerOptions{WriteToken: token, MaxConcurrent: maxConcurrent, Logger: log},
-				TLSCert:        tlsCert,
-				TLSKey:         tlsKey,
+				HandlerOptions: chunkstore.HandlerOptions{
+					WriteToken: token, MaxConcurrent: maxConcurrent, MaxPerClient: maxPerClient,
+					MinRate: int(minRate), MaxPutBytes: int64(maxPutBytes), PutWait: putWait, Logger: log,
+				},
+				TLSCert:           tlsCert,
+				TLSKey:            tlsKey,
+				MaxConns:          maxConns,
+				MaxConnsPerClient: maxConnsPerClient,
 			})
 		})
 	}
@@ -253,6 +280,32 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	err = g.Wait()
 	log.Info("chunk server stopped", "stats", fmt.Sprintf("%+v", store.Stats()))
 	return err
+}
+
+// Defaults of serve's limits that the library leaves to its caller.
+const (
+	// defaultMaxChunkSize is casync's default largest chunk, and mkimage's.
+	defaultMaxChunkSize = 256 << 10
+	// defaultRememberVerified is 64 Ki chunk files, 4 GiB of average
+	// 64 KiB chunks, in about 6 MB.
+	defaultRememberVerified = 64 << 10
+)
+
+// sizeFlag is a byte count flag that takes k, m and g suffixes.
+type sizeFlag uint64
+
+func (f *sizeFlag) String() string { return strconv.FormatUint(uint64(*f), 10) }
+
+func (f *sizeFlag) Set(s string) error {
+	n, err := casync.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	if n == 0 || n > 1<<40 {
+		return fmt.Errorf("size %q: want 1 to 1t bytes", s)
+	}
+	*f = sizeFlag(n)
+	return nil
 }
 
 func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
