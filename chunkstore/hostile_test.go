@@ -187,14 +187,15 @@ func TestHTTPPerClientSlots(t *testing.T) {
 	id := casync.SHA512_256.Sum([]byte("x"))
 	path := "/" + chunkstore.ChunkPath(id)
 	done := make(chan int, 8)
+	get := func(remote string) {
+		req := httptest.NewRequest("GET", path, nil)
+		req.RemoteAddr = remote
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		done <- rec.Code
+	}
 	for range 4 {
-		go func() {
-			req := httptest.NewRequest("GET", path, nil)
-			req.RemoteAddr = "192.0.2.1:1234"
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			done <- rec.Code
-		}()
+		go get("192.0.2.1:1234")
 	}
 	// Two of host A's four requests get slots; a third host's request
 	// still gets one at once.
@@ -205,13 +206,7 @@ func TestHTTPPerClientSlots(t *testing.T) {
 			t.Fatal("host A's first two requests did not get slots")
 		}
 	}
-	go func() {
-		req := httptest.NewRequest("GET", path, nil)
-		req.RemoteAddr = "192.0.2.2:1234"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		done <- rec.Code
-	}()
+	go get("192.0.2.2:1234")
 	select {
 	case <-store.entered:
 	case <-time.After(5 * time.Second):
