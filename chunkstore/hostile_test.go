@@ -4,6 +4,7 @@ package chunkstore_test
 // loopback only, every loop bounded in count and time.
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -222,5 +223,50 @@ func TestHTTPPerClientSlots(t *testing.T) {
 		if code := <-done; code != http.StatusNotFound {
 			t.Errorf("GET = %d, want 404 from the empty store", code)
 		}
+	}
+}
+
+// TestHTTPConnectionLimits is issue 16 item 1: connections from one
+// client address over MaxConnsPerClient get a 503 and are closed, and a
+// closed connection frees its place.
+func TestHTTPConnectionLimits(t *testing.T) {
+	l := newLocal(t)
+	ids := randomChunks(t, l, 1, 1<<10)
+	base := serveReal(t, l, chunkstore.ServerOptions{MaxConns: 10, MaxConnsPerClient: 2})
+	addr := strings.TrimPrefix(base, "http://")
+	path := "/" + chunkstore.ChunkPath(ids[0])
+	get := func(c net.Conn) (int, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	for i, want := range []int{200, 200, 503} {
+		if code, err := get(conns[i]); code != want {
+			t.Errorf("connection %d: GET = %d, %v; want %d", i+1, code, err, want)
+		}
+	}
+	conns[0].Close()
+	time.Sleep(100 * time.Millisecond)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if code, err := get(c); code != 200 {
+		t.Errorf("GET on a connection after one closed = %d, %v; want 200", code, err)
 	}
 }
