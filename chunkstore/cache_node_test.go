@@ -86,9 +86,9 @@ func readThroughCappedCache(url, dir string, max int64, ids []casync.ChunkID) er
 	return <-errs
 }
 
-// randomChunks stores n chunks of random data (so frames are as large as
+// storeRandomChunks stores n chunks of random data (so frames are as large as
 // chunks) of 16 to 64 KiB in store, and writes their IDs to a file.
-func randomChunks(t *testing.T, store *chunkstore.Local, seed uint64, n int) (ids []casync.ChunkID, idFile string, maxFrame int) {
+func storeRandomChunks(t *testing.T, store *chunkstore.Local, seed uint64, n int) (ids []casync.ChunkID, idFile string, maxFrame int) {
 	t.Helper()
 	rng := mrand.New(mrand.NewPCG(seed, 1))
 	var sb strings.Builder
@@ -151,7 +151,7 @@ func TestCacheFetchesOnceAcrossProcesses(t *testing.T) {
 		t.Skip("slow")
 	}
 	store := newLocal(t)
-	ids, idFile, _ := randomChunks(t, store, 7, 400)
+	ids, idFile, _ := storeRandomChunks(t, store, 7, 400)
 	srv, gets := slowCountingServer(t, store, 3*time.Millisecond)
 	dir := t.TempDir()
 	var cmds []*exec.Cmd
@@ -214,7 +214,7 @@ func TestCacheCapAcrossProcesses(t *testing.T) {
 	var maxFrame int
 	var files []string
 	for i := range 4 {
-		_, f, m := randomChunks(t, store, uint64(100+i), 200)
+		_, f, m := storeRandomChunks(t, store, uint64(100+i), 200)
 		files, maxFrame = append(files, f), max(maxFrame, m)
 	}
 	var peak atomic.Int64
@@ -268,7 +268,7 @@ func TestCacheFetchLockHolderGone(t *testing.T) {
 		t.Skip("no flock(1): ", err)
 	}
 	store := newLocal(t)
-	ids, _, _ := randomChunks(t, store, 9, 2)
+	ids, _, _ := storeRandomChunks(t, store, 9, 2)
 	srv, gets := slowCountingServer(t, store, 0)
 	dir := t.TempDir()
 	hold := func(id casync.ChunkID) *exec.Cmd {
@@ -349,7 +349,7 @@ func TestCacheFetchLockHolderGone(t *testing.T) {
 // size a capped cache shares true.
 func TestGC(t *testing.T) {
 	store := newLocal(t)
-	ids, _, _ := randomChunks(t, store, 11, 40)
+	ids, _, _ := storeRandomChunks(t, store, 11, 40)
 	srv, _ := slowCountingServer(t, store, 0)
 	h, err := chunkstore.NewHTTP(srv.URL, chunkstore.HTTPOptions{})
 	if err != nil {
