@@ -141,16 +141,16 @@ func TestSSHPerKeySessionLimit(t *testing.T) {
 				break
 			}
 		}
-		if n > defaultMaxConnSessions {
-			t.Errorf("connection %d holds %d sessions, want at most %d", conns, n, defaultMaxConnSessions)
+		if n > DefaultMaxConnSessions {
+			t.Errorf("connection %d holds %d sessions, want at most %d", conns, n, DefaultMaxConnSessions)
 		}
 		held += n
 		if n == 0 {
 			break
 		}
 	}
-	if want := defaultMaxSessions / 2; held != want {
-		t.Errorf("the first key holds %d sessions, want %d (half of %d)", held, want, defaultMaxSessions)
+	if want := DefaultMaxSessions / 2; held != want {
+		t.Errorf("the first key holds %d sessions, want %d (half of %d)", held, want, DefaultMaxSessions)
 	}
 
 	c, err := dialKey(f, second, "")

@@ -12,16 +12,19 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Defaults of the ServerOptions limits.
+// Defaults of the ServerOptions limits, for flags to show.
 const (
-	defaultMaxSessions        = 64
-	defaultMaxConnSessions    = 8
-	defaultMaxConns           = 256
-	defaultMaxUnauth          = 64
-	defaultMaxUnauthPerSource = 8
-	defaultHandshakeTimeout   = 10 * time.Second
-	defaultIdleTimeout        = 10 * time.Minute
-	defaultKeepalive          = 30 * time.Second
+	DefaultMaxSessions        = 64
+	DefaultMaxConnSessions    = 8
+	DefaultMaxConns           = 256
+	DefaultMaxUnauth          = 64
+	DefaultMaxUnauthPerSource = 8
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultIdleTimeout        = 10 * time.Minute
+	DefaultKeepaliveInterval  = 30 * time.Second
+)
+
+const (
 	// keepaliveMisses is how many keepalives in a row a peer may leave
 	// unanswered before its connection is dropped (OpenSSH's
 	// ClientAliveCountMax).
@@ -42,34 +45,34 @@ var (
 // withDefaults fills the zero limits of o.
 func (o ServerOptions) withDefaults() ServerOptions {
 	if o.MaxSessions <= 0 {
-		o.MaxSessions = defaultMaxSessions
+		o.MaxSessions = DefaultMaxSessions
 	}
 	if o.MaxKeySessions <= 0 {
 		o.MaxKeySessions = max(1, o.MaxSessions/2)
 	}
 	if o.MaxConnSessions <= 0 {
-		o.MaxConnSessions = defaultMaxConnSessions
+		o.MaxConnSessions = DefaultMaxConnSessions
 	}
 	if o.MaxConns <= 0 {
-		o.MaxConns = defaultMaxConns
+		o.MaxConns = DefaultMaxConns
 	}
 	if o.MaxKeyConns <= 0 {
 		o.MaxKeyConns = max(1, o.MaxConns/2)
 	}
 	if o.MaxUnauth <= 0 {
-		o.MaxUnauth = defaultMaxUnauth
+		o.MaxUnauth = DefaultMaxUnauth
 	}
 	if o.MaxUnauthPerSource <= 0 {
-		o.MaxUnauthPerSource = defaultMaxUnauthPerSource
+		o.MaxUnauthPerSource = DefaultMaxUnauthPerSource
 	}
 	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = defaultHandshakeTimeout
+		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if o.IdleTimeout == 0 {
-		o.IdleTimeout = defaultIdleTimeout
+		o.IdleTimeout = DefaultIdleTimeout
 	}
 	if o.KeepaliveInterval == 0 {
-		o.KeepaliveInterval = defaultKeepalive
+		o.KeepaliveInterval = DefaultKeepaliveInterval
 	}
 	return o
 }

@@ -1,7 +1,7 @@
 // Command chunkstore serves, verifies and prunes a casync chunk store.
 //
 //	chunkstore serve  --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
-//	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
+//	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR] [--ssh-max-* N] [--ssh-*-timeout D]]
 //	chunkstore verify --dir DIR [--repair]
 //	chunkstore prune  --dir DIR [--yes] INDEX...
 //	chunkstore gc     --dir DIR --max SIZE [--yes]
@@ -45,7 +45,7 @@ const usage = `usage: chunkstore COMMAND [flags]
 
 commands:
   serve   --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
-          [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
+          [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR] [--ssh-max-* N] [--ssh-*-timeout D]]
           serve the store over HTTP (GET, HEAD, PUT with the token; /metrics)
           and/or SSH (casync's protocol, as casync and desync speak it; casync
           push for the keys in --write-authorized-keys)
@@ -152,6 +152,39 @@ func parse(fs *flag.FlagSet, args []string, c *common, stderr io.Writer) (casync
 	return d, log, nil
 }
 
+// checkSSHLimits checks the --ssh-* limit flags, which only --ssh takes,
+// and turns a duration of 0 ("never") into the negative value
+// sshstore.ServerOptions takes for it. It returns what is wrong, or "".
+func checkSSHLimits(fs *flag.FlagSet, ssh bool, lim *sshstore.ServerOptions) string {
+	msg := ""
+	fs.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "ssh-") && !ssh && msg == "" {
+			msg = "--" + f.Name + " is for --ssh"
+		}
+	})
+	for name, n := range map[string]int{
+		"ssh-max-sessions": lim.MaxSessions, "ssh-max-key-sessions": lim.MaxKeySessions,
+		"ssh-max-conn-sessions": lim.MaxConnSessions, "ssh-max-conns": lim.MaxConns,
+		"ssh-max-key-conns": lim.MaxKeyConns, "ssh-max-unauth": lim.MaxUnauth,
+		"ssh-max-unauth-per-source": lim.MaxUnauthPerSource,
+	} {
+		if n < 0 && msg == "" {
+			msg = fmt.Sprintf("--%s %d: want a count of at least 1", name, n)
+		}
+	}
+	for name, d := range map[string]*time.Duration{"ssh-handshake-timeout": &lim.HandshakeTimeout, "ssh-idle-timeout": &lim.IdleTimeout, "ssh-keepalive": &lim.KeepaliveInterval} {
+		switch {
+		case *d < 0 && msg == "":
+			msg = fmt.Sprintf("--%s %v: want a positive duration", name, *d)
+		case *d == 0 && name == "ssh-handshake-timeout" && msg == "":
+			msg = "--ssh-handshake-timeout 0: a login needs some time; want a positive duration"
+		case *d == 0:
+			*d = -1 // never
+		}
+	}
+	return msg
+}
+
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var c common
 	var (
@@ -162,6 +195,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		maxConns, maxConnsPerClient          int
 		rememberVerified                     int
 		putWait                              time.Duration
+		lim                                  sshstore.ServerOptions // the --ssh-* limits
 	)
 	minRate := sizeFlag(chunkstore.DefaultMinRate)
 	maxPutBytes := sizeFlag(chunkstore.DefaultMaxPutBytes)
@@ -185,6 +219,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh) and read; passwords are never accepted")
 	fs.StringVar(&writeKeys, "write-authorized-keys", "", "`file` of the public keys that may also write chunks over --ssh (casync push, mkimage --store ssh://); without it the SSH store is read-only")
 	fs.StringVar(&indexDir, "index-dir", "", "`DIR` for the indexes writers push over --ssh (casync make --store=HOST:STORE HOST:INDEX); INDEX must lie inside it")
+	fs.IntVar(&lim.MaxSessions, "ssh-max-sessions", sshstore.DefaultMaxSessions, "`N` SSH sessions served at once, over all connections")
+	fs.IntVar(&lim.MaxKeySessions, "ssh-max-key-sessions", 0, "`N` SSH sessions of one key at once (default half of --ssh-max-sessions)")
+	fs.IntVar(&lim.MaxConnSessions, "ssh-max-conn-sessions", sshstore.DefaultMaxConnSessions, "`N` SSH sessions of one connection at once")
+	fs.IntVar(&lim.MaxConns, "ssh-max-conns", sshstore.DefaultMaxConns, "`N` SSH connections open at once, logged in or not")
+	fs.IntVar(&lim.MaxKeyConns, "ssh-max-key-conns", 0, "`N` logged-in SSH connections of one key (default half of --ssh-max-conns)")
+	fs.IntVar(&lim.MaxUnauth, "ssh-max-unauth", sshstore.DefaultMaxUnauth, "`N` SSH connections not logged in yet; one more closes the oldest of them")
+	fs.IntVar(&lim.MaxUnauthPerSource, "ssh-max-unauth-per-source", sshstore.DefaultMaxUnauthPerSource, "`N` SSH connections not logged in yet from one address; more are closed")
+	fs.DurationVar(&lim.HandshakeTimeout, "ssh-handshake-timeout", sshstore.DefaultHandshakeTimeout, "time for an SSH login, and from a session's start to its HELLO")
+	fs.DurationVar(&lim.IdleTimeout, "ssh-idle-timeout", sshstore.DefaultIdleTimeout, "close an SSH session in which nothing moved for this long (0: never)")
+	fs.DurationVar(&lim.KeepaliveInterval, "ssh-keepalive", sshstore.DefaultKeepaliveInterval, "ask SSH clients for a reply this often; drop one that misses 3 in a row (0: never)")
 	d, log, err := parse(fs, args, &c, stderr)
 	if err != nil {
 		return err
@@ -205,6 +249,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if sshAddr == "" && (writeKeys != "" || indexDir != "") {
 		return usageErr("--write-authorized-keys and --index-dir are for --ssh")
+	}
+	if msg := checkSSHLimits(fs, sshAddr != "", &lim); msg != "" {
+		return usageErr(msg)
 	}
 	if indexDir != "" && writeKeys == "" {
 		return usageErr("--index-dir needs --write-authorized-keys: only writers push indexes")
@@ -256,6 +303,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			AuthorizedKeysFile:      authorizedKeys,
 			WriteAuthorizedKeysFile: writeKeys,
 			IndexDir:                indexDir,
+			MaxSessions:             lim.MaxSessions,
+			MaxKeySessions:          lim.MaxKeySessions,
+			MaxConnSessions:         lim.MaxConnSessions,
+			MaxConns:                lim.MaxConns,
+			MaxKeyConns:             lim.MaxKeyConns,
+			MaxUnauth:               lim.MaxUnauth,
+			MaxUnauthPerSource:      lim.MaxUnauthPerSource,
+			HandshakeTimeout:        lim.HandshakeTimeout,
+			IdleTimeout:             lim.IdleTimeout,
+			KeepaliveInterval:       lim.KeepaliveInterval,
 			Logger:                  log,
 		})
 		if err != nil {
@@ -265,7 +322,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("ssh: %w", err)
 		}
-		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir, "writable", writeKeys != "")
+		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir, "writable", writeKeys != "",
+			"max_sessions", lim.MaxSessions, "max_conn_sessions", lim.MaxConnSessions, "max_conns", lim.MaxConns,
+			"max_unauth", lim.MaxUnauth, "max_unauth_per_source", lim.MaxUnauthPerSource,
+			"handshake_timeout", lim.HandshakeTimeout, "idle_timeout", lim.IdleTimeout, "keepalive", lim.KeepaliveInterval)
 		g.Go(func() error {
 			<-ctx.Done()
 			return srv.Close()
