@@ -73,7 +73,8 @@ type ServerOptions struct {
 	// --ssh-max-key-conns.
 	MaxKeyConns int
 	// MaxUnauth bounds the connections that have not logged in yet. When
-	// that many are open, a new connection closes the oldest of them.
+	// that many are open, a new connection closes the oldest of them from
+	// the address that has the most.
 	// Default 64. Flag: --ssh-max-unauth.
 	MaxUnauth int
 	// MaxUnauthPerSource bounds the connections from one address that

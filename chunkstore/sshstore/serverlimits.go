@@ -47,27 +47,27 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	if o.MaxSessions <= 0 {
 		o.MaxSessions = DefaultMaxSessions
 	}
-	if o.MaxKeySessions <= 0 {
-		o.MaxKeySessions = max(1, o.MaxSessions/2)
-	}
-	if o.MaxConnSessions <= 0 {
-		o.MaxConnSessions = DefaultMaxConnSessions
-	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
 	}
-	if o.MaxKeyConns <= 0 {
-		o.MaxKeyConns = max(1, o.MaxConns/2)
-	}
-	if o.MaxUnauth <= 0 {
-		o.MaxUnauth = DefaultMaxUnauth
-	}
-	if o.MaxUnauthPerSource <= 0 {
-		o.MaxUnauthPerSource = DefaultMaxUnauthPerSource
+	for _, l := range []struct {
+		v *int
+		d int
+	}{
+		{&o.MaxKeySessions, max(1, o.MaxSessions/2)},
+		{&o.MaxConnSessions, DefaultMaxConnSessions},
+		{&o.MaxKeyConns, max(1, o.MaxConns/2)},
+		{&o.MaxUnauth, DefaultMaxUnauth},
+		{&o.MaxUnauthPerSource, DefaultMaxUnauthPerSource},
+	} {
+		if *l.v <= 0 {
+			*l.v = l.d
+		}
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	// Negative: never.
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
@@ -116,9 +116,10 @@ func source(c net.Conn) string {
 
 // admit counts c as a connection that has yet to log in. It refuses c if
 // its source already has MaxUnauthPerSource of those. If MaxUnauth are
-// open, it admits c and returns the oldest of them for the caller to
-// close: a flood of idle connections then keeps nobody out for longer
-// than it takes to make a new one, while each source is bounded anyway.
+// open, it admits c and returns one of them for the caller to close: the
+// oldest of the source that has the most. A flood of idle connections
+// then evicts itself, from whatever addresses it comes, and a client
+// that has one connection logging in is the last to lose it.
 func (l *limits) admit(c net.Conn) (ok bool, evict net.Conn) {
 	src := source(c)
 	l.mu.Lock()
@@ -127,10 +128,11 @@ func (l *limits) admit(c net.Conn) (ok bool, evict net.Conn) {
 		return false, nil
 	}
 	if len(l.unauth) >= l.opts.MaxUnauth {
-		var oldest time.Time
+		var worst unauthConn
 		for uc, u := range l.unauth {
-			if evict == nil || u.since.Before(oldest) {
-				evict, oldest = uc, u.since
+			n, w := l.unauthBySrc[u.source], l.unauthBySrc[worst.source]
+			if evict == nil || n > w || n == w && u.since.Before(worst.since) {
+				evict, worst = uc, u
 			}
 		}
 		l.forget(evict)

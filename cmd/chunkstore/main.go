@@ -224,7 +224,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&lim.MaxConnSessions, "ssh-max-conn-sessions", sshstore.DefaultMaxConnSessions, "`N` SSH sessions of one connection at once")
 	fs.IntVar(&lim.MaxConns, "ssh-max-conns", sshstore.DefaultMaxConns, "`N` SSH connections open at once, logged in or not")
 	fs.IntVar(&lim.MaxKeyConns, "ssh-max-key-conns", 0, "`N` logged-in SSH connections of one key (default half of --ssh-max-conns)")
-	fs.IntVar(&lim.MaxUnauth, "ssh-max-unauth", sshstore.DefaultMaxUnauth, "`N` SSH connections not logged in yet; one more closes the oldest of them")
+	fs.IntVar(&lim.MaxUnauth, "ssh-max-unauth", sshstore.DefaultMaxUnauth, "`N` SSH connections not logged in yet; one more closes the oldest of the address with the most")
 	fs.IntVar(&lim.MaxUnauthPerSource, "ssh-max-unauth-per-source", sshstore.DefaultMaxUnauthPerSource, "`N` SSH connections not logged in yet from one address; more are closed")
 	fs.DurationVar(&lim.HandshakeTimeout, "ssh-handshake-timeout", sshstore.DefaultHandshakeTimeout, "time for an SSH login, and from a session's start to its HELLO")
 	fs.DurationVar(&lim.IdleTimeout, "ssh-idle-timeout", sshstore.DefaultIdleTimeout, "close an SSH session in which nothing moved for this long (0: never)")
