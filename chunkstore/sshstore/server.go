@@ -430,10 +430,10 @@ func (s *Server) handleConn(c net.Conn) {
 // c: the first exec (or shell) runs, everything else is declined. writer
 // says whether the connection's key may store chunks.
 //
-// The session ends when the command is done, when the client says it
-// reads no more (OpenSSH's eow@openssh.com, sent when whatever reads its
-// output closed it: casync does once it has every chunk it needs, even
-// with requests unanswered), or when it is idle too long (see
+// The session ends when the command is done (a pull is done when the
+// client's requests end; see serveChunks), when the client says it reads
+// no more (eow@openssh.com, which OpenSSH sends only to servers that say
+// they are OpenSSH), or when it is idle too long (see
 // serverSession.idleFor). A client that does not close an ended session
 // within closeGrace loses its connection, which frees a command stuck
 // writing to it.
