@@ -78,7 +78,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 
 	im, err := lazyfs.OpenImage(ctx, opts.Index, lazyfs.ImageOptions{
-		Store: store, Cache: opts.Cache, TOC: opts.TOC, Dialers: opts.Dialers, CAFile: opts.CAFile,
+		Store: store, Cache: opts.Cache, CacheMax: opts.CacheMax, TOC: opts.TOC, Dialers: opts.Dialers, CAFile: opts.CAFile,
 		Reader: opts.Reader, Logger: log,
 	})
 	if err != nil {

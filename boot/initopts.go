@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 	"github.com/bootfs/bootfs/internal/bootconfig"
@@ -29,6 +30,10 @@ type InitOptions struct {
 	// Cache is the chunk cache directory (BOOTFS_CACHE, default
 	// bootconfig.CacheDir). "none" disables the cache.
 	Cache string
+	// CacheMax caps the cache's chunk files, across every container
+	// sharing the cache volume (BOOTFS_CACHE_MAX=SIZE, such as 2g). Zero
+	// means no cap.
+	CacheMax int64
 	// Upper is a directory for the overlay's writable layer
 	// (BOOTFS_UPPER). Empty means a tmpfs. It must not be on an overlayfs
 	// (use a volume).
@@ -86,6 +91,7 @@ type InitOptions struct {
 const (
 	EnvStore         = "BOOTFS_STORE"
 	EnvCache         = "BOOTFS_CACHE"
+	EnvCacheMax      = "BOOTFS_CACHE_MAX"
 	EnvUpper         = "BOOTFS_UPPER"
 	EnvLog           = "BOOTFS_LOG"
 	EnvStats         = "BOOTFS_STATS"
@@ -128,6 +134,13 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		return InitOptions{}, fmt.Errorf("boot: %s=%q: want 1 or 0", EnvBackground, v)
 	}
 	o.SSHKeys = sshstore.ParseKeyList(getenv(EnvSSHKey))
+	if v := getenv(EnvCacheMax); v != "" {
+		n, err := casync.ParseSize(v)
+		if err != nil || n > 1<<62 {
+			return InitOptions{}, fmt.Errorf("boot: %s=%q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", EnvCacheMax, v)
+		}
+		o.CacheMax = int64(n)
+	}
 	if v := getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {

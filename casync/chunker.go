@@ -59,7 +59,7 @@ func ParseChunkSize(s string) (ChunkSize, error) {
 		if len(parts) != 1 && len(parts) != 3 {
 			break
 		}
-		n, err := parseSize(p)
+		n, err := ParseSize(p)
 		if err != nil {
 			return ChunkSize{}, fmt.Errorf("chunk size %q: %w", s, err)
 		}
@@ -100,12 +100,9 @@ func (s ChunkSize) check() error {
 	return nil
 }
 
-// ParseSize parses a byte count with an optional binary k, m or g
-// suffix, as --chunk-size's parts and other size flags take it.
-func ParseSize(s string) (uint64, error) { return parseSize(s) }
-
-// parseSize parses a byte count with an optional binary k, m or g suffix.
-func parseSize(s string) (uint64, error) {
+// ParseSize parses a byte count with an optional binary k, m or g suffix,
+// as --chunk-size and the byte-count flags of the commands take it.
+func ParseSize(s string) (uint64, error) {
 	num, mult := s, uint64(1)
 	if n := len(s); n > 0 {
 		switch s[n-1] {

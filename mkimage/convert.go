@@ -54,6 +54,8 @@ type Options struct {
 	// Progress, if set, is called from time to time with the figures so
 	// far, and once more at the end. Calls never overlap.
 	Progress func(Progress)
+	// Registry configures oci:// stores and --push (registry.go).
+	Registry RegistryOptions
 }
 
 // Progress is a snapshot of a conversion under way.
@@ -93,6 +95,9 @@ type Summary struct {
 	Store      string  `json:"store,omitempty"`
 	IndexOut   string  `json:"index,omitempty"`
 	TOCDigest  string  `json:"toc_digest"`
+	// RuntimeStore is the store URL a boot image reads, when the store
+	// gave one on commit (an oci:// store pins its chunk map).
+	RuntimeStore string `json:"runtime_store,omitempty"`
 
 	// Index and TOC are the results themselves.
 	Index *casync.Index `json:"-"`
@@ -247,10 +252,16 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 	if err := firstError(upErr, encErr, splitErr); err != nil {
 		return nil, err
 	}
+	var runtimeStore string
 	if store != nil {
 		if err := syncStore(store); err != nil {
 			return nil, err
 		}
+		rs, err := commitStore(ctx, store, idx)
+		if err != nil {
+			return nil, err
+		}
+		runtimeStore = rs
 	}
 
 	toc, err := tocb.TOC(archiveSize.Load(), casync.CatarFeatureFlags(opts.Digest))
@@ -282,6 +293,7 @@ func Convert(ctx context.Context, src Source, opts Options) (*Summary, error) {
 		Store:        opts.Store,
 		IndexOut:     opts.IndexOut,
 		TOCDigest:    toc.Digest(),
+		RuntimeStore: runtimeStore,
 		Index:        idx,
 		TOC:          toc,
 	}

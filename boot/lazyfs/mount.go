@@ -29,6 +29,10 @@ type ImageOptions struct {
 	// Cache is a directory to cache chunks in, shared with other
 	// processes (--cache). Empty means no cache.
 	Cache string
+	// CacheMax caps the cache directory's chunk files, across every
+	// process sharing it (--cache-max); see chunkstore.CacheOptions.
+	// Zero means no cap.
+	CacheMax int64
 	// TOC is the TOC file (--toc). Empty means INDEX.toc, or the index's
 	// name with .caidx replaced by .toc, if either exists; else the TOC is
 	// built by streaming the archive through its chunks.
@@ -80,7 +84,9 @@ func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image
 	counted := &counting{Store: remote}
 	im := &Image{Index: idx, store: counted, remote: counted}
 	if opts.Cache != "" {
-		c, err := chunkstore.NewCache(counted, opts.Cache, chunkstore.CacheOptions{Digest: digest, Logger: log})
+		c, err := chunkstore.NewCache(counted, opts.Cache, chunkstore.CacheOptions{
+			Digest: digest, MaxBytes: opts.CacheMax, LockWait: opts.Reader.Timeout, Logger: log,
+		})
 		if err != nil {
 			remote.Close()
 			return nil, fmt.Errorf("boot: %w", err)

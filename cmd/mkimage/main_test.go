@@ -95,6 +95,10 @@ func TestErrors(t *testing.T) {
 		{name: "empty token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty, "dir:" + src}, wantCode: 2, wantErr: "is empty"},
 		{name: "missing token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty + ".nope", "dir:" + src}, wantCode: 2, wantErr: "--token-file"},
 		{name: "bad output", args: []string{"--store", t.TempDir(), "--output", "oci:x", "dir:" + src}, wantCode: 2, wantErr: "docker-archive:FILE"},
+		{name: "push with store", args: []string{"--push", "127.0.0.1:1/app:1", "--store", t.TempDir(), "dir:" + src}, wantCode: 2, wantErr: "drop TARGET, --output and --store"},
+		{name: "push without tag", args: []string{"--push", "127.0.0.1:1/app", "dir:" + src}, wantCode: 2, wantErr: "REGISTRY/REPOSITORY:TAG"},
+		{name: "push to nobody", args: []string{"--push", "127.0.0.1:1/app:1", "--registry-auth", "", "dir:" + src}, wantCode: 1, wantErr: "127.0.0.1:1"},
+		{name: "oci store in a list", args: []string{"--store", "oci://127.0.0.1:1/app," + t.TempDir(), "dir:" + src}, wantCode: 1, wantErr: "cannot be part of a --store list"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,7 +125,7 @@ func TestPrefetchFlag(t *testing.T) {
 	store := filepath.Join(dir, "store")
 
 	code, _, stderr := runCmd(t, "--store", store, "--prefetch", list, "dir:"+src)
-	if code != 2 || !strings.Contains(stderr, "give TARGET or --output") {
+	if code != 2 || !strings.Contains(stderr, "give TARGET, --output or --push") {
 		t.Errorf("--prefetch without an image: exit %d, stderr %q", code, stderr)
 	}
 	code, _, stderr = runCmd(t, "--store", store, "--prefetch", filepath.Join(dir, "nope"), "--output", "docker-archive:"+archive, "dir:"+src)
