@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -687,5 +688,28 @@ func TestAgentSampleContainer(t *testing.T) {
 	if got.code != 0 || got.stdout != want.stdout {
 		logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
 		t.Errorf("through the agent container: exit %d, %q, want %q; stderr: %s\nagent logs:\n%s", got.code, got.stdout, want.stdout, got.stderr, logs)
+	}
+}
+
+// TestAgentPrefetch: the agent fetches an image's prefetch list (mkimage
+// --prefetch) for its mount, as boot does in its own mode.
+func TestAgentPrefetch(t *testing.T) {
+	e := setup(t)
+	list := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(list, []byte("/data/hello\n/data/sub/deep\n/etc/os-release\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := e.prefix + "/bb:agent-prefetch"
+	if _, err := e.convert(e.bb, img, e.store, "--prefetch", list); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, e, e.storeURL)
+	if got := e.run(t, false, a.flags(), img, "sleep", "1"); got.code != 0 {
+		t.Fatalf("exit %d; stderr: %s", got.code, got.stderr)
+	}
+	re := regexp.MustCompile(`msg=prefetched .*chunks=(\d+) of=(\d+)`)
+	m := re.FindStringSubmatch(a.log.String())
+	if m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("the agent's log has no complete prefetch (%q):\n%s", m, a.log.String())
 	}
 }

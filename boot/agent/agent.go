@@ -88,8 +88,9 @@ type nodeStore struct {
 type mount struct {
 	peer   *peer
 	reader *lazyfs.Reader
-	served chan struct{} // closed when the FUSE server has stopped
-	conn   uint64        // the FUSE connection's device minor, for abort
+	served chan struct{}      // closed when the FUSE server has stopped
+	stop   context.CancelFunc // ends the prefetch
+	conn   uint64             // the FUSE connection's device minor, for abort
 }
 
 // New returns an Agent. It opens no store until an image needs one.
@@ -410,6 +411,16 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		close(m.served)
 	}()
 	go a.watch(m, log)
+	if ids := files.cfg.Prefetch; len(ids) > 0 {
+		// The image's prefetch list, as boot fetches it in its own mode:
+		// into the shared LRU and the node cache, for this mount's reads.
+		ctx, stop := context.WithCancel(context.Background())
+		m.stop = stop
+		go func() {
+			n := lazyfs.PrefetchList(ctx, m.reader, ids, log)
+			log.Debug("prefetched", "chunks", n, "of", len(ids))
+		}()
+	}
 	var st unix.Stat_t // a GETATTR: only once served
 	if err := unix.Fstat(fm.mnt, &st); err == nil {
 		m.conn = uint64(unix.Minor(st.Dev))
@@ -496,6 +507,9 @@ func (a *Agent) drop(m *mount) {
 		delete(a.mounts, m.peer.mntNS)
 	}
 	a.mu.Unlock()
+	if m.stop != nil {
+		m.stop()
+	}
 	if m.reader != nil {
 		m.reader.Close()
 	}
