@@ -108,14 +108,14 @@ func (tb *tarTree) read(ctx context.Context, r io.Reader) error {
 		if tb.opts != nil && tb.opts.TarHeader != nil {
 			size, typ := hdr.Size, hdr.Typeflag
 			if err := tb.opts.TarHeader(hdr); err != nil {
-				return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)
+				return fmt.Errorf("casync: encode tar: entry %s: %w", quotePath(hdr.Name), err)
 			}
 			if hdr.Size != size || hdr.Typeflag != typ {
-				return fmt.Errorf("casync: encode tar: entry %q: TarHeader changed its size or type", hdr.Name)
+				return fmt.Errorf("casync: encode tar: entry %s: TarHeader changed its size or type", quotePath(hdr.Name))
 			}
 		}
 		if err := tb.add(hdr, tr); err != nil {
-			return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)
+			return fmt.Errorf("casync: encode tar: entry %s: %w", quotePath(hdr.Name), err)
 		}
 	}
 }
@@ -139,6 +139,11 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 	parts, err := splitTarPath(hdr.Name)
 	if err != nil {
 		return err
+	}
+	if len(parts) > MaxCatarDepth {
+		// Refused before anything is built for it: memory stays
+		// linear in the depth, whatever the tar claims.
+		return fmt.Errorf("%w: %s", ErrUnsupported, depthMsg(len(parts)))
 	}
 	if len(parts) > 0 {
 		base := parts[len(parts)-1]
@@ -178,14 +183,14 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 	case tar.TypeLink:
 		tparts, err := splitTarPath(hdr.Linkname)
 		if err != nil {
-			return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+			return fmt.Errorf("hardlink target %s: %w", quotePath(hdr.Linkname), err)
 		}
 		t := tb.lookup(tparts)
 		if t == nil {
-			return fmt.Errorf("%w: hardlink target %q is not in the archive before the link", ErrFormat, hdr.Linkname)
+			return fmt.Errorf("%w: hardlink target %s is not in the archive before the link", ErrFormat, quotePath(hdr.Linkname))
 		}
 		if t.meta.mode&ModeTypeMask == ModeDir {
-			return fmt.Errorf("%w: hardlink target %q is a directory", ErrFormat, hdr.Linkname)
+			return fmt.Errorf("%w: hardlink target %s is a directory", ErrFormat, quotePath(hdr.Linkname))
 		}
 		if len(parts) == 0 {
 			return fmt.Errorf("%w: hardlink at the archive root", ErrFormat)
@@ -277,7 +282,9 @@ func (tb *tarTree) place(parts []string, n *tarNode) error {
 		if c == nil {
 			c = impliedDir()
 			dir.children[p] = c
-			tb.log.Debug("implied directory", "path", strings.Join(parts[:i+1], "/"))
+			if tb.log.Enabled(context.Background(), slog.LevelDebug) { // the join costs O(depth)
+				tb.log.Debug("implied directory", "path", strings.Join(parts[:i+1], "/"))
+			}
 		} else if c.children == nil {
 			return fmt.Errorf("%w: parent %q is not a directory", ErrFormat, strings.Join(parts[:i+1], "/"))
 		}
