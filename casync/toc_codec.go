@@ -293,6 +293,8 @@ func UnmarshalTOC(data []byte) (*TOC, error) {
 	switch {
 	case size > math.MaxInt64:
 		return nil, fmt.Errorf("%w: TOC header: archive size %d is out of range", ErrFormat, size)
+	case int64(len(data)) > MaxTOCSize(int64(size)):
+		return nil, fmt.Errorf("%w: TOC of %d bytes for a %d-byte archive: no TOC is larger than %d (casync.MaxTOCSize)", ErrFormat, len(data), size, MaxTOCSize(int64(size)))
 	case count == 0:
 		return nil, fmt.Errorf("%w: TOC header: no entries (a TOC needs at least the root)", ErrFormat)
 	case uint64(count) > uint64(records)/2:
