@@ -30,8 +30,15 @@ type EncodeOptions struct {
 	// timestamps Docker gives a container's mount points reproducible.
 	TarHeader func(*tar.Header) error
 	// TempDir is where EncodeTar keeps file contents until it has read
-	// the whole tar stream (default os.TempDir()).
+	// the whole tar stream (default os.TempDir()), in one unlinked file
+	// in which blocks of zeros, such as the holes of a sparse entry, take
+	// no disk space.
 	TempDir string
+	// TempMax, if positive, bounds that file: the sum of the sizes of the
+	// tar's regular files, a sparse entry counted at its full size. An
+	// entry that would pass it stops EncodeTar, before its contents are
+	// read, with an error wrapping ErrTempMax. Zero means no limit.
+	TempMax int64
 	// Log receives debug messages and warnings about dropped metadata.
 	// Nil discards them.
 	Log *slog.Logger

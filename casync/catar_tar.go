@@ -2,7 +2,6 @@ package casync
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -41,9 +40,9 @@ import (
 // they mean r is a single image layer, which must not be encoded as a
 // rootfs. Use a flattened rootfs such as the output of `docker export`.
 func EncodeTar(ctx context.Context, w io.Writer, r io.Reader, opts *EncodeOptions) error {
-	tempDir := ""
+	tempDir, tempMax := "", int64(0)
 	if opts != nil {
-		tempDir = opts.TempDir
+		tempDir, tempMax = opts.TempDir, opts.TempMax
 	}
 	spill, err := os.CreateTemp(tempDir, "bootfs-catar-*")
 	if err != nil {
@@ -58,15 +57,14 @@ func EncodeTar(ctx context.Context, w io.Writer, r io.Reader, opts *EncodeOption
 	tb := &tarTree{
 		log:   cw.log,
 		opts:  opts,
-		spill: spill,
-		sw:    bufio.NewWriterSize(spill, encodeBufferSize),
+		spill: newSpillFile(spill, tempMax),
 		root:  impliedDir(),
 	}
 	if err := tb.read(ctx, r); err != nil {
 		return err
 	}
-	if err := tb.sw.Flush(); err != nil {
-		return fmt.Errorf("casync: encode tar: write temporary file: %w", err)
+	if err := tb.spill.finish(); err != nil {
+		return err
 	}
 	return cw.encodeTree(&tarSource{n: tb.root, spill: spill})
 }
@@ -84,9 +82,7 @@ func impliedDir() *tarNode {
 
 type tarTree struct {
 	log     *slog.Logger
-	spill   *os.File
-	sw      *bufio.Writer
-	off     int64 // end of the spill file
+	spill   *spillFile
 	copyBuf []byte
 	root    *tarNode
 	opts    *EncodeOptions
@@ -168,12 +164,16 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 			return fmt.Errorf("%w: negative size %d", ErrFormat, hdr.Size)
 		}
 		m.size = uint64(hdr.Size)
-		n.dataOff = tb.off
+		// hdr.Size is what the entry holds once extracted: for a
+		// sparse entry, holes included.
+		if err := tb.spill.reserve(hdr.Size); err != nil {
+			return err
+		}
+		n.dataOff = tb.spill.end
 		if tb.copyBuf == nil {
 			tb.copyBuf = make([]byte, copyBufferSize)
 		}
-		c, err := io.CopyBuffer(writerOnly{tb.sw}, tr, tb.copyBuf)
-		tb.off += c
+		c, err := io.CopyBuffer(writerOnly{tb.spill}, tr, tb.copyBuf)
 		if err != nil {
 			return fmt.Errorf("read content: %w", err)
 		}

@@ -7,9 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/bootfs/bootfs/internal/testenv"
 )
 
 // deepTar is a tar of one file whose path has depth components.
@@ -146,4 +151,158 @@ func TestIssue16Item8OneDepthLimit(t *testing.T) {
 			t.Errorf("TOCBuilder.Add of a %d-level entry = %v, want a depth error", depth, err)
 		}
 	})
+}
+
+// randBytes returns n seeded random bytes.
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// spillBlocks returns the bytes of disk that the spill file EncodeTar
+// keeps in dir uses, found among the process's open files.
+func spillBlocks(t testing.TB, dir string) int64 {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	requireOK(t, "list fds", err)
+	for _, fd := range fds {
+		target, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		if err != nil || !strings.HasPrefix(target, dir+"/bootfs-catar-") {
+			continue
+		}
+		var st syscall.Stat_t
+		requireOK(t, "stat spill", syscall.Stat("/proc/self/fd/"+fd.Name(), &st))
+		return st.Blocks * 512
+	}
+	t.Fatalf("no spill file in %s among the open files", dir)
+	return 0
+}
+
+// TestIssue16Item9SparseTar checks that a sparse tar entry's holes take
+// no disk in the spill file (a 10 KB tar claiming 1 GiB wrote 1 GiB of
+// zeros) while the archive still holds the file's every byte.
+func TestIssue16Item9SparseTar(t *testing.T) {
+	const size = 1 << 30
+	head, tail := randBytes(1, 4096), randBytes(2, 4096)
+	tarball := testenv.SparseTar(t, "var/log/lastlog", size, head, tail)
+	dir := t.TempDir()
+	var used int64 = -1
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(EncodeTar(context.Background(), pw, bytes.NewReader(tarball), &EncodeOptions{
+			TempDir: dir,
+			OnEntry: func(e *Entry) error {
+				if e.Path == "var/log/lastlog" { // the tar is read: the spill file is complete
+					used = spillBlocks(t, dir)
+				}
+				return nil
+			},
+		}))
+	}()
+	d := NewDecoder(pr)
+	for {
+		e, err := d.Next()
+		if err == io.EOF {
+			break
+		}
+		requireOK(t, "Next", err)
+		if e.Path != "var/log/lastlog" {
+			continue
+		}
+		if e.Size != size {
+			t.Errorf("%s has %d bytes, want %d", e.Path, e.Size, size)
+		}
+		// Compare each read with what the file holds there: head, then
+		// zeros, then tail.
+		whole := map[int64][]byte{0: head, size - int64(len(tail)): tail}
+		got, want := make([]byte, 1<<20), make([]byte, 1<<20)
+		var off int64
+		for {
+			n, err := d.Read(got)
+			w := want[:n]
+			clear(w)
+			for at, b := range whole {
+				if at < off+int64(n) && at+int64(len(b)) > off {
+					lo := max(at, off)
+					copy(w[lo-off:], b[lo-at:])
+				}
+			}
+			if !bytes.Equal(got[:n], w) {
+				t.Fatalf("%s: bytes [%d, +%d) differ from the tar's", e.Path, off, n)
+			}
+			off += int64(n)
+			if err == io.EOF {
+				break
+			}
+			requireOK(t, "Read", err)
+		}
+		if off != size {
+			t.Errorf("read %d bytes of %s, want %d", off, e.Path, size)
+		}
+	}
+	if t.Logf("tar of %d bytes, spill file uses %d bytes of disk", len(tarball), used); used > 4<<20 {
+		t.Errorf("the spill file of a %d-byte tar uses %d MB of disk for a sparse entry with 8 KiB of data", len(tarball), used>>20)
+	}
+}
+
+// TestIssue16Item9TempMax checks that EncodeOptions.TempMax bounds the
+// spill file, a sparse entry counted at its full size, and stops before
+// the entry's contents are read: a tar claiming terabytes filled the disk.
+func TestIssue16Item9TempMax(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		size    int64
+		max     int64
+		refused bool
+	}{
+		{"1 GiB within 2 GiB", 1 << 30, 2 << 30, false},
+		{"1 GiB past 512 MiB", 1 << 30, 512 << 20, true},
+		{"4 TiB past 1 TiB", 4 << 40, 1 << 40, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tarball := testenv.SparseTar(t, "big", tc.size, []byte("x"), []byte("y"))
+			err := EncodeTar(context.Background(), io.Discard, bytes.NewReader(tarball), &EncodeOptions{TempDir: t.TempDir(), TempMax: tc.max})
+			if !tc.refused {
+				requireOK(t, "EncodeTar", err)
+				return
+			}
+			if !errors.Is(err, ErrTempMax) || !strings.Contains(err.Error(), `"big"`) || !strings.Contains(err.Error(), fmt.Sprint(tc.max)) {
+				t.Errorf("EncodeTar of a %d-byte entry with TempMax %d = %v, want ErrTempMax naming the entry and the limit", tc.size, tc.max, err)
+			}
+		})
+	}
+}
+
+// TestSpillFileZeroRuns checks that contents with runs of zeros, aligned
+// to the spill file's blocks or not, come out of the archive as they went
+// into the tar, whether the runs became holes or not.
+func TestSpillFileZeroRuns(t *testing.T) {
+	var files []tnode
+	for i, layout := range [][]int{ // alternating data and zero runs
+		{1, holeBlock, 1},
+		{holeBlock - 1, 3 * holeBlock, 5},
+		{0, 5 * holeBlock},
+		{7, holeBlock + 1},
+		{spillBuffer - 3, 2*holeBlock + 9, spillBuffer + 11, holeBlock},
+	} {
+		var content []byte
+		for j, n := range layout {
+			if j%2 == 0 {
+				content = append(content, randBytes(uint64(i*10+j+1), n)...)
+			} else {
+				content = append(content, make([]byte, n)...)
+			}
+		}
+		files = append(files, tfile(fmt.Sprintf("f%d", i), content))
+	}
+	_, contents, _ := decodeTar(t, tarOf(t, files...))
+	for _, f := range files {
+		if got := contents[f.path]; got != string(f.data) {
+			t.Errorf("%s: %d bytes out, %d in, or different", f.path, len(got), len(f.data))
+		}
+	}
 }
