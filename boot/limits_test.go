@@ -6,28 +6,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/internal/bootconfig"
 	"github.com/bootfs/bootfs/internal/inputfile"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
-
-// within runs f, and fails the test if it has not returned after a
-// generous safety timeout: a FIFO once hung boot beyond SIGTERM.
-func within(t *testing.T, what string, f func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s hangs", what)
-		return nil
-	}
-}
 
 // TestIssue16Item10HostileFiles checks that config.json, and the index
 // and TOC it names, are refused at once, naming them, when they are a
@@ -36,10 +19,7 @@ func within(t *testing.T, what string, f func() error) error {
 // /dev/zero fed it until the OOM killer came.
 func TestIssue16Item10HostileFiles(t *testing.T) {
 	dir := t.TempDir()
-	fifo := filepath.Join(dir, "fifo")
-	if err := unix.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fifo := testenv.FIFO(t)
 	index, toc := filepath.Join(dir, "rootfs.caidx"), filepath.Join(dir, "rootfs.toc")
 	for _, tc := range []struct {
 		name, config string
@@ -49,7 +29,7 @@ func TestIssue16Item10HostileFiles(t *testing.T) {
 		{"config dev zero", "/dev/zero", inputfile.ErrNotRegular},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := within(t, "loadConfig of "+tc.name, func() error {
+			err := testenv.Within(t, "loadConfig of "+tc.name, func() error {
 				_, err := loadConfig(InitOptions{Config: tc.config, Index: index, TOC: toc})
 				return err
 			})
@@ -59,7 +39,7 @@ func TestIssue16Item10HostileFiles(t *testing.T) {
 		})
 	}
 	t.Run("config names a FIFO", func(t *testing.T) {
-		err := within(t, "checkBlob of a FIFO", func() error {
+		err := testenv.Within(t, "checkBlob of a FIFO", func() error {
 			return checkBlob(fifo, bootconfig.Blob{Digest: "sha256:" + strings.Repeat("0", 64), Size: 100})
 		})
 		if !errors.Is(err, inputfile.ErrNotRegular) || !strings.Contains(err.Error(), fifo) {

@@ -7,28 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/internal/inputfile"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
-
-// within runs f, and fails the test if it has not returned after a
-// generous safety timeout: a FIFO once hung boot beyond SIGTERM.
-func within(t *testing.T, what string, f func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s hangs", what)
-		return nil
-	}
-}
 
 // TestIssue16Item10HostileFiles checks that the index and the TOC an image
 // is opened with are refused at once, naming them, when they are a FIFO,
@@ -43,10 +26,7 @@ func TestIssue16Item10HostileFiles(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644)
 	im := buildImage(t, src, smallChunks)
 
-	fifo := filepath.Join(dir, "fifo")
-	if err := unix.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fifo := testenv.FIFO(t)
 	// Sparse files one byte over each limit: they cost no disk.
 	bigTOC := filepath.Join(dir, "big.toc")
 	bigIndex := filepath.Join(dir, "big.caidx")
@@ -79,7 +59,7 @@ func TestIssue16Item10HostileFiles(t *testing.T) {
 		{"TOC dev zero", im.index, "/dev/zero", inputfile.ErrNotRegular, "/dev/zero"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := within(t, "OpenImage of "+tc.name, func() error {
+			err := testenv.Within(t, "OpenImage of "+tc.name, func() error {
 				got, err := OpenImage(context.Background(), tc.index, ImageOptions{Store: im.store, TOC: tc.toc})
 				if err == nil {
 					got.Close()

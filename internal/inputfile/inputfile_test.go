@@ -6,9 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"syscall"
+	"github.com/bootfs/bootfs/internal/testenv"
 )
 
 func TestOpen(t *testing.T) {
@@ -17,10 +16,7 @@ func TestOpen(t *testing.T) {
 	if err := os.WriteFile(file, []byte("12345"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fifo := filepath.Join(dir, "fifo")
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fifo := testenv.FIFO(t)
 	link := filepath.Join(dir, "link")
 	if err := os.Symlink("file", link); err != nil {
 		t.Fatal(err)
@@ -39,15 +35,11 @@ func TestOpen(t *testing.T) {
 		{"symlink", link, 1 << 20, ErrNotRegular, "symlink"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			done := make(chan struct{})
 			var b []byte
-			var err error
-			go func() { b, err = ReadFile(tc.path, tc.max); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second): // a safety net: a FIFO once hung the reader for good
-				t.Fatalf("ReadFile(%q) hangs", tc.path)
-			}
+			err := testenv.Within(t, "ReadFile of "+tc.path, func() (err error) {
+				b, err = ReadFile(tc.path, tc.max)
+				return err
+			})
 			if tc.want == nil {
 				if err != nil || string(b) != "12345" {
 					t.Errorf("ReadFile(%q) = %q, %v", tc.path, b, err)
