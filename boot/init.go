@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
 	"github.com/bootfs/bootfs/internal/bootconfig"
+	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
 // Init runs a boot image's workload, argv (the arguments after "--": the
@@ -220,11 +222,10 @@ func (opts InitOptions) workloadImage(img bootconfig.Image) (bootconfig.Image, [
 // loadConfig reads config.json and checks the index and TOC against the
 // digests it records.
 func loadConfig(opts InitOptions) (*bootconfig.Config, error) {
-	b, err := os.ReadFile(opts.Config)
-	if err != nil {
+	cfg, err := bootconfig.ReadFile(opts.Config)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("boot: read config: %w (is this an image that mkimage converted?)", err)
 	}
-	cfg, err := bootconfig.Load(b)
 	if err != nil {
 		return nil, fmt.Errorf("boot: %s: %w", opts.Config, err)
 	}
@@ -240,13 +241,13 @@ func loadConfig(opts InitOptions) (*bootconfig.Config, error) {
 }
 
 func checkBlob(name string, want bootconfig.Blob) error {
-	f, err := os.Open(name)
+	f, err := inputfile.Open(name, want.Size)
 	if err != nil {
-		return fmt.Errorf("boot: %w", err)
+		return fmt.Errorf("boot: %w (the config says %d bytes)", err, want.Size)
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := io.Copy(h, io.LimitReader(f, want.Size+1)) // +1: a file that grew is a mismatch
 	if err != nil {
 		return fmt.Errorf("boot: read %s: %w", name, err)
 	}

@@ -21,6 +21,7 @@
 // safe for that), so each Image, Reader and FS is independent.
 //
 // lazyfs ships inside every converted image, in boot. It depends on
-// casync, chunkstore and internal/atomicfile only; it must never import
-// boot (which imports it), mkimage, desync or the Docker client.
+// casync, chunkstore, internal/atomicfile and internal/inputfile only; it
+// must never import boot (which imports it), mkimage, desync or the
+// Docker client.
 package lazyfs

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -79,6 +80,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
 	fs.BoolVar(&opts.Pull, "pull", false, "pull a SOURCE image that the Docker engine does not have")
 	fs.StringVar(&opts.TempDir, "tmpdir", "", "`directory` for the payload spill file of a tar source (default $TMPDIR)")
+	fs.Func("tmp-max", "bound the spill file to `SIZE` bytes (k, m, g or t suffix; sparse files count in full, their holes take no disk; 0: no limit; default: the free space of --tmpdir)", func(s string) error {
+		n, err := casync.ParseSize(s)
+		if err != nil {
+			return err
+		}
+		if n > math.MaxInt64 {
+			return fmt.Errorf("size %q: too large", s)
+		}
+		opts.TempMax = int64(n)
+		if n == 0 {
+			opts.TempMax = -1
+		}
+		return nil
+	})
 	fs.IntVar(&opts.Jobs, "j", 0, "`N` goroutines hash, compress and upload chunks (default: number of CPUs)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
