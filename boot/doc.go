@@ -1,23 +1,24 @@
-// Package boot is the run-time side of bootfs: it serves a catar archive,
-// described by a caidx index and a TOC, as a read-only FUSE filesystem whose
-// file contents are fetched lazily, chunk by chunk, from a chunk store.
+// Package boot is the init of a converted image, the program that runs as
+// a bootfs container's PID 1:
 //
-//   - Reader is an io.ReaderAt over the archive made from the index and a
-//     chunkstore.Store: parallel, bounded fetches, a small in-memory LRU of
-//     chunks, read-ahead, retries with backoff and per-fetch timeouts.
-//   - FS is the FUSE tree. Metadata (lookup, getattr, readdir, readlink,
-//     xattrs) is answered from the TOC in memory, never from the network;
-//     file reads go through a Reader.
-//   - RunMount is `boot mount`: open the index, store and TOC, mount, serve
-//     until the context ends, unmount.
-//   - Init is the init of a converted image: FUSE, overlay, binds, the
-//     workload in its own mount and PID namespaces, signals, reaping.
+//   - Init checks /dev/fuse and the privilege to mount, reads the config,
+//     mounts the image with boot/lazyfs, puts an overlay over it, binds
+//     /dev, /sys and Docker's mounts into it (rootfs.go, volume.go), starts
+//     the workload in its own mount and PID namespaces (workload.go), then
+//     forwards signals, reaps and returns the workload's exit status.
 //     Started setuid root by docker run --user (see Caller), it becomes
 //     root for its own work and runs the workload as that user.
+//   - With the node agent's socket at /run/bootfs (agentmode.go), Init
+//     asks the agent (boot/agent) to make the image this container's root
+//     instead, and then execs the workload in its own place.
+//   - RunWorkload is the workload process's side: pivot_root into the
+//     new root, the image's user and groups (user.go), exec.
 //   - Exec is `boot exec`: a command in a running workload's namespaces.
-//   - Recorder lists the files a workload read, for mkimage --prefetch.
+//
+// The lazy filesystem itself (`boot mount` too) is boot/lazyfs.
 //
 // boot ships inside every converted image as a small static binary. It
-// depends on casync and chunkstore only; it must never import desync,
-// mkimage or the Docker client.
+// depends on boot/lazyfs, boot/agent (for its client), casync, chunkstore
+// and internal helpers only; it must never import desync, mkimage or the
+// Docker client, and neither boot/lazyfs nor boot/agent imports it.
 package boot

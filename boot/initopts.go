@@ -3,9 +3,14 @@ package boot
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 	"github.com/bootfs/bootfs/internal/bootconfig"
@@ -25,6 +30,10 @@ type InitOptions struct {
 	// Cache is the chunk cache directory (BOOTFS_CACHE, default
 	// bootconfig.CacheDir). "none" disables the cache.
 	Cache string
+	// CacheMax caps the cache's chunk files, across every container
+	// sharing the cache volume (BOOTFS_CACHE_MAX=SIZE, such as 2g). Zero
+	// means no cap.
+	CacheMax int64
 	// Upper is a directory for the overlay's writable layer
 	// (BOOTFS_UPPER). Empty means a tmpfs. It must not be on an overlayfs
 	// (use a volume).
@@ -70,7 +79,7 @@ type InitOptions struct {
 	// Workdir is where init makes its mounts (default /.bootfs).
 	Workdir string
 	// Reader tunes fetching.
-	Reader ReaderOptions
+	Reader lazyfs.ReaderOptions
 	// Logger receives init's log; nil discards.
 	Logger *slog.Logger
 	// Debug is BOOTFS_LOG=debug: the caller builds Logger at debug level.
@@ -82,6 +91,7 @@ type InitOptions struct {
 const (
 	EnvStore         = "BOOTFS_STORE"
 	EnvCache         = "BOOTFS_CACHE"
+	EnvCacheMax      = "BOOTFS_CACHE_MAX"
 	EnvUpper         = "BOOTFS_UPPER"
 	EnvLog           = "BOOTFS_LOG"
 	EnvStats         = "BOOTFS_STATS"
@@ -124,6 +134,13 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		return InitOptions{}, fmt.Errorf("boot: %s=%q: want 1 or 0", EnvBackground, v)
 	}
 	o.SSHKeys = sshstore.ParseKeyList(getenv(EnvSSHKey))
+	if v := getenv(EnvCacheMax); v != "" {
+		n, err := casync.ParseSize(v)
+		if err != nil || n > 1<<62 {
+			return InitOptions{}, fmt.Errorf("boot: %s=%q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", EnvCacheMax, v)
+		}
+		o.CacheMax = int64(n)
+	}
 	if v := getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -157,6 +174,105 @@ func (o InitOptions) withDefaults() InitOptions {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
+}
+
+// ConfineToCaller makes options safe for a boot that o.Caller started
+// setuid root; it does nothing when o.Caller is nil. The Caller must get
+// no more from boot than mounting the image and running its workload as
+// the Caller:
+//
+//   - BOOTFS_USER is refused: the workload runs as the Caller.
+//   - BOOTFS_UPPER is refused: overlayfs empties its work directory with
+//     the mounter's (root's) rights, and the Caller could swap the path
+//     for a symlink to any directory in between.
+//   - BOOTFS_CACHE other than the image's own /.bootfs/cache (or "none")
+//     is refused: boot creates, renames and evicts files there as root.
+//   - The files BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS and BOOTFS_CA_FILE
+//     name are opened now with the Caller's rights, and the options then
+//     name the open files (/proc/self/fd/N), so root never opens a path
+//     the Caller chose. An ssh store needs both set explicitly: the
+//     defaults under $HOME would be read as root.
+//   - BOOTFS_STATS and BOOTFS_RECORD are written with the Caller's rights.
+//
+// It returns a function that closes the files it opened.
+func (o *InitOptions) ConfineToCaller() (closeFiles func(), err error) {
+	var files []*os.File
+	closeFiles = func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	c := o.Caller
+	if c == nil {
+		return closeFiles, nil
+	}
+	refuse := func(env, why string) error {
+		return fmt.Errorf("%w (uid %d, docker run --user): %s is not allowed then: %s", ErrSetuid, c.UID, env, why)
+	}
+	if o.User != "" {
+		return closeFiles, refuse(EnvUser, "the workload runs as the --user that started the container")
+	}
+	if o.Upper != "" {
+		return closeFiles, refuse(EnvUpper, "overlayfs would clean its work directory there with root's rights; run as root (BOOTFS_USER instead of --user) to use it")
+	}
+	switch filepath.Clean(o.Cache) {
+	case ".", "none", filepath.Clean(o.withDefaults().Workdir) + "/cache":
+	default:
+		return closeFiles, refuse(EnvCache, "boot writes the cache as root; mount the cache volume on /.bootfs/cache instead")
+	}
+	open := func(env, name string) (string, error) {
+		f, err := c.openFile(name)
+		if err != nil {
+			return "", fmt.Errorf("boot: %s: %w (it is opened with the rights of uid %d, who started the container)", env, err, c.UID)
+		}
+		files = append(files, f)
+		return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())), nil
+	}
+	keys := make([]string, len(o.SSHKeys))
+	for i, k := range o.SSHKeys {
+		if keys[i], err = open(EnvSSHKey, k); err != nil {
+			closeFiles()
+			return func() {}, err
+		}
+	}
+	o.SSHKeys = keys
+	for _, p := range []struct {
+		env  string
+		name *string
+	}{{EnvSSHKnownHosts, &o.SSHKnownHosts}, {EnvCAFile, &o.CAFile}} {
+		if *p.name == "" {
+			continue
+		}
+		if *p.name, err = open(p.env, *p.name); err != nil {
+			closeFiles()
+			return func() {}, err
+		}
+	}
+	o.confined = true
+	return closeFiles, nil
+}
+
+// checkCallerStore refuses an ssh store for a Caller without explicit
+// keys and known_hosts: the ssh client's defaults, under $HOME, would be
+// read with root's rights.
+func (o *InitOptions) checkCallerStore(store string) error {
+	if o.Caller == nil {
+		return nil
+	}
+	if !o.confined {
+		return fmt.Errorf("%w: InitOptions.ConfineToCaller was not called", ErrSetuid)
+	}
+	locs, err := chunkstore.ParseURLs(store)
+	if err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
+	for _, l := range locs {
+		if strings.EqualFold(l.Scheme, "ssh") && (len(o.SSHKeys) == 0 || o.SSHKnownHosts == "") {
+			return fmt.Errorf("%w (uid %d, docker run --user): the ssh store %s needs %s and %s set explicitly",
+				ErrSetuid, o.Caller.UID, l, EnvSSHKey, EnvSSHKnownHosts)
+		}
+	}
+	return nil
 }
 
 // workloadEnv returns the container's environment for the workload:
@@ -200,4 +316,11 @@ func getenvFrom(env []string, name string) string {
 		}
 	}
 	return v
+}
+
+func orDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
 }

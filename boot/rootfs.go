@@ -3,7 +3,6 @@ package boot
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -14,11 +13,218 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/bootfs/bootfs/boot/lazyfs"
 )
 
 // ErrRootfs is wrapped by errors building the workload's root.
 var ErrRootfs = errors.New("boot: cannot build the workload's root")
+
+// rootfs is the workload's root and the mounts under it.
+type rootfs struct {
+	log    *slog.Logger
+	dir    string // Workdir
+	root   string // the overlay
+	lower  string
+	srv    *fuse.Server
+	mounts []string // to unmount at teardown, in reverse order
+}
+
+// build mounts the FUSE tree, the overlay and the binds.
+func (r *rootfs) build(fsys *lazyfs.FS, upper string, mounts []MountInfo) error {
+	r.lower = filepath.Join(r.dir, "lower")
+	r.root = filepath.Join(r.dir, "root")
+	for _, d := range []string{r.lower, r.root} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("%w: %v", ErrRootfs, err)
+		}
+	}
+	srv, err := fsys.Mount(r.lower)
+	if err != nil {
+		return err
+	}
+	r.srv = srv
+
+	if upper == "" {
+		upper = filepath.Join(r.dir, "rw")
+		if err := os.MkdirAll(upper, 0o755); err != nil {
+			return fmt.Errorf("%w: %v", ErrRootfs, err)
+		}
+		if err := r.mount("tmpfs", upper, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			return err
+		}
+	}
+	up, work := filepath.Join(upper, "upper"), filepath.Join(upper, "work")
+	for _, d := range []string{up, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("%w: writable layer: %v", ErrRootfs, err)
+		}
+	}
+	// The upper's root takes the image root's mode and owner, or the
+	// overlay's root would be the upper's (0755 root).
+	if st, err := os.Stat(r.lower); err == nil {
+		sys := st.Sys().(*syscall.Stat_t)
+		_ = os.Chown(up, int(sys.Uid), int(sys.Gid))
+		_ = unix.Chmod(up, sys.Mode&0o7777)
+	}
+	if err := r.overlay(up, work); err != nil {
+		return err
+	}
+
+	for _, d := range []string{"dev", "proc", "sys"} {
+		if err := r.bindPoint("/"+d, true); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"/dev", "/sys"} {
+		if err := r.mount(d, filepath.Join(r.root, d), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return err
+		}
+	}
+	vols := containerMounts(mounts)
+	byDepth(vols)
+	for _, m := range vols {
+		if err := r.bindMount(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// overlay mounts the overlay of the image and the writable layer on
+// r.root. overlayfs shows its options in /proc/mounts as they were given,
+// so they are paths relative to r.dir, where init changes to for the
+// mount: the workload's mount table then never names /.bootfs.
+func (r *rootfs) overlay(up, work string) error {
+	rel := func(p string) (string, error) {
+		s, err := filepath.Rel(r.dir, p)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrRootfs, err)
+		}
+		if strings.ContainsAny(s, ",:") {
+			// overlayfs splits its options at commas and lowerdir at colons.
+			return "", fmt.Errorf("%w: %s: a path for overlayfs must not hold ',' or ':'", ErrRootfs, p)
+		}
+		return s, nil
+	}
+	var dirs [3]string
+	for i, p := range []string{r.lower, up, work} {
+		var err error
+		if dirs[i], err = rel(p); err != nil {
+			return err
+		}
+	}
+	back, err := os.Open(".")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRootfs, err)
+	}
+	defer back.Close()
+	if err := os.Chdir(r.dir); err != nil {
+		return fmt.Errorf("%w: %v", ErrRootfs, err)
+	}
+	defer back.Chdir()
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", dirs[0], dirs[1], dirs[2])
+	if err := r.mount("overlay", r.root, "overlay", 0, data); err != nil {
+		return fmt.Errorf("%w (BOOTFS_UPPER must not be on an overlay filesystem; use a volume)", err)
+	}
+	return nil
+}
+
+// bindPoint makes the mount point p (a container path) in the root, and
+// returns nil if it exists already.
+func (r *rootfs) bindPoint(p string, dir bool) error {
+	_, err := r.target(p, dir)
+	return err
+}
+
+func (r *rootfs) target(p string, dir bool) (string, error) {
+	t, err := resolveIn(r.root, p)
+	if err != nil {
+		return "", err
+	}
+	if err := mountPoint(t, dir); err != nil {
+		return "", fmt.Errorf("%w: mount point %s: %v", ErrRootfs, p, err)
+	}
+	return t, nil
+}
+
+// bindMount binds the container's mount m into the root at the same path.
+func (r *rootfs) bindMount(m MountInfo) error {
+	fi, err := os.Stat(m.Point)
+	if err != nil {
+		r.log.Warn("cannot see a mount Docker made; not passing it on", "path", m.Point, "err", err)
+		return nil
+	}
+	if fi.IsDir() && m.IsNamedVolume() && isEmptyDir(m.Point) {
+		if err := r.fillVolume(m.Point); err != nil {
+			return err
+		}
+	}
+	t, err := r.target(m.Point, fi.IsDir())
+	if err != nil {
+		return err
+	}
+	if err := r.mount(m.Point, t, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	if m.ReadOnly() {
+		if err := unix.Mount("", t, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("%w: make %s read-only: %v", ErrRootfs, m.Point, err)
+		}
+	}
+	r.log.Debug("bound", "path", m.Point, "fstype", m.FSType, "ro", m.ReadOnly())
+	return nil
+}
+
+// fillVolume copies the image's content at p, if it has any, into the
+// empty volume mounted at p.
+func (r *rootfs) fillVolume(p string) error {
+	src, err := resolveIn(r.lower, p)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil || !fi.IsDir() {
+		return nil
+	}
+	start := time.Now()
+	if err := copyTree(src, p, r.log); err != nil {
+		return fmt.Errorf("%w: copy the image's %s into its empty volume: %v", ErrRootfs, p, err)
+	}
+	r.log.Debug("filled empty volume from the image", "path", p, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (r *rootfs) mount(source, target, fstype string, flags uintptr, data string) error {
+	if err := unix.Mount(source, target, fstype, flags, data); err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			// CAP_SYS_ADMIN without --privileged: seccomp or AppArmor.
+			return fmt.Errorf("%w: mount %s: %v; run it with docker run --privileged --device /dev/fuse ...", ErrNotPrivileged, target, err)
+		}
+		return fmt.Errorf("%w: mount %s on %s (%s %s): %v", ErrRootfs, source, target, fstype, data, err)
+	}
+	r.mounts = append(r.mounts, target)
+	return nil
+}
+
+// teardown unmounts everything build mounted: the root's tree at once
+// (lazily), then the FUSE server, so the cache is left complete.
+func (r *rootfs) teardown() {
+	for i := len(r.mounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(r.mounts[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			r.log.Debug("unmount", "path", r.mounts[i], "err", err)
+		}
+	}
+	r.mounts = nil
+	if r.srv != nil {
+		if err := lazyfs.Unmount(r.srv, r.lower, r.log); err != nil {
+			r.log.Warn("cannot unmount the image", "path", r.lower, "err", err)
+		}
+		r.srv = nil
+	}
+}
 
 // resolveIn resolves p inside root as if root were "/": symlinks are
 // followed, absolute ones and ".." relative to root, never leaving it.
@@ -76,151 +282,6 @@ func mountPoint(target string, dir bool) error {
 		return err
 	}
 	return f.Close()
-}
-
-// isEmptyDir reports whether dir is a directory with no entries.
-func isEmptyDir(dir string) bool {
-	f, err := os.Open(dir)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(1)
-	return err == io.EOF && len(names) == 0
-}
-
-// copyTree copies the tree at src into the existing directory dst, as
-// Docker fills an empty volume from the image: contents, modes, owners,
-// times and xattrs, with symlinks, device nodes and FIFOs as they are.
-// dst takes src's owner, mode and times too.
-func copyTree(src, dst string, log *slog.Logger) error {
-	type dirTimes struct {
-		path string
-		ts   []unix.Timespec
-	}
-	var dirs []dirTimes
-	log = orDiscard(log)
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(dst, rel)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("stat %s: no owner", p)
-		}
-		mode := fi.Mode()
-		switch {
-		case rel == ".":
-		case mode.IsDir():
-			if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-				return err
-			}
-		case mode.IsRegular():
-			if err := copyFile(p, target); err != nil {
-				return err
-			}
-		case mode&fs.ModeSymlink != 0:
-			link, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			if err := os.Symlink(link, target); err != nil {
-				return err
-			}
-		case mode&(fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket) != 0:
-			if err := unix.Mknod(target, st.Mode, int(st.Rdev)); err != nil {
-				return err
-			}
-		default:
-			log.Warn("not copying an entry of unknown type into the volume", "path", p, "mode", mode)
-			return nil
-		}
-		if err := os.Lchown(target, int(st.Uid), int(st.Gid)); err != nil {
-			return err
-		}
-		copyXattrs(p, target, log)
-		if mode&fs.ModeSymlink == 0 {
-			// After chown, which clears setuid and setgid bits.
-			if err := unix.Chmod(target, st.Mode&0o7777); err != nil {
-				return err
-			}
-		}
-		ts := []unix.Timespec{unix.NsecToTimespec(time.Now().UnixNano()), unix.Timespec(st.Mtim)}
-		if mode.IsDir() {
-			// Set once the directory is filled, below.
-			dirs = append(dirs, dirTimes{target, ts})
-			return nil
-		}
-		return unix.UtimesNanoAt(unix.AT_FDCWD, target, ts, unix.AT_SYMLINK_NOFOLLOW)
-	})
-	if err != nil {
-		return err
-	}
-	for _, d := range slices.Backward(dirs) {
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, d.path, d.ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	return nil
-}
-
-// copyXattrs copies the extended attributes of src to dst, without
-// following symlinks. A failure is logged: the content is what matters.
-func copyXattrs(src, dst string, log *slog.Logger) {
-	sz, err := unix.Llistxattr(src, nil)
-	if err != nil || sz <= 0 {
-		return
-	}
-	buf := make([]byte, sz)
-	sz, err = unix.Llistxattr(src, buf)
-	if err != nil {
-		return
-	}
-	for name := range strings.SplitSeq(string(buf[:sz]), "\x00") {
-		if name == "" {
-			continue
-		}
-		vsz, err := unix.Lgetxattr(src, name, nil)
-		if err != nil {
-			continue
-		}
-		val := make([]byte, vsz)
-		if vsz, err = unix.Lgetxattr(src, name, val); err != nil {
-			continue
-		}
-		if err := unix.Lsetxattr(dst, name, val[:vsz], 0); err != nil {
-			log.Debug("cannot copy xattr into the volume", "path", dst, "xattr", name, "err", err)
-		}
-	}
 }
 
 // byDepth sorts mounts so a mount comes after every mount whose path is a

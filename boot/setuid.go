@@ -4,16 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 // ErrSetuid is wrapped by the errors of what boot refuses to do when a
@@ -124,134 +121,5 @@ func (c *Caller) openFile(name string) (*os.File, error) {
 // same directory and a rename, with the Caller's rights, so readers never
 // see half a file and a setuid boot writes nowhere its Caller could not.
 func writeFileAtomic(name string, data []byte, c *Caller) error {
-	return c.do(func() error {
-		tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
-		if err != nil {
-			return err
-		}
-		_, err = tmp.Write(data)
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Chmod(tmp.Name(), 0o644)
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), name)
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-		return err
-	})
-}
-
-// ConfineToCaller makes options safe for a boot that o.Caller started
-// setuid root; it does nothing when o.Caller is nil. The Caller must get
-// no more from boot than mounting the image and running its workload as
-// the Caller:
-//
-//   - BOOTFS_USER is refused: the workload runs as the Caller.
-//   - BOOTFS_UPPER is refused: overlayfs empties its work directory with
-//     the mounter's (root's) rights, and the Caller could swap the path
-//     for a symlink to any directory in between.
-//   - BOOTFS_CACHE other than the image's own /.bootfs/cache (or "none")
-//     is refused: boot creates, renames and evicts files there as root.
-//   - The files BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS and BOOTFS_CA_FILE
-//     name are opened now with the Caller's rights, and the options then
-//     name the open files (/proc/self/fd/N), so root never opens a path
-//     the Caller chose. An ssh store needs both set explicitly: the
-//     defaults under $HOME would be read as root.
-//   - BOOTFS_STATS and BOOTFS_RECORD are written with the Caller's rights.
-//
-// It returns a function that closes the files it opened.
-func (o *InitOptions) ConfineToCaller() (closeFiles func(), err error) {
-	var files []*os.File
-	closeFiles = func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	c := o.Caller
-	if c == nil {
-		return closeFiles, nil
-	}
-	refuse := func(env, why string) error {
-		return fmt.Errorf("%w (uid %d, docker run --user): %s is not allowed then: %s", ErrSetuid, c.UID, env, why)
-	}
-	if o.User != "" {
-		return closeFiles, refuse(EnvUser, "the workload runs as the --user that started the container")
-	}
-	if o.Upper != "" {
-		return closeFiles, refuse(EnvUpper, "overlayfs would clean its work directory there with root's rights; run as root (BOOTFS_USER instead of --user) to use it")
-	}
-	switch filepath.Clean(o.Cache) {
-	case ".", "none", filepath.Clean(o.withDefaults().Workdir) + "/cache":
-	default:
-		return closeFiles, refuse(EnvCache, "boot writes the cache as root; mount the cache volume on /.bootfs/cache instead")
-	}
-	open := func(env, name string) (string, error) {
-		f, err := c.openFile(name)
-		if err != nil {
-			return "", fmt.Errorf("boot: %s: %w (it is opened with the rights of uid %d, who started the container)", env, err, c.UID)
-		}
-		files = append(files, f)
-		return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())), nil
-	}
-	keys := make([]string, len(o.SSHKeys))
-	for i, k := range o.SSHKeys {
-		if keys[i], err = open(EnvSSHKey, k); err != nil {
-			closeFiles()
-			return func() {}, err
-		}
-	}
-	o.SSHKeys = keys
-	for _, p := range []struct {
-		env  string
-		name *string
-	}{{EnvSSHKnownHosts, &o.SSHKnownHosts}, {EnvCAFile, &o.CAFile}} {
-		if *p.name == "" {
-			continue
-		}
-		if *p.name, err = open(p.env, *p.name); err != nil {
-			closeFiles()
-			return func() {}, err
-		}
-	}
-	o.confined = true
-	return closeFiles, nil
-}
-
-// checkCallerStore refuses an ssh store for a Caller without explicit
-// keys and known_hosts: the ssh client's defaults, under $HOME, would be
-// read with root's rights.
-func (o *InitOptions) checkCallerStore(store string) error {
-	if o.Caller == nil {
-		return nil
-	}
-	if !o.confined {
-		return fmt.Errorf("%w: InitOptions.ConfineToCaller was not called", ErrSetuid)
-	}
-	locs, err := chunkstore.ParseURLs(store)
-	if err != nil {
-		return fmt.Errorf("boot: %w", err)
-	}
-	for _, l := range locs {
-		if strings.EqualFold(l.Scheme, "ssh") && (len(o.SSHKeys) == 0 || o.SSHKnownHosts == "") {
-			return fmt.Errorf("%w (uid %d, docker run --user): the ssh store %s needs %s and %s set explicitly",
-				ErrSetuid, o.Caller.UID, l, EnvSSHKey, EnvSSHKnownHosts)
-		}
-	}
-	return nil
-}
-
-// mergeGroups returns a followed by the members of b it lacks.
-func mergeGroups(a, b []int) []int {
-	out := slices.Clone(a)
-	for _, g := range b {
-		if !slices.Contains(out, g) {
-			out = append(out, g)
-		}
-	}
-	return out
+	return c.do(func() error { return atomicfile.WriteFile(name, data) })
 }

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
 // ErrUser is wrapped by errors resolving an image's User.
@@ -213,4 +217,55 @@ func scanDB(r io.Reader, name string, line func([]string)) error {
 		return fmt.Errorf("%w: read the image's %s: %v", ErrUser, name, err)
 	}
 	return nil
+}
+
+// maxUserDB bounds the image's /etc/passwd and /etc/group that boot reads.
+const maxUserDB = 64 << 20
+
+// resolveImageUser resolves spec against the root's /etc/passwd and
+// /etc/group.
+func resolveImageUser(spec string) (User, error) {
+	open := func(name string) (io.Reader, func()) {
+		// The image's own symlinks count; a FIFO or a device there
+		// must not hang or flood boot.
+		f, err := inputfile.OpenFollow(name, maxUserDB)
+		if err != nil {
+			return nil, func() {}
+		}
+		return io.LimitReader(f, maxUserDB), func() { f.Close() }
+	}
+	passwd, closeP := open("/etc/passwd")
+	defer closeP()
+	group, closeG := open("/etc/group")
+	defer closeG()
+	return ResolveUser(spec, passwd, group)
+}
+
+// setUser switches every thread to u's groups, gid and uid.
+func setUser(u User) error {
+	groups := u.Groups
+	if groups == nil {
+		groups = []int{}
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return fmt.Errorf("boot: set groups %v: %w", groups, err)
+	}
+	if err := syscall.Setgid(u.GID); err != nil {
+		return fmt.Errorf("boot: set gid %d: %w", u.GID, err)
+	}
+	if err := syscall.Setuid(u.UID); err != nil {
+		return fmt.Errorf("boot: set uid %d: %w", u.UID, err)
+	}
+	return nil
+}
+
+// mergeGroups returns a followed by the members of b it lacks.
+func mergeGroups(a, b []int) []int {
+	out := slices.Clone(a)
+	for _, g := range b {
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	return out
 }

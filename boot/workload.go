@@ -6,13 +6,20 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bootfs/bootfs/internal/bootconfig"
 )
 
 // WorkloadCommand is the first argument with which Init re-executes its
@@ -33,6 +40,187 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
+
+// workloadSpec is what init tells the workload process (see
+// WorkloadCommand) on its fd 3.
+type workloadSpec struct {
+	Root       string   `json:"root"`
+	Argv       []string `json:"argv"`
+	Env        []string `json:"env"`
+	ImageEnv   []string `json:"image_env"`
+	User       string   `json:"user"`
+	WorkingDir string   `json:"working_dir"`
+	// ExtraGroups are supplementary groups to add to the user's own
+	// (Docker's --group-add for a Caller).
+	ExtraGroups []int `json:"extra_groups,omitempty"`
+}
+
+// workload is the running workload process.
+type workload struct {
+	pid   int
+	execR *os.File
+	sigc  chan os.Signal
+	// stoppedBy is the stop signal that killed the workload process
+	// before it exec'd its command, if one did.
+	stoppedBy atomic.Int32
+}
+
+// startWorkload re-executes this binary as WorkloadCommand in new PID and
+// mount namespaces.
+func startWorkload(root string, argv []string, img bootconfig.Image, extraGroups []int) (*workload, error) {
+	spec, err := json.Marshal(workloadSpec{
+		Root: root, Argv: argv, Env: os.Environ(), ImageEnv: img.Env,
+		User: img.User, WorkingDir: img.WorkingDir, ExtraGroups: extraGroups,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	defer specR.Close()
+	execR, execW, err := os.Pipe()
+	if err != nil {
+		specW.Close()
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	defer execW.Close()
+
+	cmd := exec.Command("/proc/self/exe", WorkloadCommand)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{specR, execW}
+	cmd.Env = []string{}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}
+	if isTerminal(0) {
+		// docker run -t: the workload leads its own session on the tty.
+		cmd.SysProcAttr.Setsid = true
+		cmd.SysProcAttr.Setctty = true
+		cmd.SysProcAttr.Ctty = 0
+	}
+
+	w := &workload{execR: execR, sigc: make(chan os.Signal, 64)}
+	// Before the start, so no signal or exit is missed.
+	signal.Notify(w.sigc, append(forwarded(), unix.SIGCHLD)...)
+	if err := cmd.Start(); err != nil {
+		signal.Stop(w.sigc)
+		specW.Close()
+		execR.Close()
+		return nil, fmt.Errorf("boot: start the workload: %w", err)
+	}
+	w.pid = cmd.Process.Pid
+	// A failed write means the child died early: waitExec sees its end
+	// of the exec pipe close and supervise reaps it.
+	_, _ = specW.Write(spec)
+	specW.Close()
+	return w, nil
+}
+
+func isTerminal(fd int) bool {
+	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	return err == nil
+}
+
+// forwardWhileStarting handles signals for the workload process until
+// the returned stop is called, while it has not exec'd its command yet.
+// Its first reads of the image (its user's entry in /etc/passwd, its
+// binary) may wait on a store that does not answer, in page-cache reads
+// that only SIGKILL interrupts; and until it execs, it is boot's own code
+// with nothing to clean up. So a stop signal (stopSignals) kills it, and
+// is recorded for the exit status; others are forwarded. Signals that stop does not see are left for supervise.
+func (w *workload) forwardWhileStarting(log *slog.Logger) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-w.sigc:
+				if s == unix.SIGCHLD {
+					continue // supervise reaps before it waits
+				}
+				sig := s.(syscall.Signal)
+				if slices.Contains(stopSignals, s) {
+					log.Warn("stopped before the workload started", "signal", s)
+					w.stoppedBy.CompareAndSwap(0, int32(sig))
+					sig = unix.SIGKILL
+				} else {
+					log.Debug("forwarding signal while the workload starts", "signal", s)
+				}
+				if err := unix.Kill(w.pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+					log.Warn("cannot forward signal to the workload", "signal", s, "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
+// waitExec waits until the workload process has exec'd the command (its
+// end of the pipe closes on exec) or reports why it could not.
+func (w *workload) waitExec() error {
+	defer w.execR.Close()
+	b, _ := io.ReadAll(io.LimitReader(w.execR, 64<<10))
+	if len(b) > 0 {
+		return errors.New(string(b))
+	}
+	return nil
+}
+
+// supervise forwards signals to the workload and reaps children until the
+// workload exits, and returns its exit status. onUSR1 runs on SIGUSR1,
+// which is forwarded too.
+func (w *workload) supervise(onUSR1 func(), log *slog.Logger) int {
+	log = orDiscard(log)
+	defer signal.Stop(w.sigc)
+	for {
+		// A reap first: the workload may have ended before the signal
+		// handler was in place.
+		if status, done := w.reap(log); done {
+			return status
+		}
+		s := <-w.sigc
+		switch s {
+		case unix.SIGCHLD:
+			continue
+		case unix.SIGUSR1:
+			onUSR1()
+		}
+		log.Debug("forwarding signal", "signal", s)
+		if err := unix.Kill(w.pid, s.(syscall.Signal)); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.Warn("cannot forward signal to the workload", "signal", s, "err", err)
+		}
+	}
+}
+
+// reap collects every child that has ended. done is true once the
+// workload has, with its exit status.
+func (w *workload) reap(log *slog.Logger) (status int, done bool) {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return 0, false
+		}
+		if pid != w.pid {
+			log.Debug("reaped an orphan", "pid", pid)
+			continue
+		}
+		switch {
+		case ws.Exited():
+			return ws.ExitStatus(), true
+		case ws.Signaled():
+			return 128 + int(ws.Signal()), true
+		}
+	}
+}
 
 // RunWorkload is the workload process that Init starts in new PID and
 // mount namespaces. It reads its spec from fd 3, switches to the
@@ -78,6 +266,13 @@ func runWorkload(specFile *os.File) error {
 	if err := enterRoot(s.Root); err != nil {
 		return err
 	}
+	return execWorkload(s)
+}
+
+// execWorkload execs s's command in the process's current root: the
+// image's user and groups, the environment, the working directory. It
+// returns only on failure.
+func execWorkload(s workloadSpec) error {
 	u, err := resolveImageUser(s.User)
 	if err != nil {
 		return err
@@ -112,16 +307,6 @@ func runWorkload(specFile *os.File) error {
 	return &ExitError{Status: status, Err: fmt.Errorf("boot: exec %s: %w", s.Argv[0], err)}
 }
 
-// privilegeHint names the docker run flags that lift err, if it is the
-// EPERM or EACCES that Docker's default seccomp profile or AppArmor give
-// a container with CAP_SYS_ADMIN but not --privileged.
-func privilegeHint(err error) string {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-		return " (Docker's seccomp profile or AppArmor forbids it: run with docker run --privileged --device /dev/fuse, or add --security-opt seccomp=unconfined --security-opt apparmor=unconfined)"
-	}
-	return ""
-}
-
 // enterRoot makes root the process's root: private mounts, pivot_root,
 // the old root detached, and a /proc of the new PID namespace.
 func enterRoot(root string) error {
@@ -144,41 +329,6 @@ func enterRoot(root string) error {
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("boot: mount /proc: %w%s", err, privilegeHint(err))
-	}
-	return nil
-}
-
-// resolveImageUser resolves spec against the root's /etc/passwd and
-// /etc/group.
-func resolveImageUser(spec string) (User, error) {
-	open := func(name string) (io.Reader, func()) {
-		f, err := os.Open(name)
-		if err != nil {
-			return nil, func() {}
-		}
-		return f, func() { f.Close() }
-	}
-	passwd, closeP := open("/etc/passwd")
-	defer closeP()
-	group, closeG := open("/etc/group")
-	defer closeG()
-	return ResolveUser(spec, passwd, group)
-}
-
-// setUser switches every thread to u's groups, gid and uid.
-func setUser(u User) error {
-	groups := u.Groups
-	if groups == nil {
-		groups = []int{}
-	}
-	if err := syscall.Setgroups(groups); err != nil {
-		return fmt.Errorf("boot: set groups %v: %w", groups, err)
-	}
-	if err := syscall.Setgid(u.GID); err != nil {
-		return fmt.Errorf("boot: set gid %d: %w", u.GID, err)
-	}
-	if err := syscall.Setuid(u.UID); err != nil {
-		return fmt.Errorf("boot: set uid %d: %w", u.UID, err)
 	}
 	return nil
 }

@@ -17,3 +17,9 @@ var ErrBadURL = errors.New("chunkstore: bad store URL")
 // request itself as often as it was configured to; a caller need not
 // retry it again at once.
 var ErrGaveUp = errors.New("chunkstore: gave up")
+
+// ErrNotRegular is wrapped by errors about a chunk path that holds
+// something other than a regular file: a FIFO, a symbolic link, a
+// directory. Such a chunk is never served; `chunkstore verify --repair`
+// removes it.
+var ErrNotRegular = errors.New("chunkstore: chunk file is not a regular file")

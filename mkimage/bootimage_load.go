@@ -3,6 +3,7 @@ package mkimage
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -181,7 +182,7 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 	}
 	store := bo.RuntimeStore
 	if store == "" {
-		store = opts.Store
+		store = cmp.Or(sum.RuntimeStore, opts.Store)
 	}
 	if local := localStores(store); len(local) > 0 && bo.Log != nil {
 		bo.Log.Warn("the boot image reads chunks from a directory of this host: mount it into its containers at that path (docker run -v), or give --runtime-store a URL they can reach",

@@ -30,12 +30,16 @@ func defaultJobs() int { return runtime.GOMAXPROCS(0) }
 // before the index that refers to the chunks is written. A crash before
 // that leaves no index that names an unsynced chunk.
 func openWriteStore(ctx context.Context, spec string, opts Options) (chunkstore.WriteStore, error) {
+	if err := checkRegistryList(spec); err != nil {
+		return nil, err
+	}
 	s, err := chunkstore.Open(ctx, spec, chunkstore.Options{
 		Digest: opts.Digest,
 		Local:  chunkstore.LocalOptions{Create: true, NoSync: true, TrustWrites: true},
 		HTTP:   chunkstore.HTTPOptions{TrustWrites: true, Token: opts.StoreToken, CAFile: opts.StoreCAFile},
 		Dialers: map[string]chunkstore.Dialer{
 			"ssh": sshClientOptions(os.Getenv).Dialer(),
+			"oci": opts.registryOptions(true).Dialer(),
 		},
 		Logger: opts.Log,
 	})

@@ -3,7 +3,7 @@
 //
 //	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
 //	boot exec -- CMD [ARG...]   (docker exec CONTAINER /.bootfs/boot exec -- CMD)
-//	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
+//	boot mount [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
 // boot. Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -23,7 +23,10 @@ import (
 	"syscall"
 
 	"github.com/bootfs/bootfs/boot"
+	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/registry"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
@@ -69,14 +72,15 @@ commands:
           signals, exit with its status; configured by BOOTFS_STORE,
           BOOTFS_CACHE, BOOTFS_UPPER, BOOTFS_LOG=debug, BOOTFS_STATS=FILE,
           BOOTFS_RECORD=FILE, BOOTFS_BACKGROUND=1, BOOTFS_USER,
-          BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS and
+          BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS,
+          BOOTFS_REGISTRY_AUTH, BOOTFS_REGISTRY_PLAIN_HTTP and
           BOOTFS_TIMEOUT (see below)
   exec -- CMD [ARG...]
           run CMD inside the workload of a running converted image:
           docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD; CMD gets
           the workload's root, mount and PID namespaces, user, groups,
           environment and working directory; exits with CMD's status
-  mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE]
+  mount   [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE]
           [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
           lazily, until interrupted (SIGINT or SIGTERM); SIGUSR1 writes stats
@@ -91,6 +95,8 @@ a mounted volume:
                              image's)
   BOOTFS_CACHE=DIR|none      chunk cache (default /.bootfs/cache: mount the
                              node's cache volume there)
+  BOOTFS_CACHE_MAX=SIZE      cap the cache (such as 2g), across every container
+                             sharing it; least recently used chunks go first
   BOOTFS_UPPER=DIR           the overlay's writable layer (default a tmpfs)
   BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
   BOOTFS_RECORD=FILE         the image files the workload read, one absolute
@@ -100,7 +106,11 @@ a mounted volume:
   BOOTFS_BACKGROUND=1        fetch the rest of the image into the cache
                              once the workload runs
   BOOTFS_USER=USER[:GROUP]   run the workload as this user of the image
-  BOOTFS_CA_FILE=FILE        PEM CA certificates for https:// stores
+  BOOTFS_CA_FILE=FILE        PEM CA certificates for https:// and oci:// stores
+  BOOTFS_REGISTRY_AUTH=FILE  docker config.json-format file with the
+                             credentials of oci:// stores (registries)
+  BOOTFS_REGISTRY_PLAIN_HTTP=1  allow plain HTTP to a registry that is
+                             not on a loopback address
   BOOTFS_SSH_KEY=FILE[,...]  private keys for ssh:// stores
   BOOTFS_SSH_KNOWN_HOSTS=FILE  the ssh store's host key
   BOOTFS_TIMEOUT=DURATION    bound on each chunk fetch (default 30s)
@@ -169,14 +179,18 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "usage: boot mount %s\n\nflags:\n", synopsis)
 		fs.PrintDefaults()
 	}
-	var opts boot.MountOptions
-	var logLevel string
-	fs.StringVar(&opts.Store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
+	var opts lazyfs.MountOptions
+	var logLevel, cacheMax string
+	fs.StringVar(&opts.Store, "store", "", "chunk store `URL`: a path, file://, http(s)://, ssh:// or oci://host[:port]/repository; a comma-separated list fails over in order (required)")
 	fs.StringVar(&opts.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
+	fs.StringVar(&cacheMax, "cache-max", "", "cap --cache at `SIZE` (bytes, or with a k, m or g suffix), least recently used chunks evicted, across every process sharing it")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
-	fs.StringVar(&opts.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
+	fs.StringVar(&opts.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// and oci:// stores, besides the system's")
+	var reg registry.Options
+	fs.StringVar(&reg.AuthFile, "registry-auth", "", "docker config.json-format `FILE` with the credentials of oci:// stores")
+	fs.BoolVar(&reg.PlainHTTP, "registry-plain-http", false, "allow plain HTTP to a registry that is not on a loopback address")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&opts.FS.AllowSuidDev, "suid", false, "honour setuid bits and device nodes (mount without nosuid,nodev)")
 	if err := fs.Parse(args); err != nil {
@@ -196,13 +210,24 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	if strings.TrimSpace(opts.Store) == "" {
 		return bad("--store is required: the chunk store the index's chunks were written to")
 	}
+	if cacheMax != "" {
+		n, err := casync.ParseSize(cacheMax)
+		if err != nil || n > 1<<62 {
+			return bad("bad --cache-max %q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", cacheMax)
+		}
+		if opts.Cache == "" {
+			return bad("--cache-max needs --cache: the directory to cap")
+		}
+		opts.CacheMax = int64(n)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return bad("bad --log-level %q: %v", logLevel, err)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial}
-	return boot.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
+	reg.CAFile = opts.CAFile
+	opts.Dialers = map[string]chunkstore.Dialer{"ssh": sshstore.Dial, "oci": reg.Dialer()}
+	return lazyfs.RunMount(ctx, fs.Arg(0), fs.Arg(1), opts)
 }
 
 // runSetuid runs what a setuid-root boot started by caller may run: the
@@ -276,11 +301,35 @@ func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.
 		opts.WorkingDir = wd
 	}
 	ssh := sshstore.ClientOptions{IdentityFiles: opts.SSHKeys, KnownHostsFile: opts.SSHKnownHosts}
-	opts.Dialers = map[string]chunkstore.Dialer{"ssh": ssh.Dialer()}
+	reg, err := registryFromEnv(os.Getenv, opts.CAFile, caller)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	opts.Dialers = map[string]chunkstore.Dialer{"ssh": ssh.Dialer(), "oci": reg.Dialer()}
 	code, err := boot.Init(ctx, argv, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	return code
+}
+
+// registryFromEnv returns the options of oci:// stores from
+// BOOTFS_REGISTRY_AUTH and BOOTFS_REGISTRY_PLAIN_HTTP. Started setuid,
+// boot refuses the credentials file: it would read it with root's
+// rights, for a registry the caller may choose.
+func registryFromEnv(getenv func(string) string, caFile string, caller *boot.Caller) (registry.Options, error) {
+	o := registry.Options{AuthFile: getenv(registry.EnvAuth), CAFile: caFile}
+	switch v := getenv(registry.EnvPlainHTTP); v {
+	case "", "0", "false":
+	case "1", "true":
+		o.PlainHTTP = true
+	default:
+		return o, fmt.Errorf("boot: %s=%q: want 1 or 0", registry.EnvPlainHTTP, v)
+	}
+	if o.AuthFile != "" && caller != nil {
+		return o, fmt.Errorf("%w (uid %d, docker run --user): %s is not allowed then: boot would read it as root; run as root with BOOTFS_USER instead of --user", boot.ErrSetuid, caller.UID, registry.EnvAuth)
+	}
+	return o, nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -33,8 +34,13 @@ dir:PATH (a root filesystem directory), tar:PATH (a rootfs
 tarball, e.g. from docker export) or tar:- (the tarball on standard input).
 
 TARGET is the tag of the boot image to load into Docker. Without TARGET
-(and without --output) mkimage makes no boot image: it stores the chunks
-in --store and writes the index only where --index-out says.
+(and without --output or --push) mkimage makes no boot image: it stores
+the chunks in --store and writes the index only where --index-out says.
+
+--push REGISTRY/REPOSITORY:TAG stores the chunks in that registry
+repository and pushes the boot image there, reading its chunks from the
+same repository: docker run REGISTRY/REPOSITORY:TAG on any node is then
+all it takes.
 
 Flags:
 `
@@ -62,15 +68,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 		tokenFile = fs.String("token-file", "", "`FILE` holding the bearer token for writing to an HTTP store (chunkstore serve --write-token-file)")
 		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
 		boot      mkimage.BootImageOptions
+		push      = fs.String("push", "", "push the boot image to `REGISTRY/REPOSITORY:TAG`, with the chunks in that repository")
 	)
+	fs.StringVar(&opts.Registry.AuthFile, "registry-auth", mkimage.DefaultRegistryAuth(), "docker config.json-format `FILE` with the credentials of oci:// stores and --push")
+	fs.BoolVar(&opts.Registry.PlainHTTP, "registry-plain-http", false, "allow plain HTTP to a registry that is not on a loopback address")
 	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
 	fs.StringVar(&boot.BootBinary, "boot-binary", "", "static boot `binary` for the image (default: boot next to mkimage)")
-	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://… or ssh://…")
-	fs.StringVar(&opts.StoreCAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store")
+	fs.StringVar(&opts.Store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://…, ssh://… or oci://host[:port]/repository")
+	fs.StringVar(&opts.StoreCAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store or registry")
 	fs.StringVar(&opts.IndexOut, "index-out", "", "write the caidx to `FILE` and the TOC to FILE.toc")
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
 	fs.BoolVar(&opts.Pull, "pull", false, "pull a SOURCE image that the Docker engine does not have")
 	fs.StringVar(&opts.TempDir, "tmpdir", "", "`directory` for the payload spill file of a tar source (default $TMPDIR)")
+	fs.Func("tmp-max", "bound the spill file to `SIZE` bytes (k, m, g or t suffix; sparse files count in full, their holes take no disk; 0: no limit; default: the free space of --tmpdir)", func(s string) error {
+		n, err := casync.ParseSize(s)
+		if err != nil {
+			return err
+		}
+		if n > math.MaxInt64 {
+			return fmt.Errorf("size %q: too large", s)
+		}
+		opts.TempMax = int64(n)
+		if n == 0 {
+			opts.TempMax = -1
+		}
+		return nil
+	})
 	fs.IntVar(&opts.Jobs, "j", 0, "`N` goroutines hash, compress and upload chunks (default: number of CPUs)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -94,7 +117,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		boot.Output = name
 	}
-	makeImage := target != "" || boot.Output != ""
+	if *push != "" {
+		if target != "" || boot.Output != "" || opts.Store != "" {
+			return usageError(stderr, "--push", errors.New("the chunks and the boot image go to the pushed repository: drop TARGET, --output and --store"))
+		}
+		store, err := mkimage.PushStore(*push, &opts)
+		if err != nil {
+			return usageError(stderr, "--push", err)
+		}
+		opts.Store = store
+	}
+	makeImage := target != "" || boot.Output != "" || *push != ""
 	if makeImage && opts.Store == "" {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
 	}
@@ -106,7 +139,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *prefetch != "" {
 		if !makeImage {
-			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET or --output"))
+			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET, --output or --push"))
 		}
 		paths, err := mkimage.ReadPrefetchPaths(*prefetch)
 		if err != nil {
@@ -165,12 +198,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var res result
 	res.Summary = sum
 	if makeImage {
-		info, err := mkimage.MakeBootImage(ctx, sum, opts, boot)
+		var info mkimage.BootImageInfo
+		if *push != "" {
+			info, err = mkimage.PushBootImage(ctx, sum, opts, boot, *push)
+			target = *push
+		} else {
+			info, err = mkimage.MakeBootImage(ctx, sum, opts, boot)
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "mkimage: boot image: %v\n", err)
 			return 1
 		}
 		res.Target, res.Output, res.ImageID, res.ImageSize = target, boot.Output, info.ImageID, info.ArchiveSize
+		if *push != "" {
+			res.Output, res.ImageID = "", info.ManifestDigest
+		}
 	}
 	switch {
 	case *asJSON:

@@ -1,0 +1,27 @@
+// Package lazyfs is bootfs's lazy read-only filesystem: it serves a catar
+// archive, described by a caidx index and a TOC, as a FUSE filesystem
+// whose file contents are fetched chunk by chunk from a chunk store as
+// they are read.
+//
+//   - Reader is an io.ReaderAt over the archive made from the index and a
+//     chunkstore.Store: parallel, bounded fetches, a small in-memory LRU of
+//     chunks, read-ahead, retries with backoff and per-fetch timeouts.
+//   - FS is the FUSE tree, served over FUSE's raw protocol. Metadata
+//     (lookup, getattr, readdir, readlink, xattrs) is answered from the TOC
+//     in memory, never from the network; file reads go through a Reader.
+//   - Image (OpenImage) is an index opened with its store, cache, TOC and
+//     Reader, with its Stats; PrefetchList and Image.FillCache fetch ahead
+//     of the reads.
+//   - Recorder lists the files a workload read, for mkimage --prefetch.
+//   - RunMount is `boot mount`: open the image, mount, serve until the
+//     context ends, unmount.
+//
+// One process may serve many mounts: the package keeps no state of its
+// own outside the values it returns (the chunk buffer pool is shared and
+// safe for that), so each Image, Reader and FS is independent.
+//
+// lazyfs ships inside every converted image, in boot. It depends on
+// casync, chunkstore, internal/atomicfile and internal/inputfile only; it
+// must never import boot (which imports it), mkimage, desync or the
+// Docker client.
+package lazyfs

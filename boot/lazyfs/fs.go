@@ -1,0 +1,526 @@
+package lazyfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bootfs/bootfs/casync"
+)
+
+// FSOptions configure an FS. The zero value works.
+type FSOptions struct {
+	// Logger receives one line per failed operation; nil discards.
+	Logger *slog.Logger
+	// AllowSuidDev mounts without nosuid and nodev, so setuid programs
+	// and device nodes in the image work. An init that runs the image's
+	// workload sets it; a debugging mount on a host should not.
+	AllowSuidDev bool
+	// FsName is the mount's source, shown by mount and df (default
+	// "bootfs").
+	FsName string
+	// Debug logs every FUSE request (very verbose).
+	Debug bool
+	// Recorder, if set, records every regular file whose content is
+	// read (see Recorder). It must be of the same TOC.
+	Recorder *Recorder
+}
+
+// cacheTimeout is how long the kernel may keep entries and attributes.
+// The tree never changes, so this is long.
+const cacheTimeout = 24 * time.Hour
+
+// maxRead is the largest read the kernel sends, and its read-ahead.
+const maxRead = 1 << 20
+
+// FS is a read-only FUSE filesystem of a catar archive: its tree comes from
+// a TOC, in memory, and file contents from a Reader.
+//
+// It speaks FUSE's raw protocol. Node IDs are TOC node numbers plus one
+// (the root's is 1, FUSE's root ID), and so are inode numbers: stable and
+// unique, since a catar has no hardlinks (it stores copies). So a lookup
+// needs no inode table and FORGET has nothing to forget. go-fuse's node
+// API kept a Go object per entry the kernel knew, which cost more than
+// the kernel's round trip on every entry of a listing.
+type FS struct {
+	enosys // for every write, and whatever else is not here
+
+	toc    *casync.TOC
+	r      *Reader
+	opts   FSOptions
+	log    *slog.Logger
+	failed sync.Map // casync.ChunkID of chunks already logged as failing
+	seqs   sync.Map // TOC node → *sequence, of files that were read
+}
+
+// enosys names the embedded fuse.RawFileSystem so that it is not exported.
+type enosys = fuse.RawFileSystem
+
+var _ fuse.RawFileSystem = (*FS)(nil)
+
+// NewFS returns the filesystem of the archive that toc describes and r
+// reads. It fails, wrapping ErrMismatch, if they are not of the same
+// archive size.
+func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
+	if toc.ArchiveSize != r.Size() {
+		return nil, fmt.Errorf("%w: the TOC describes a %d-byte archive, the index a %d-byte one (was the TOC made from this index?)", ErrMismatch, toc.ArchiveSize, r.Size())
+	}
+	if !toc.IsDir(0) {
+		return nil, fmt.Errorf("%w: the archive's root is not a directory (mode %#o)", ErrMismatch, toc.Mode(0))
+	}
+	if opts.Recorder != nil && opts.Recorder.toc != toc {
+		return nil, fmt.Errorf("%w: the Recorder is of another TOC", ErrMismatch)
+	}
+	if opts.FsName == "" {
+		opts.FsName = "bootfs"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &FS{enosys: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
+}
+
+// mountOptions returns the go-fuse options Mount uses.
+func (f *FS) mountOptions() *fuse.MountOptions {
+	flags := uintptr(syscall.MS_RDONLY)
+	if !f.opts.AllowSuidDev {
+		flags |= syscall.MS_NOSUID | syscall.MS_NODEV
+	}
+	return &fuse.MountOptions{
+		AllowOther:       true,
+		Options:          []string{"ro", "default_permissions"},
+		FsName:           f.opts.FsName,
+		Name:             "bootfs",
+		DirectMount:      true,
+		DirectMountFlags: flags,
+		MaxWrite:         maxRead,
+		MaxReadAhead:     maxRead,
+		// Reads are answered from memory, never from a file
+		// descriptor: splicing would only add system calls.
+		DisableSplice: true,
+		Debug:         f.opts.Debug,
+	}
+}
+
+// Mount mounts the filesystem on dir and serves it until it is
+// unmounted. Unmount it with the server's Unmount (or Unmount).
+func (f *FS) Mount(dir string) (*fuse.Server, error) {
+	if err := checkMountpoint(dir); err != nil {
+		return nil, err
+	}
+	srv, err := fuse.NewServer(f, dir, f.mountOptions())
+	if err == nil {
+		go srv.Serve()
+		if err = srv.WaitMount(); err != nil {
+			srv.Unmount() // leave no dead mount behind
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boot: mount FUSE filesystem on %s: %w", dir, err)
+	}
+	return srv, nil
+}
+
+// KernelOptions returns the FUSE mount options (fsconfig keys and
+// values) the kernel needs for this filesystem besides fd, rootmode,
+// user_id and group_id, for a caller that mounts it with the new mount
+// API and serves it with ServeFD: what Mount passes to mount(2).
+func (f *FS) KernelOptions() map[string]string {
+	return map[string]string{
+		"allow_other":         "",
+		"default_permissions": "",
+		"max_read":            fmt.Sprint(maxRead),
+	}
+}
+
+// AllowSuidDev reports whether the mount is to be made without nosuid
+// and nodev (see FSOptions.AllowSuidDev).
+func (f *FS) AllowSuidDev() bool { return f.opts.AllowSuidDev }
+
+// NewFDServer returns a server of the filesystem on fd, an open
+// /dev/fuse whose connection the caller has mounted already (fsopen and
+// fsmount with the options of KernelOptions), as a node agent does. The
+// caller runs its Serve, which returns when the kernel ends the
+// connection (the mount's last reference went, or it was aborted). The
+// server takes fd over and closes it when Serve returns.
+func (f *FS) NewFDServer(fd int) (*fuse.Server, error) {
+	o := f.mountOptions()
+	o.DirectMount = false // go-fuse takes /dev/fd/N as mounted already
+	srv, err := fuse.NewServer(f, fmt.Sprintf("/dev/fd/%d", fd), o)
+	if err != nil {
+		return nil, fmt.Errorf("boot: serve FUSE on fd %d: %w", fd, err)
+	}
+	return srv, nil
+}
+
+// checkMountpoint fails unless dir is a directory. The kernel mounts a
+// FUSE filesystem on a file too, and go-fuse then fails to serve it,
+// leaving a mount that answers nothing.
+func checkMountpoint(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("boot: mount point: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("boot: mount point %s is not a directory", dir)
+	}
+	return nil
+}
+
+func (f *FS) String() string { return f.opts.FsName }
+
+// node returns the TOC node of a FUSE node ID. The kernel only sends IDs
+// that this filesystem gave it; any other is stale.
+func (f *FS) node(id uint64) (int, fuse.Status) {
+	if id == 0 || id > uint64(f.toc.Len()) {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
+	return int(id - 1), fuse.OK
+}
+
+// errno converts err from an operation on node i into an errno: EINTR
+// for a cancelled request, EIO otherwise. It is the one place that does,
+// and it logs the error: once per failing chunk, and for every other
+// failure.
+func (f *FS) errno(op string, i int, err error) fuse.Status {
+	if err == nil {
+		return fuse.OK
+	}
+	if errors.Is(err, context.Canceled) {
+		f.log.Debug("FUSE request interrupted", "op", op, "path", "/"+f.toc.Path(i), "err", err)
+		return fuse.EINTR
+	}
+	var ce *ChunkError
+	if errors.As(err, &ce) {
+		if _, seen := f.failed.LoadOrStore(ce.ID, true); seen {
+			f.log.Debug("read failed again", "op", op, "path", "/"+f.toc.Path(i), "chunk", ce.ID.String(), "err", err)
+			return fuse.EIO
+		}
+		f.log.Error("read failed: chunk unavailable", "op", op, "path", "/"+f.toc.Path(i), "chunk", ce.ID.String(), "store", ce.Store, "err", err)
+		return fuse.EIO
+	}
+	f.log.Error("FUSE operation failed", "op", op, "path", "/"+f.toc.Path(i), "err", err)
+	return fuse.EIO
+}
+
+// encodeDev packs a device number as the kernel's new_encode_dev does,
+// the form FUSE passes in attr.rdev.
+func encodeDev(major, minor uint64) uint32 {
+	return uint32(minor&0xff | major&0xfff<<8 | (minor&^0xff)<<12)
+}
+
+// fill sets a to node i's attributes.
+func (f *FS) fill(i int, a *fuse.Attr) {
+	e := f.toc.Attr(i)
+	a.Ino = uint64(i) + 1
+	a.Mode = uint32(e.Mode)
+	a.Nlink = 1
+	a.Uid, a.Gid = e.UID, e.GID
+	switch e.Type() {
+	case casync.ModeDir:
+		a.Nlink = 2
+		for _, c := range f.toc.Children(i) {
+			if f.toc.IsDir(c) {
+				a.Nlink++
+			}
+		}
+	case casync.ModeRegular:
+		a.Size = e.Size
+	case casync.ModeSymlink:
+		a.Size = uint64(len(e.LinkTarget))
+	case casync.ModeBlock, casync.ModeChar:
+		a.Rdev = encodeDev(e.RdevMajor, e.RdevMinor)
+	}
+	a.Blocks = (a.Size + 511) / 512
+	a.Blksize = 4096
+	sec, nsec := e.MTime/1e9, uint32(e.MTime%1e9)
+	a.Mtime, a.Mtimensec = sec, nsec
+	a.Atime, a.Atimensec = sec, nsec
+	a.Ctime, a.Ctimensec = sec, nsec
+}
+
+// entry fills out with node i, for the kernel to cache: the tree never
+// changes.
+func (f *FS) entry(i int, out *fuse.EntryOut) {
+	out.NodeId = uint64(i) + 1
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
+	f.fill(i, &out.Attr)
+}
+
+func (f *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	dir, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if !f.toc.IsDir(dir) {
+		return fuse.ENOTDIR
+	}
+	c, ok := f.toc.Child(dir, name)
+	if !ok {
+		// Node ID 0 is a negative entry, which the kernel keeps too.
+		out.NodeId = 0
+		out.SetEntryTimeout(cacheTimeout)
+		return fuse.OK
+	}
+	f.entry(c, out)
+	return fuse.OK
+}
+
+func (f *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	i, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	out.SetTimeout(cacheTimeout)
+	f.fill(i, &out.Attr)
+	return fuse.OK
+}
+
+func (f *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	e := f.toc.Attr(i)
+	if e.Type() != casync.ModeSymlink {
+		return nil, fuse.EINVAL
+	}
+	return []byte(e.LinkTarget), fuse.OK
+}
+
+const capabilityXattr = "security.capability"
+
+func (f *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	v, found := f.toc.Xattr(i, attr)
+	if fcaps := f.toc.Attr(i).FCaps; attr == capabilityXattr && fcaps != nil {
+		v, found = fcaps, true
+	}
+	if !found {
+		return 0, fuse.ENODATA
+	}
+	if len(dest) == 0 {
+		return uint32(len(v)), fuse.OK
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), fuse.ERANGE
+	}
+	return uint32(copy(dest, v)), fuse.OK
+}
+
+func (f *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	i, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	var list []byte
+	for _, x := range f.toc.Xattrs(i) {
+		list = append(append(list, x.Name...), 0)
+	}
+	if f.toc.Attr(i).FCaps != nil {
+		list = append(append(list, capabilityXattr...), 0)
+	}
+	if len(dest) == 0 {
+		return uint32(len(list)), fuse.OK
+	}
+	if len(dest) < len(list) {
+		return uint32(len(list)), fuse.ERANGE
+	}
+	return uint32(copy(dest, list)), fuse.OK
+}
+
+func (f *FS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = uint64(f.toc.ArchiveSize+bsize-1) / bsize
+	out.Files = uint64(f.toc.Len())
+	out.NameLen = 255
+	return fuse.OK
+}
+
+// Open answers ENOSYS, which tells the kernel never to send OPEN (nor
+// RELEASE) again: opening a file then costs no round trip, and the kernel
+// keeps each file's page cache across opens (FOPEN_KEEP_CACHE is what it
+// assumes without OPEN). Nothing is lost: the mount is read-only, so the
+// kernel refuses opens for writing itself, and the read-ahead state is
+// per file.
+func (f *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// OpenDir answers ENOSYS, which tells the kernel never to send OPENDIR
+// (nor RELEASEDIR) again and to cache every listing (FOPEN_CACHE_DIR is
+// what it assumes without OPENDIR): listing a directory costs one round
+// trip fewer, and listing it again none. Listings need no handle: the
+// kernel's offset is a position in the TOC's list of children.
+func (f *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// Flush answers ENOSYS, which tells the kernel never to send FLUSH again:
+// nothing is ever written, and a close then costs no round trip.
+func (f *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// sequence tracks a file's sequential reads to grow its read-ahead
+// window. It is per file, not per open: without OPEN there are no handles,
+// and two processes reading one file at once are rare in an image.
+type sequence struct {
+	mu     sync.Mutex
+	next   int64 // where a sequential read would start
+	window int64 // current read-ahead, 0 after a random read
+}
+
+// readAhead records a read of n bytes at off and returns how much to read
+// ahead after it. Reads within maxRead of where the last one ended count
+// as sequential: the kernel sends read-ahead requests concurrently, so
+// they arrive slightly out of order.
+func (h *sequence) readAhead(off, n, limit int64) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seq := off == 0 || (off >= h.next-maxRead && off <= h.next+maxRead)
+	if end := off + n; end > h.next || !seq {
+		h.next = end
+	}
+	if !seq {
+		h.window = 0
+		return 0
+	}
+	h.window = min(max(2*h.window, 2*n), limit)
+	return h.window
+}
+
+// sequence returns file i's read-ahead state.
+func (f *FS) sequence(i int) *sequence {
+	if s, ok := f.seqs.Load(i); ok {
+		return s.(*sequence)
+	}
+	s, _ := f.seqs.LoadOrStore(i, &sequence{})
+	return s.(*sequence)
+}
+
+func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	i, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	e := f.toc.Attr(i)
+	switch e.Type() {
+	case casync.ModeRegular:
+	case casync.ModeDir:
+		return nil, fuse.Status(syscall.EISDIR)
+	default:
+		return nil, fuse.EINVAL
+	}
+	size := int64(e.Size)
+	off := int64(in.Offset)
+	if off < 0 {
+		return nil, fuse.EINVAL
+	}
+	if off >= size {
+		return fuse.ReadResultData(nil), fuse.OK
+	}
+	want := min(int64(len(buf)), int64(in.Size), size-off)
+	if rec := f.opts.Recorder; rec != nil {
+		rec.Add(i)
+	}
+	r := f.r
+	if r.ReadAhead() > 0 {
+		if ahead := f.sequence(i).readAhead(off, want, r.ReadAhead()); ahead > 0 {
+			from := off + want
+			if left := size - from; left > 0 {
+				r.Prefetch(e.PayloadOffset+from, min(ahead, left))
+			}
+		}
+	}
+	got, err := r.ReadAtContext(cancelContext{cancel}, buf[:want], e.PayloadOffset+off)
+	if err != nil && int64(got) < want {
+		return nil, f.errno("read", i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
+	}
+	return fuse.ReadResultData(buf[:got]), fuse.OK
+}
+
+// cancelContext is the context of a FUSE request: done when the kernel
+// interrupts it.
+type cancelContext struct{ done <-chan struct{} }
+
+func (c cancelContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c cancelContext) Done() <-chan struct{}       { return c.done }
+func (c cancelContext) Value(key any) any           { return nil }
+func (c cancelContext) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+
+func (f *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.list(in, out, false)
+}
+
+func (f *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.list(in, out, true)
+}
+
+// list lists the directory from the kernel's offset on: position 0 is
+// ".", 1 "..", 2+k the k-th child, and each entry's offset is the
+// position after it. With plus, every child comes with its entry, for the
+// kernel to keep; "." and ".." come with none, as the kernel ignores them.
+func (f *FS) list(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+	dir, st := f.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if !f.toc.IsDir(dir) {
+		return fuse.ENOTDIR
+	}
+	kids := f.toc.Children(dir)
+	for pos := in.Offset; pos < uint64(len(kids))+2; pos++ {
+		var e fuse.DirEntry
+		child := -1
+		switch pos {
+		case 0:
+			e = fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: uint64(dir) + 1}
+		case 1:
+			parent := dir
+			if p := f.toc.Parent(dir); p >= 0 {
+				parent = p
+			}
+			e = fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: uint64(parent) + 1}
+		default:
+			child = kids[pos-2]
+			e = fuse.DirEntry{Name: f.toc.Name(child), Mode: uint32(f.toc.Mode(child) & casync.ModeTypeMask), Ino: uint64(child) + 1}
+		}
+		e.Off = pos + 1
+		if !plus {
+			if !out.AddDirEntry(e) {
+				break
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			break
+		}
+		if child >= 0 {
+			f.entry(child, eo)
+		}
+	}
+	return fuse.OK
+}
