@@ -8,13 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/bootconfig"
+	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
 // Init runs a boot image's workload, argv (the arguments after "--": the
@@ -43,6 +46,10 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("boot: no command to run: the image has no Entrypoint or Cmd; pass one after the image name")
 	}
+	if status, done, err := initViaAgent(argv, opts); done {
+		return status, err
+	}
+	log.Info("bootfs: in-container mode: this container mounts its own image (it needs --privileged --device /dev/fuse); to run it with no privilege, start bootfs-agent on the node and add -v /run/bootfs:/run/bootfs")
 	if err := checkPrivileges(); err != nil {
 		return 0, err
 	}
@@ -55,7 +62,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		store = cfg.Store
 	}
 	if store == "" {
-		return 0, fmt.Errorf("boot: no chunk store: the image's config names none; set %s=URL (http://, ssh:// or a path)", EnvStore)
+		return 0, fmt.Errorf("boot: no chunk store: the image's config names none; set %s=URL (http://, ssh://, oci:// or a path)", EnvStore)
 	}
 	if err := opts.checkCallerStore(store); err != nil {
 		return 0, err
@@ -82,7 +89,8 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	im, err := lazyfs.OpenImage(ctx, opts.Index, lazyfs.ImageOptions{
 		Open: func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
 			return open(ctx, store, opener.Options{
-				Credentials: opts.Credentials, Digest: d, Retry: opts.Retry, Cache: opts.Cache, Logger: log,
+				Credentials: opts.Credentials, Digest: d, Retry: opts.Retry, Logger: log,
+				Cache: opts.Cache, CacheOptions: chunkstore.CacheOptions{MaxBytes: opts.CacheMax},
 			})
 		},
 		TOC: opts.TOC, Reader: opts.Reader, Logger: log,
@@ -118,23 +126,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 	log.Debug("root ready", "root", r.root, "took", time.Since(start).Round(time.Millisecond))
 
-	img := cfg.Image
-	var extraGroups []int
-	switch {
-	case opts.Caller != nil:
-		img.User = opts.Caller.spec()
-		// Docker lists the gid it gave among the groups too.
-		for _, g := range opts.Caller.Groups {
-			if g != opts.Caller.GID {
-				extraGroups = append(extraGroups, g)
-			}
-		}
-	case opts.User != "":
-		img.User = opts.User
-	}
-	if opts.WorkingDir != "" {
-		img.WorkingDir = opts.WorkingDir
-	}
+	img, extraGroups := opts.workloadImage(cfg.Image)
 	w, err := startWorkload(r.root, argv, img, extraGroups)
 	if err != nil {
 		return 0, err
@@ -216,14 +208,36 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	return status, nil
 }
 
+// workloadImage returns the image configuration the workload runs with:
+// img with the user and working directory the options override, and the
+// supplementary groups to add.
+func (opts InitOptions) workloadImage(img bootconfig.Image) (bootconfig.Image, []int) {
+	var extraGroups []int
+	switch {
+	case opts.Caller != nil:
+		img.User = opts.Caller.spec()
+		// Docker lists the gid it gave among the groups too.
+		for _, g := range opts.Caller.Groups {
+			if g != opts.Caller.GID {
+				extraGroups = append(extraGroups, g)
+			}
+		}
+	case opts.User != "":
+		img.User = opts.User
+	}
+	if opts.WorkingDir != "" {
+		img.WorkingDir = opts.WorkingDir
+	}
+	return img, extraGroups
+}
+
 // loadConfig reads config.json and checks the index and TOC against the
 // digests it records.
 func loadConfig(opts InitOptions) (*bootconfig.Config, error) {
-	b, err := os.ReadFile(opts.Config)
-	if err != nil {
+	cfg, err := bootconfig.ReadFile(opts.Config)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("boot: read config: %w (is this an image that mkimage converted?)", err)
 	}
-	cfg, err := bootconfig.Load(b)
 	if err != nil {
 		return nil, fmt.Errorf("boot: %s: %w", opts.Config, err)
 	}
@@ -239,13 +253,13 @@ func loadConfig(opts InitOptions) (*bootconfig.Config, error) {
 }
 
 func checkBlob(name string, want bootconfig.Blob) error {
-	f, err := os.Open(name)
+	f, err := inputfile.Open(name, want.Size)
 	if err != nil {
-		return fmt.Errorf("boot: %w", err)
+		return fmt.Errorf("boot: %w (the config says %d bytes)", err, want.Size)
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := io.Copy(h, io.LimitReader(f, want.Size+1)) // +1: a file that grew is a mismatch
 	if err != nil {
 		return fmt.Errorf("boot: read %s: %w", name, err)
 	}

@@ -37,6 +37,8 @@ func TestInitOptionsFromEnv(t *testing.T) {
 		{name: "bad log", env: map[string]string{EnvLog: "trace"}, wantErr: true},
 		{name: "bad background", env: map[string]string{EnvBackground: "yes"}, wantErr: true},
 		{name: "bad timeout", env: map[string]string{EnvTimeout: "-1s"}, wantErr: true},
+		{name: "cache max", env: map[string]string{EnvCacheMax: "2g"}, want: func(o InitOptions) bool { return o.CacheMax == 2<<30 }},
+		{name: "bad cache max", env: map[string]string{EnvCacheMax: "2 GB"}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

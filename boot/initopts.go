@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
@@ -31,6 +32,10 @@ type InitOptions struct {
 	// Cache is the chunk cache directory (BOOTFS_CACHE, default
 	// bootconfig.CacheDir). "none" disables the cache.
 	Cache string
+	// CacheMax caps the cache's chunk files, across every container
+	// sharing the cache volume (BOOTFS_CACHE_MAX=SIZE, such as 2g). Zero
+	// means no cap.
+	CacheMax int64
 	// Upper is a directory for the overlay's writable layer
 	// (BOOTFS_UPPER). Empty means a tmpfs. It must not be on an overlayfs
 	// (use a volume).
@@ -62,9 +67,11 @@ type InitOptions struct {
 	// sets that.
 	WorkingDir string
 	// Credentials let boot into the stores: the CA file trusted for https
-	// stores besides the system's (BOOTFS_CA_FILE), and the keys and
-	// known_hosts of ssh:// stores (BOOTFS_SSH_KEY, a comma-separated
-	// list, and BOOTFS_SSH_KNOWN_HOSTS).
+	// stores and registries besides the system's (BOOTFS_CA_FILE), and
+	// the keys and known_hosts of ssh:// stores (BOOTFS_SSH_KEY, a
+	// comma-separated list, and BOOTFS_SSH_KNOWN_HOSTS). cmd/boot adds
+	// the registry's (BOOTFS_REGISTRY_AUTH, BOOTFS_REGISTRY_PLAIN_HTTP),
+	// which a setuid boot refuses.
 	Credentials opener.Credentials
 	// Open opens the image's store, the URL list of the config (or
 	// Store), with the options Init composes; nil means opener.Open.
@@ -87,6 +94,7 @@ type InitOptions struct {
 const (
 	EnvStore         = "BOOTFS_STORE"
 	EnvCache         = "BOOTFS_CACHE"
+	EnvCacheMax      = "BOOTFS_CACHE_MAX"
 	EnvUpper         = "BOOTFS_UPPER"
 	EnvLog           = "BOOTFS_LOG"
 	EnvStats         = "BOOTFS_STATS"
@@ -126,6 +134,13 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		o.Background = true
 	default:
 		return InitOptions{}, fmt.Errorf("boot: %s=%q: want 1 or 0", EnvBackground, v)
+	}
+	if v := getenv(EnvCacheMax); v != "" {
+		n, err := casync.ParseSize(v)
+		if err != nil || n > 1<<62 {
+			return InitOptions{}, fmt.Errorf("boot: %s=%q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", EnvCacheMax, v)
+		}
+		o.CacheMax = int64(n)
 	}
 	if v := getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)

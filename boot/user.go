@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
 // ErrUser is wrapped by errors resolving an image's User.
@@ -218,15 +219,20 @@ func scanDB(r io.Reader, name string, line func([]string)) error {
 	return nil
 }
 
+// maxUserDB bounds the image's /etc/passwd and /etc/group that boot reads.
+const maxUserDB = 64 << 20
+
 // resolveImageUser resolves spec against the root's /etc/passwd and
 // /etc/group.
 func resolveImageUser(spec string) (User, error) {
 	open := func(name string) (io.Reader, func()) {
-		f, err := os.Open(name)
+		// The image's own symlinks count; a FIFO or a device there
+		// must not hang or flood boot.
+		f, err := inputfile.OpenFollow(name, maxUserDB)
 		if err != nil {
 			return nil, func() {}
 		}
-		return f, func() { f.Close() }
+		return io.LimitReader(f, maxUserDB), func() { f.Close() }
 	}
 	passwd, closeP := open("/etc/passwd")
 	defer closeP()

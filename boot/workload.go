@@ -266,6 +266,13 @@ func runWorkload(specFile *os.File) error {
 	if err := enterRoot(s.Root); err != nil {
 		return err
 	}
+	return execWorkload(s)
+}
+
+// execWorkload execs s's command in the process's current root: the
+// image's user and groups, the environment, the working directory. It
+// returns only on failure.
+func execWorkload(s workloadSpec) error {
 	u, err := resolveImageUser(s.User)
 	if err != nil {
 		return err

@@ -8,8 +8,12 @@ import (
 	"math"
 )
 
-// MaxCatarDepth bounds how deeply directories may nest in an archive the
-// Decoder reads. Linux paths are at most 4096 bytes, hence 2048 levels.
+// MaxCatarDepth is how deeply an entry may be nested: its path has at most
+// MaxCatarDepth components (the root has none). It is the one limit of the
+// whole format: EncodeTar and EncodeDir refuse deeper input, and the
+// Decoder, BuildTOC, TOCBuilder and UnmarshalTOC refuse deeper archives, so
+// an archive that converts also mounts, with its TOC or without. Linux
+// paths are at most 4096 bytes, hence 2048 levels of one-byte names.
 const MaxCatarDepth = 2048
 
 // Decoder reads a catar archive as a stream, in archive order, the way
@@ -38,6 +42,7 @@ type Decoder struct {
 // decodeDir is an open directory.
 type decodeDir struct {
 	e     *Entry
+	pb    *pathBuilder  // gives the children their paths
 	last  string        // name of the previous child
 	items []goodbyeItem // children seen so far
 	open  bool          // the last item's end is not known yet
@@ -90,7 +95,7 @@ func (d *Decoder) next() (*Entry, error) {
 		if !e.IsDir() {
 			return nil, formatErr(0, "archive root has mode %#o, not a directory", e.Mode)
 		}
-		d.stack = append(d.stack, &decodeDir{e: e})
+		d.stack = append(d.stack, &decodeDir{e: e, pb: &pathBuilder{}})
 		return e, nil
 	}
 	for {
@@ -138,7 +143,12 @@ func (d *Decoder) child(dir *decodeDir) (*Entry, error) {
 		return nil, formatErr(start, "file name %q after %q in %s: not sorted", name, dir.last, quotePath(dir.e.Path))
 	}
 	dir.last = name
-	e, err := readNode(d, &d.fs, joinPath(dir.e.Path, name))
+	pb := dir.pb.child(dir.e.Path, name)
+	path := pb.String()
+	if depth := len(d.stack); depth > MaxCatarDepth { // the stack holds the root and every ancestor
+		return nil, formatErr(start, "%s is %s", quotePath(path), depthMsg(depth))
+	}
+	e, err := readNode(d, &d.fs, path)
 	if err != nil {
 		return nil, err
 	}
@@ -147,10 +157,7 @@ func (d *Decoder) child(dir *decodeDir) (*Entry, error) {
 	dir.open = true
 	switch {
 	case e.IsDir():
-		if len(d.stack) >= MaxCatarDepth {
-			return nil, formatErr(e.Offset, "directories nested deeper than %d", MaxCatarDepth)
-		}
-		d.stack = append(d.stack, &decodeDir{e: e})
+		d.stack = append(d.stack, &decodeDir{e: e, pb: pb})
 	case e.IsRegular():
 		d.cur = e
 		d.left = int64(e.Size)

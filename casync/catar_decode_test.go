@@ -352,18 +352,19 @@ func TestDecoderDepthLimit(t *testing.T) {
 		depth int
 		ok    bool
 	}{
-		{"at limit", MaxCatarDepth - 1, true},
-		{"over limit", MaxCatarDepth, false},
+		{"at limit", MaxCatarDepth, true},
+		{"over limit", MaxCatarDepth + 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			cw := newCatarWriter(context.Background(), &buf, nil)
+			cw.maxDepth = tc.depth // the encoder refuses what the decoder must refuse
 			requireOK(t, "encode", cw.encodeTree(deepSource{tc.depth}))
 			ents, err := decodeAll(buf.Bytes())
 			if tc.ok && (err != nil || len(ents) != tc.depth+1) {
 				t.Errorf("decode of depth %d = %d entries, %v", tc.depth, len(ents), err)
 			}
-			if !tc.ok && (!errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "nested deeper")) {
+			if !tc.ok && (!errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), fmt.Sprintf("nested %d levels deep", tc.depth))) {
 				t.Errorf("decode of depth %d = %v, want a nesting error", tc.depth, err)
 			}
 		})

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strings"
 )
 
 // EncodeOptions configure EncodeDir and EncodeTar. The zero value works.
@@ -29,8 +30,15 @@ type EncodeOptions struct {
 	// timestamps Docker gives a container's mount points reproducible.
 	TarHeader func(*tar.Header) error
 	// TempDir is where EncodeTar keeps file contents until it has read
-	// the whole tar stream (default os.TempDir()).
+	// the whole tar stream (default os.TempDir()), in one unlinked file
+	// in which blocks of zeros, such as the holes of a sparse entry, take
+	// no disk space.
 	TempDir string
+	// TempMax, if positive, bounds that file: the sum of the sizes of the
+	// tar's regular files, a sparse entry counted at its full size. An
+	// entry that would pass it stops EncodeTar, before its contents are
+	// read, with an error wrapping ErrTempMax. Zero means no limit.
+	TempMax int64
 	// Log receives debug messages and warnings about dropped metadata.
 	// Nil discards them.
 	Log *slog.Logger
@@ -85,6 +93,9 @@ type catarWriter struct {
 	log     *slog.Logger
 	rec     []byte // scratch for metadata records
 	copyBuf []byte
+	// maxDepth is MaxCatarDepth; tests raise it to make archives that
+	// the decoders must refuse.
+	maxDepth int
 }
 
 const (
@@ -98,9 +109,10 @@ type writerOnly struct{ io.Writer }
 
 func newCatarWriter(ctx context.Context, w io.Writer, opts *EncodeOptions) *catarWriter {
 	cw := &catarWriter{
-		ctx: ctx,
-		w:   bufio.NewWriterSize(w, encodeBufferSize),
-		log: opts.logger(),
+		ctx:      ctx,
+		w:        bufio.NewWriterSize(w, encodeBufferSize),
+		log:      opts.logger(),
+		maxDepth: MaxCatarDepth,
 	}
 	var d Digest
 	if opts != nil {
@@ -123,7 +135,7 @@ func (cw *catarWriter) write(b []byte) error {
 // encodeTree writes the whole archive for the root directory src and
 // flushes it.
 func (cw *catarWriter) encodeTree(src encSource) error {
-	if err := cw.encode("", src); err != nil {
+	if err := cw.encode(&pathBuilder{}, 0, src); err != nil {
 		return err
 	}
 	if err := cw.w.Flush(); err != nil {
@@ -132,10 +144,15 @@ func (cw *catarWriter) encodeTree(src encSource) error {
 	return nil
 }
 
-// encode writes the node at path and, for a directory, everything below.
-func (cw *catarWriter) encode(path string, src encSource) error {
+// encode writes the node at pb's path, depth components below the root,
+// and, for a directory, everything below.
+func (cw *catarWriter) encode(pb *pathBuilder, depth int, src encSource) error {
+	path := pb.String()
 	if err := cw.ctx.Err(); err != nil {
 		return err
+	}
+	if depth > cw.maxDepth {
+		return fmt.Errorf("%w: %s is %s", ErrUnsupported, quotePath(path), depthMsg(depth))
 	}
 	m, err := src.meta()
 	if err != nil {
@@ -172,7 +189,7 @@ func (cw *catarWriter) encode(path string, src encSource) error {
 			if err := cw.writeFilename(path, k.name); err != nil {
 				return err
 			}
-			if err := cw.encode(joinPath(path, k.name), k.src); err != nil {
+			if err := cw.encode(pb.child(path, k.name), depth+1, k.src); err != nil {
 				return err
 			}
 			items = append(items, goodbyeItem{hash: nameHash(k.name), start: start, end: cw.off})
@@ -189,6 +206,45 @@ func (cw *catarWriter) encode(path string, src encSource) error {
 		return cw.onEntry(e)
 	}
 	return nil
+}
+
+// depthMsg says why an entry depth components deep is refused.
+func depthMsg(depth int) string {
+	return fmt.Sprintf("nested %d levels deep; an archive holds at most %d (casync.MaxCatarDepth)", depth, MaxCatarDepth)
+}
+
+// pathBuilder gives the children of a directory their paths. The first
+// child's path is appended to the directory's own, in the same buffer,
+// so a chain of first children shares one growing buffer and memory stays
+// linear in its depth; a later child's path starts a buffer of its own.
+// Strings a pathBuilder returned never change.
+type pathBuilder struct {
+	b    *strings.Builder // nil for the root's empty path
+	used bool             // a child has appended to b
+}
+
+func (pb *pathBuilder) String() string {
+	if pb.b == nil {
+		return ""
+	}
+	return pb.b.String()
+}
+
+// child returns the builder of the child name of the directory at dir,
+// which is pb's path.
+func (pb *pathBuilder) child(dir, name string) *pathBuilder {
+	b := pb.b
+	if b == nil || pb.used {
+		b = &strings.Builder{}
+		b.Grow(2 * (len(dir) + 1 + len(name)))
+		b.WriteString(dir)
+	}
+	pb.used = true
+	if dir != "" {
+		b.WriteByte('/')
+	}
+	b.WriteString(name)
+	return &pathBuilder{b: b}
 }
 
 func joinPath(dir, name string) string {

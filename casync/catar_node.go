@@ -334,11 +334,18 @@ func readNode(rr recReader, fs *featureState, path string) (*Entry, error) {
 	return e, nil
 }
 
+// quotePath quotes p for an error message. A path too long to read is
+// shortened to its start and end, with its length, so that an error about
+// a hostile 100,000-level path stays one line.
 func quotePath(p string) string {
-	if p == "" {
+	const head, tail = 96, 64
+	switch {
+	case p == "":
 		return "the root"
+	case len(p) <= head+tail+16:
+		return fmt.Sprintf("%q", p)
 	}
-	return fmt.Sprintf("%q", p)
+	return fmt.Sprintf("%q…%q (a path of %d bytes)", p[:head], p[len(p)-tail:], len(p))
 }
 
 // readMeta reads one metadata record (USER to QUOTA_PROJID) into e.

@@ -2,7 +2,6 @@ package casync
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -41,9 +40,9 @@ import (
 // they mean r is a single image layer, which must not be encoded as a
 // rootfs. Use a flattened rootfs such as the output of `docker export`.
 func EncodeTar(ctx context.Context, w io.Writer, r io.Reader, opts *EncodeOptions) error {
-	tempDir := ""
+	tempDir, tempMax := "", int64(0)
 	if opts != nil {
-		tempDir = opts.TempDir
+		tempDir, tempMax = opts.TempDir, opts.TempMax
 	}
 	spill, err := os.CreateTemp(tempDir, "bootfs-catar-*")
 	if err != nil {
@@ -58,15 +57,14 @@ func EncodeTar(ctx context.Context, w io.Writer, r io.Reader, opts *EncodeOption
 	tb := &tarTree{
 		log:   cw.log,
 		opts:  opts,
-		spill: spill,
-		sw:    bufio.NewWriterSize(spill, encodeBufferSize),
+		spill: newSpillFile(spill, tempMax),
 		root:  impliedDir(),
 	}
 	if err := tb.read(ctx, r); err != nil {
 		return err
 	}
-	if err := tb.sw.Flush(); err != nil {
-		return fmt.Errorf("casync: encode tar: write temporary file: %w", err)
+	if err := tb.spill.finish(); err != nil {
+		return err
 	}
 	return cw.encodeTree(&tarSource{n: tb.root, spill: spill})
 }
@@ -84,9 +82,7 @@ func impliedDir() *tarNode {
 
 type tarTree struct {
 	log     *slog.Logger
-	spill   *os.File
-	sw      *bufio.Writer
-	off     int64 // end of the spill file
+	spill   *spillFile
 	copyBuf []byte
 	root    *tarNode
 	opts    *EncodeOptions
@@ -108,14 +104,14 @@ func (tb *tarTree) read(ctx context.Context, r io.Reader) error {
 		if tb.opts != nil && tb.opts.TarHeader != nil {
 			size, typ := hdr.Size, hdr.Typeflag
 			if err := tb.opts.TarHeader(hdr); err != nil {
-				return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)
+				return fmt.Errorf("casync: encode tar: entry %s: %w", quotePath(hdr.Name), err)
 			}
 			if hdr.Size != size || hdr.Typeflag != typ {
-				return fmt.Errorf("casync: encode tar: entry %q: TarHeader changed its size or type", hdr.Name)
+				return fmt.Errorf("casync: encode tar: entry %s: TarHeader changed its size or type", quotePath(hdr.Name))
 			}
 		}
 		if err := tb.add(hdr, tr); err != nil {
-			return fmt.Errorf("casync: encode tar: entry %q: %w", hdr.Name, err)
+			return fmt.Errorf("casync: encode tar: entry %s: %w", quotePath(hdr.Name), err)
 		}
 	}
 }
@@ -140,6 +136,11 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 	if err != nil {
 		return err
 	}
+	if len(parts) > MaxCatarDepth {
+		// Refused before anything is built for it: memory stays
+		// linear in the depth, whatever the tar claims.
+		return fmt.Errorf("%w: %s", ErrUnsupported, depthMsg(len(parts)))
+	}
 	if len(parts) > 0 {
 		base := parts[len(parts)-1]
 		if strings.HasPrefix(base, ".wh.") {
@@ -163,12 +164,16 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 			return fmt.Errorf("%w: negative size %d", ErrFormat, hdr.Size)
 		}
 		m.size = uint64(hdr.Size)
-		n.dataOff = tb.off
+		// hdr.Size is what the entry holds once extracted: for a
+		// sparse entry, holes included.
+		if err := tb.spill.reserve(hdr.Size); err != nil {
+			return err
+		}
+		n.dataOff = tb.spill.end
 		if tb.copyBuf == nil {
 			tb.copyBuf = make([]byte, copyBufferSize)
 		}
-		c, err := io.CopyBuffer(writerOnly{tb.sw}, tr, tb.copyBuf)
-		tb.off += c
+		c, err := io.CopyBuffer(writerOnly{tb.spill}, tr, tb.copyBuf)
 		if err != nil {
 			return fmt.Errorf("read content: %w", err)
 		}
@@ -178,14 +183,14 @@ func (tb *tarTree) add(hdr *tar.Header, tr *tar.Reader) error {
 	case tar.TypeLink:
 		tparts, err := splitTarPath(hdr.Linkname)
 		if err != nil {
-			return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+			return fmt.Errorf("hardlink target %s: %w", quotePath(hdr.Linkname), err)
 		}
 		t := tb.lookup(tparts)
 		if t == nil {
-			return fmt.Errorf("%w: hardlink target %q is not in the archive before the link", ErrFormat, hdr.Linkname)
+			return fmt.Errorf("%w: hardlink target %s is not in the archive before the link", ErrFormat, quotePath(hdr.Linkname))
 		}
 		if t.meta.mode&ModeTypeMask == ModeDir {
-			return fmt.Errorf("%w: hardlink target %q is a directory", ErrFormat, hdr.Linkname)
+			return fmt.Errorf("%w: hardlink target %s is a directory", ErrFormat, quotePath(hdr.Linkname))
 		}
 		if len(parts) == 0 {
 			return fmt.Errorf("%w: hardlink at the archive root", ErrFormat)
@@ -277,7 +282,9 @@ func (tb *tarTree) place(parts []string, n *tarNode) error {
 		if c == nil {
 			c = impliedDir()
 			dir.children[p] = c
-			tb.log.Debug("implied directory", "path", strings.Join(parts[:i+1], "/"))
+			if tb.log.Enabled(context.Background(), slog.LevelDebug) { // the join costs O(depth)
+				tb.log.Debug("implied directory", "path", strings.Join(parts[:i+1], "/"))
+			}
 		} else if c.children == nil {
 			return fmt.Errorf("%w: parent %q is not a directory", ErrFormat, strings.Join(parts[:i+1], "/"))
 		}

@@ -59,7 +59,7 @@ func ParseChunkSize(s string) (ChunkSize, error) {
 		if len(parts) != 1 && len(parts) != 3 {
 			break
 		}
-		n, err := parseSize(p)
+		n, err := ParseSize(p)
 		if err != nil {
 			return ChunkSize{}, fmt.Errorf("chunk size %q: %w", s, err)
 		}
@@ -100,8 +100,9 @@ func (s ChunkSize) check() error {
 	return nil
 }
 
-// parseSize parses a byte count with an optional binary k, m or g suffix.
-func parseSize(s string) (uint64, error) {
+// ParseSize parses a byte count with an optional binary k, m, g or t
+// suffix, as --chunk-size and the byte-count flags of the commands take it.
+func ParseSize(s string) (uint64, error) {
 	num, mult := s, uint64(1)
 	if n := len(s); n > 0 {
 		switch s[n-1] {
@@ -111,14 +112,16 @@ func parseSize(s string) (uint64, error) {
 			num, mult = s[:n-1], 1<<20
 		case 'g', 'G':
 			num, mult = s[:n-1], 1<<30
+		case 't', 'T':
+			num, mult = s[:n-1], 1<<40
 		}
 	}
 	if num == "" || num[0] < '0' || num[0] > '9' {
-		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with a k, m or g suffix", s)
+		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with a k, m, g or t suffix", s)
 	}
 	n, err := strconv.ParseUint(num, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with a k, m or g suffix", s)
+		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with a k, m, g or t suffix", s)
 	}
 	if n > ^uint64(0)/mult {
 		return 0, fmt.Errorf("size %q: too large", s)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"strings"
 )
 
@@ -72,6 +73,24 @@ import (
 // inherited one, and a shared prefix is always the longest, so every TOC
 // has exactly one encoding: decoding and re-encoding gives the same bytes,
 // and Digest identifies the content.
+
+// MaxTOCSize is the largest TOC an archive of archiveSize bytes can have:
+// twice the archive, plus the TOC's header and digest. UnmarshalTOC
+// refuses a larger one, and a reader can refuse to read more than this
+// from a file before it parses anything.
+//
+// The bound holds because a TOC stores nothing the archive lacks: a name,
+// link target or xattr it holds is in the archive too (in FILENAME,
+// SYMLINK and XATTR records), and the rest of an entry's record, at most
+// 11 varints of 10 bytes and a shared-prefix length, is under the 104
+// bytes of fixed records (ENTRY, FILENAME header, GOODBYE item) that every
+// entry costs the archive.
+func MaxTOCSize(archiveSize int64) int64 {
+	if archiveSize < 0 || archiveSize > (math.MaxInt64-tocHeaderSize-tocTrailer)/2 {
+		return math.MaxInt64
+	}
+	return 2*archiveSize + tocHeaderSize + tocTrailer
+}
 
 // TOCVersion is the version of the TOC format that MarshalBinary writes
 // and UnmarshalTOC reads.

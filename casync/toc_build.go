@@ -1,6 +1,8 @@
 package casync
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -17,6 +19,9 @@ type TOCBuilder struct {
 	parents []int32
 	open    []tocBuildDir
 	err     error
+	// maxDepth, if not zero, replaces MaxCatarDepth; tests raise it to
+	// make TOCs that UnmarshalTOC must refuse.
+	maxDepth int
 }
 
 // tocBuildDir is a directory whose children may still come.
@@ -39,7 +44,7 @@ func (b *TOCBuilder) Add(e *Entry) error {
 		return b.err
 	}
 	if err := b.add(e); err != nil {
-		b.err = fmt.Errorf("%w: TOC entry %d (%q): %s", ErrFormat, len(b.entries), e.Path, err)
+		b.err = fmt.Errorf("%w: TOC entry %d (%s): %w", ErrFormat, len(b.entries), quotePath(e.Path), err)
 		return b.err
 	}
 	return nil
@@ -68,6 +73,9 @@ func (b *TOCBuilder) add(e *Entry) error {
 		}
 		if len(b.open) == 0 {
 			return fmt.Errorf("directory %q is not the root or an open directory (entries must come in pre-order, each after its directory)", dir)
+		}
+		if depth := len(b.open); depth > cmp.Or(b.maxDepth, MaxCatarDepth) { // the root and every ancestor are open
+			return errors.New(depthMsg(depth))
 		}
 		top := &b.open[len(b.open)-1]
 		switch {

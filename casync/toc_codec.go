@@ -113,7 +113,7 @@ func (t *TOC) MarshalBinary() ([]byte, error) {
 }
 
 func (t *TOC) errAt(i int, format string, args ...any) error {
-	return fmt.Errorf("%w: TOC entry %d (%q): %s", ErrFormat, i, t.Path(i), fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: TOC entry %d (%s): %s", ErrFormat, i, quotePath(t.Path(i)), fmt.Sprintf(format, args...))
 }
 
 func (t *TOC) appendRecord(b []byte, s *tocState, i int) ([]byte, error) {
@@ -293,6 +293,8 @@ func UnmarshalTOC(data []byte) (*TOC, error) {
 	switch {
 	case size > math.MaxInt64:
 		return nil, fmt.Errorf("%w: TOC header: archive size %d is out of range", ErrFormat, size)
+	case int64(len(data)) > MaxTOCSize(int64(size)):
+		return nil, fmt.Errorf("%w: TOC of %d bytes for a %d-byte archive: no TOC is larger than %d (casync.MaxTOCSize)", ErrFormat, len(data), size, MaxTOCSize(int64(size)))
 	case count == 0:
 		return nil, fmt.Errorf("%w: TOC header: no entries (a TOC needs at least the root)", ErrFormat)
 	case uint64(count) > uint64(records)/2:
@@ -366,7 +368,7 @@ func (d *tocDecoder) errAt(i int, format string, args ...any) error {
 	for l, r := 0, len(elems)-1; l < r; l, r = l+1, r-1 {
 		elems[l], elems[r] = elems[r], elems[l]
 	}
-	return fmt.Errorf("%w: TOC entry %d (%q) at byte %d: %s", ErrFormat, i, strings.Join(elems, "/"), d.off, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: TOC entry %d (%s) at byte %d: %s", ErrFormat, i, quotePath(strings.Join(elems, "/")), d.off, fmt.Sprintf(format, args...))
 }
 
 // fail records the first error; later reads then return zero values.
@@ -473,6 +475,9 @@ func (d *tocDecoder) record(i int) error {
 	if i > 0 {
 		if len(s.stack) == 0 {
 			return d.errAt(i, "entry after the root's end")
+		}
+		if depth := len(s.stack); depth > MaxCatarDepth {
+			return d.errAt(int(s.stack[len(s.stack)-1].dir), "its child, entry %d, is %s", i, depthMsg(depth))
 		}
 		top := &s.stack[len(s.stack)-1]
 		p := &t.nodes[top.dir]

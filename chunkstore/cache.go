@@ -21,10 +21,17 @@ import (
 type CacheOptions struct {
 	// Digest is the hash that chunk IDs are checked against.
 	Digest casync.Digest
-	// MaxBytes caps the size of the chunk files in the cache directory.
-	// When a fetch takes the cache over it, the least recently used
-	// chunks are removed until it is 10% under. Zero means no cap.
+	// MaxBytes caps the size of the chunk files in the cache directory,
+	// across every process that shares it. A chunk that would take the
+	// directory over the cap is written only after the least recently
+	// used chunks are removed to make room (down to 10% under the cap);
+	// past 95% of the cap they are removed in the background. Zero means
+	// no cap.
 	MaxBytes int64
+	// LockWait bounds how long a fetch waits for another process that is
+	// fetching the same chunk into this directory before fetching it too.
+	// Zero means 30 seconds, boot's default fetch timeout.
+	LockWait time.Duration
 	// Logger receives warnings about corrupt or unwritable cache files;
 	// nil discards them.
 	Logger *slog.Logger
@@ -44,13 +51,19 @@ const touchAfter = time.Minute
 //     fetch. The fetch runs without the callers' cancellation (bounded by
 //     the remote's own timeouts), so a caller that gives up does not
 //     spoil it for the others; only that caller returns early.
+//   - Concurrent fetches of one chunk by several processes sharing the
+//     directory collapse into one too: the fetcher holds a lock file of
+//     the chunk (see cache_node.go), and the others wait for its file, at
+//     most LockWait.
 //   - Chunks are written to a temporary file and renamed into place, so
 //     other processes never see half a chunk, and two processes writing
 //     the same chunk each rename a whole, identical file.
 //   - With MaxBytes, the least recently used chunks (by mtime, which a read
-//     refreshes) are evicted. A chunk being read in this process is never
-//     evicted. Another process evicting a file this one has open is
-//     harmless on Linux: the open file stays readable until closed.
+//     refreshes) are evicted, and the cap holds across the processes: they
+//     share the directory's size through a mapped file. A chunk being read
+//     in this process is never evicted. Another process evicting a file
+//     this one has open is harmless on Linux: the open file stays
+//     readable until closed.
 type Cache struct {
 	remote Store
 	dir    string
@@ -59,7 +72,7 @@ type Cache struct {
 	flight singleflight.Group
 	stats  counters
 
-	size     atomic.Int64 // bytes of chunk files, as far as this process knows
+	node     *node // what the processes sharing dir share
 	evicting atomic.Bool
 	warned   atomic.Bool // of a chunk it could not save
 	wg       sync.WaitGroup
@@ -78,18 +91,15 @@ func NewCache(remote Store, dir string, opts CacheOptions) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create chunk cache: %w", err)
 	}
-	c := &Cache{remote: remote, dir: dir, opts: opts, log: logger(opts.Logger), pins: make(map[casync.ChunkID]int)}
-	if opts.MaxBytes > 0 {
-		var total int64
-		err := walkStore(context.Background(), dir, func(ci ChunkInfo) error {
-			total += ci.Size
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("open chunk cache: %w", err)
-		}
-		c.size.Store(total)
+	if opts.LockWait <= 0 {
+		opts.LockWait = 30 * time.Second
 	}
+	c := &Cache{remote: remote, dir: dir, opts: opts, log: logger(opts.Logger), pins: make(map[casync.ChunkID]int)}
+	n, err := openNode(dir, opts.MaxBytes > 0, c.log)
+	if err != nil {
+		return nil, fmt.Errorf("open chunk cache %s with a size cap: %w", dir, err)
+	}
+	c.node = n
 	return c, nil
 }
 
@@ -169,7 +179,7 @@ func (c *Cache) readCached(dst []byte, id casync.ChunkID) ([]byte, bool) {
 		c.stats.corrupt.Add(1)
 		c.log.Warn("removing corrupt cached chunk; fetching it again", "path", name, "err", err)
 		if err := os.Remove(name); err == nil {
-			c.size.Add(-int64(len(frame)))
+			c.node.removed(int64(len(frame)))
 		}
 		return nil, false
 	}
@@ -186,6 +196,25 @@ func (c *Cache) fetch(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 	if data, ok := c.readCached(nil, id); ok {
 		c.stats.hits.Add(1)
 		return data, nil
+	}
+	// Another process may be fetching it right now: wait for it.
+	var cached []byte
+	release, done := c.node.lockFetch(ctx, id, time.Now().Add(c.opts.LockWait), func() bool {
+		var ok bool
+		cached, ok = c.readCached(nil, id)
+		return ok
+	})
+	if done {
+		c.stats.hits.Add(1)
+		return cached, nil
+	}
+	if release != nil {
+		defer release()
+		// The last holder may have cached it just before we locked.
+		if data, ok := c.readCached(nil, id); ok {
+			c.stats.hits.Add(1)
+			return data, nil
+		}
 	}
 	c.stats.misses.Add(1)
 	// Every decorator is a FrameStore: a frame comes as stored, and
@@ -205,7 +234,16 @@ func (c *Cache) fetch(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 // save writes a verified frame to the cache. A failure is logged and
 // otherwise ignored: the chunk is still good, just not cached.
 func (c *Cache) save(id casync.ChunkID, frame []byte) {
-	if err := writeFileAtomic(chunkFile(c.dir, id), frame, false); err != nil {
+	size := int64(len(frame))
+	if c.opts.MaxBytes > 0 && !c.makeRoom(size) {
+		c.log.Debug("no room in the capped cache for the chunk; serving it uncached", "id", id, "max", c.opts.MaxBytes)
+		return
+	}
+	err := writeFileAtomic(chunkFile(c.dir, id), frame, false)
+	if c.opts.MaxBytes > 0 {
+		c.node.settle(size, err == nil)
+	}
+	if err != nil {
 		// A read-only or full cache fails for every chunk: say it once.
 		if c.warned.CompareAndSwap(false, true) {
 			c.log.Warn("cannot cache chunk; chunks are still served, and further failures are logged at debug level", "dir", c.dir, "id", id, "err", err)
@@ -214,16 +252,46 @@ func (c *Cache) save(id casync.ChunkID, frame []byte) {
 		}
 		return
 	}
-	if c.opts.MaxBytes > 0 && c.size.Add(int64(len(frame))) > c.opts.MaxBytes && c.evicting.CompareAndSwap(false, true) {
+	if c.opts.MaxBytes > 0 && c.node.used() > c.opts.MaxBytes-c.opts.MaxBytes/20 && c.evicting.CompareAndSwap(false, true) {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			defer c.evicting.Store(false)
-			if _, err := c.Evict(context.Background()); err != nil {
-				c.log.Warn("cannot evict cached chunks", "err", err)
+			if _, _, err := c.node.evictTo(context.Background(), c.lowWater(), false, c.pinned, nil); err != nil {
+				c.log.Warn("cannot evict cached chunks", "dir", c.dir, "err", err)
 			}
 		}()
 	}
+}
+
+// lowWater is what an eviction brings the directory down to.
+func (c *Cache) lowWater() int64 { return c.opts.MaxBytes - c.opts.MaxBytes/10 }
+
+// makeRoom reserves size bytes under the cap, evicting first if they do
+// not fit, and reports whether they do. A chunk larger than what eviction
+// can free is not cached.
+func (c *Cache) makeRoom(size int64) bool {
+	if c.node.reserve(size, c.opts.MaxBytes) {
+		return true
+	}
+	// Wait for the evict lock: another process evicting may make room
+	// for this one too, and then this one need not walk the directory.
+	reserved := false
+	_, _, err := c.node.evictTo(context.Background(), c.lowWater(), true, c.pinned, func() bool {
+		reserved = c.node.reserve(size, c.opts.MaxBytes)
+		return !reserved
+	})
+	if err != nil {
+		c.log.Warn("cannot evict cached chunks", "dir", c.dir, "err", err)
+	}
+	return reserved || c.node.reserve(size, c.opts.MaxBytes)
+}
+
+// pinned reports whether a read in this process holds id.
+func (c *Cache) pinned(id casync.ChunkID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pins[id] > 0
 }
 
 func (c *Cache) pin(id casync.ChunkID) {
@@ -248,51 +316,17 @@ func (c *Cache) unpin(id casync.ChunkID) {
 
 // Evict removes the least recently used chunks until the cache is 10%
 // under MaxBytes, and returns how many it removed. It does nothing without
-// MaxBytes. GetChunk calls it in the background when needed.
+// MaxBytes. The cache calls it on its own when needed; it waits for an
+// eviction that another process sharing the directory is running.
 func (c *Cache) Evict(ctx context.Context) (int, error) {
 	if c.opts.MaxBytes <= 0 {
 		return 0, nil
 	}
-	var all []ChunkInfo
-	var total int64
-	err := walkStore(ctx, c.dir, func(ci ChunkInfo) error {
-		all = append(all, ci)
-		total += ci.Size
-		return nil
-	})
+	removed, bytes, err := c.node.evictTo(ctx, c.lowWater(), true, c.pinned, nil)
 	if err != nil {
-		return 0, fmt.Errorf("evict cached chunks: %w", err)
+		return removed, err
 	}
-	c.size.Store(total)
-	target := c.opts.MaxBytes - c.opts.MaxBytes/10
-	if total <= c.opts.MaxBytes {
-		return 0, nil
-	}
-	slices.SortFunc(all, func(a, b ChunkInfo) int { return a.ModTime.Compare(b.ModTime) })
-	removed := 0
-	for _, ci := range all {
-		if total <= target {
-			break
-		}
-		// Holding mu keeps a reader from pinning the chunk between the
-		// check and the removal.
-		c.mu.Lock()
-		pinned := c.pins[ci.ID] > 0
-		if !pinned {
-			err = os.Remove(ci.Path)
-		}
-		c.mu.Unlock()
-		if pinned {
-			continue
-		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, fmt.Errorf("evict cached chunk: %w", err)
-		}
-		total -= ci.Size
-		c.size.Add(-ci.Size)
-		removed++
-	}
-	c.log.Debug("evicted cached chunks", "removed", removed, "bytes", total)
+	c.log.Debug("evicted cached chunks", "removed", removed, "bytes", bytes)
 	return removed, nil
 }
 
@@ -301,7 +335,7 @@ func (c *Cache) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
 	if err := ctxErr(ctx, "look up", id); err != nil {
 		return false, err
 	}
-	if _, err := os.Stat(chunkFile(c.dir, id)); err == nil {
+	if ok, _ := statChunkFile(chunkFile(c.dir, id)); ok {
 		c.stats.hits.Add(1)
 		return true, nil
 	}
@@ -319,7 +353,7 @@ func (c *Cache) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, er
 	var ask []casync.ChunkID
 	var pos []int
 	for i, id := range ids {
-		if _, err := os.Stat(chunkFile(c.dir, id)); err == nil {
+		if ok, _ := statChunkFile(chunkFile(c.dir, id)); ok {
 			out[i] = true
 			continue
 		}
@@ -345,7 +379,7 @@ func (c *Cache) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 	if err := Write(ctx, c.remote, id, data); err != nil {
 		return err
 	}
-	if _, err := os.Stat(chunkFile(c.dir, id)); err != nil {
+	if ok, _ := statChunkFile(chunkFile(c.dir, id)); !ok {
 		c.save(id, casync.CompressChunk(nil, data))
 	}
 	return nil
@@ -357,7 +391,7 @@ func (c *Cache) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte)
 	if err := WriteFrame(ctx, c.remote, id, frame); err != nil {
 		return err
 	}
-	if _, err := os.Stat(chunkFile(c.dir, id)); err != nil {
+	if ok, _ := statChunkFile(chunkFile(c.dir, id)); !ok {
 		c.save(id, frame)
 	}
 	return nil
@@ -375,5 +409,9 @@ func (c *Cache) Stats() Stats { return c.stats.snapshot() }
 // Close waits for a background eviction and closes the remote.
 func (c *Cache) Close() error {
 	c.wg.Wait()
-	return c.remote.Close()
+	err := c.remote.Close()
+	if nerr := c.node.close(); err == nil {
+		err = nerr
+	}
+	return err
 }

@@ -21,6 +21,7 @@ var (
 	_ FrameStore      = (*Counted)(nil)
 	_ BatchHaser      = (*Counted)(nil)
 	_ Syncer          = (*Counted)(nil)
+	_ Committer       = (*Counted)(nil)
 	_ StatsReporter   = (*Counted)(nil)
 )
 

@@ -206,3 +206,34 @@ func TestCounted(t *testing.T) {
 		t.Errorf("Stats() = %+v, want %+v", got, want)
 	}
 }
+
+// committingStore is a Memory store that is a Committer, as a registry
+// store is.
+type committingStore struct {
+	*chunkstore.Memory
+	committed []casync.ChunkID
+}
+
+func (c *committingStore) Commit(_ context.Context, ids []casync.ChunkID) (string, error) {
+	c.committed = ids
+	return "oci://registry/repo@sha256:map", nil
+}
+
+// TestCommitPassesOn: mkimage commits through the store as the opener
+// composes it (Counted(Retry(backend))), so the commit of a registry
+// store must reach it and its URL come back; a store that is no
+// Committer commits nothing and gives no URL.
+func TestCommitPassesOn(t *testing.T) {
+	ctx := context.Background()
+	ids := []casync.ChunkID{storetest.Chunks(91, 1)[0].ID}
+	inner := &committingStore{Memory: chunkstore.NewMemory(chunkstore.MemoryOptions{})}
+	s := chunkstore.NewCountedRetry(inner, chunkstore.RetryOptions{})
+	url, err := chunkstore.Commit(ctx, s, ids)
+	if err != nil || url != "oci://registry/repo@sha256:map" || len(inner.committed) != 1 || inner.committed[0] != ids[0] {
+		t.Errorf("Commit through Counted(Retry) = %q, %v; the backend got %v, want %v", url, err, inner.committed, ids)
+	}
+	plain := chunkstore.NewCountedRetry(chunkstore.NewMemory(chunkstore.MemoryOptions{}), chunkstore.RetryOptions{})
+	if url, err := chunkstore.Commit(ctx, plain, ids); url != "" || err != nil {
+		t.Errorf("Commit of a store that is no Committer = %q, %v, want \"\", nil", url, err)
+	}
+}

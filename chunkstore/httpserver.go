@@ -18,22 +18,61 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/bootfs/bootfs/casync"
 )
 
 // HandlerOptions configure the HTTP chunk-store handler. The zero value
-// serves reads only.
+// serves reads only, with the limits below at their defaults.
 type HandlerOptions struct {
 	// WriteToken enables PUT for requests that carry
 	// "Authorization: Bearer <WriteToken>". Without it, PUT answers 403.
 	WriteToken string
-	// MaxConcurrent bounds the chunk requests handled at once; the rest
-	// wait. Zero means 16 per CPU.
+	// MaxConcurrent bounds the chunk requests whose chunk is being read,
+	// verified or stored at once (the slots); the rest wait. A slot is
+	// never held while an answer is sent or a body received, so a client
+	// that stops reading costs its own connection, not a slot. Zero
+	// means 16 per CPU.
 	MaxConcurrent int
+	// MaxPerClient bounds the slots that the requests from one client
+	// address hold at once, so that no client can take them all. Zero
+	// means a quarter of MaxConcurrent, at least 1.
+	MaxPerClient int
+	// MinRate is the slowest, in bytes a second, that a client may read
+	// an answer or send a PUT body. Each write or read of up to 64 KiB
+	// must finish within 2 seconds plus its size at this rate; a client
+	// that falls behind has its connection (or HTTP/2 stream) closed.
+	// Zero means 16 KiB/s.
+	MinRate int
+	// MaxPutBytes bounds the PUT body bytes held at once across all
+	// requests (each PUT counts its Content-Length, or the largest frame
+	// without one). A PUT that would go over waits for room for up to
+	// PutWait and then gets 503 with Retry-After. Zero means 64 MiB.
+	MaxPutBytes int64
+	// PutWait is how long a PUT waits for room under MaxPutBytes. Zero
+	// means 10 seconds.
+	PutWait time.Duration
 	// Logger receives a debug line per request and an error line for each
 	// corrupt chunk; nil discards them.
 	Logger *slog.Logger
 }
+
+// Defaults of HandlerOptions and ServerOptions.
+const (
+	DefaultMinRate           = 16 << 10
+	DefaultMaxPutBytes       = 64 << 20
+	DefaultPutWait           = 10 * time.Second
+	DefaultMaxConns          = 1024
+	DefaultMaxConnsPerClient = 256
+)
+
+// ioPiece is the most a handler writes or reads under one deadline, and
+// ioGrace the time every piece gets on top of its size at MinRate.
+const (
+	ioPiece = 64 << 10
+	ioGrace = 2 * time.Second
+)
 
 // Handler serves a store over HTTP in casync's layout:
 //
@@ -49,16 +88,31 @@ type HandlerOptions struct {
 // an error in the log, never its bytes) and before it is stored. Frames
 // are served as stored, not recompressed, when the store is a FrameStore.
 type Handler struct {
-	store Store
-	opts  HandlerOptions
-	log   *slog.Logger
-	sem   chan struct{}
+	store     Store
+	opts      HandlerOptions
+	log       *slog.Logger
+	slots     chan struct{}
+	perClient int
+	rate      int
+	putBytes  *semaphore.Weighted
+	maxPut    int64
+	putWait   time.Duration
+
+	clientsMu sync.Mutex
+	clients   map[string]*clientSlots
 
 	inFlight                 atomic.Int64
 	sentBytes, receivedBytes atomic.Uint64
 	corrupt                  atomic.Uint64
 	mu                       sync.Mutex
 	requests                 map[requestKey]uint64
+}
+
+// clientSlots are the slots one client address may hold, and refs the
+// requests of that client waiting for or holding one.
+type clientSlots struct {
+	sem  chan struct{}
+	refs int
 }
 
 type requestKey struct {
@@ -72,18 +126,52 @@ func NewHTTPHandler(store Store, opts HandlerOptions) *Handler {
 	if n <= 0 {
 		n = 16 * runtime.GOMAXPROCS(0)
 	}
+	per := opts.MaxPerClient
+	if per <= 0 {
+		per = max(1, n/4)
+	}
+	rate := opts.MinRate
+	if rate <= 0 {
+		rate = DefaultMinRate
+	}
+	maxPut := opts.MaxPutBytes
+	if maxPut <= 0 {
+		maxPut = DefaultMaxPutBytes
+	}
+	putWait := opts.PutWait
+	if putWait <= 0 {
+		putWait = DefaultPutWait
+	}
 	return &Handler{
-		store:    store,
-		opts:     opts,
-		log:      logger(opts.Logger),
-		sem:      make(chan struct{}, n),
-		requests: make(map[requestKey]uint64),
+		store:     store,
+		opts:      opts,
+		log:       logger(opts.Logger),
+		slots:     make(chan struct{}, n),
+		perClient: min(per, n),
+		rate:      rate,
+		putBytes:  semaphore.NewWeighted(maxPut),
+		maxPut:    maxPut,
+		putWait:   putWait,
+		clients:   make(map[string]*clientSlots),
+		requests:  make(map[requestKey]uint64),
 	}
 }
 
-// statusWriter records what a handler answered, for the log and metrics.
+// ioTime is how long a read or write of n bytes may take: ioGrace plus
+// n bytes at the minimum rate.
+func (h *Handler) ioTime(n int) time.Duration {
+	return ioGrace + time.Duration(n)*time.Second/time.Duration(h.rate)
+}
+
+// statusWriter records what a handler answered, for the log and metrics,
+// and writes the body in pieces, each under a write deadline of its own:
+// a client that keeps reading at the minimum rate never times out, and
+// one that stops is cut off within ioTime(ioPiece) of its buffers
+// filling.
 type statusWriter struct {
 	http.ResponseWriter
+	h      *Handler
+	rc     *http.ResponseController
 	status int
 	bytes  int64
 }
@@ -99,9 +187,19 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	n, err := w.ResponseWriter.Write(b)
-	w.bytes += int64(n)
-	return n, err
+	var n int
+	for n < len(b) {
+		p := b[n:min(len(b), n+ioPiece)]
+		// ErrNotSupported (a ResponseRecorder) leaves no deadline to set.
+		_ = w.rc.SetWriteDeadline(time.Now().Add(w.h.ioTime(len(p))))
+		m, err := w.ResponseWriter.Write(p)
+		n += m
+		w.bytes += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -109,10 +207,18 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &statusWriter{ResponseWriter: rw}
+	rc := http.NewResponseController(rw)
+	w := &statusWriter{ResponseWriter: rw, h: h, rc: rc}
+	if r.Method != http.MethodPut && r.ContentLength != 0 {
+		// The server discards a body nobody reads after the answer:
+		// under a deadline too.
+		_ = rc.SetReadDeadline(time.Now().Add(h.ioTime(ioPiece)))
+	}
 	h.inFlight.Add(1)
 	h.serve(w, r)
 	h.inFlight.Add(-1)
+	// What the answer left buffered is flushed after ServeHTTP returns.
+	_ = rc.SetWriteDeadline(time.Now().Add(h.ioTime(ioPiece)))
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
@@ -130,7 +236,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		"bytes", w.bytes, "duration", time.Since(start), "remote", r.RemoteAddr)
 }
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) serve(w *statusWriter, r *http.Request) {
 	if r.URL.Path == "/metrics" && r.URL.RawPath == "" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -154,43 +260,75 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodPut:
-	default:
-		w.Header().Set("Allow", "GET, HEAD, PUT")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if r.Method == http.MethodPut && !h.authorized(w, r) {
-		return
-	}
-	select {
-	case h.sem <- struct{}{}:
-		defer func() { <-h.sem }()
-	case <-r.Context().Done():
-		http.Error(w, "server busy", http.StatusServiceUnavailable)
-		return
-	}
-	switch r.Method {
 	case http.MethodGet:
 		h.get(w, r, id)
 	case http.MethodHead:
 		h.head(w, r, id)
 	case http.MethodPut:
-		h.put(w, r, id)
+		if h.authorized(w, r) {
+			h.put(w, r, id)
+		}
+	default:
+		w.Header().Set("Allow", "GET, HEAD, PUT")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	}
 }
 
-func (h *Handler) get(w http.ResponseWriter, r *http.Request, id casync.ChunkID) {
-	var frame []byte
-	var err error
-	if fs, ok := h.store.(FrameStore); ok {
-		frame, err = fs.GetFrame(r.Context(), id)
-	} else {
-		var data []byte
-		if data, err = h.store.GetChunk(r.Context(), id); err == nil {
-			frame = casync.CompressChunk(nil, data)
-		}
+// acquire takes one of the slots of the request's client and then one of
+// the server's, waiting for each as long as the request lives. When the
+// client gives up first it answers 503 and returns ok == false.
+func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	key := clientKey(r.RemoteAddr)
+	h.clientsMu.Lock()
+	c := h.clients[key]
+	if c == nil {
+		c = &clientSlots{sem: make(chan struct{}, h.perClient)}
+		h.clients[key] = c
 	}
+	c.refs++
+	h.clientsMu.Unlock()
+	leave := func() {
+		h.clientsMu.Lock()
+		if c.refs--; c.refs == 0 {
+			delete(h.clients, key)
+		}
+		h.clientsMu.Unlock()
+	}
+	done := r.Context().Done()
+	select {
+	case c.sem <- struct{}{}:
+		select {
+		case h.slots <- struct{}{}:
+			return func() { <-h.slots; <-c.sem; leave() }, true
+		case <-done:
+			<-c.sem
+		}
+	case <-done:
+	}
+	leave()
+	// The client went away; nobody reads the answer.
+	w.WriteHeader(http.StatusServiceUnavailable)
+	return nil, false
+}
+
+// clientKey is the address a request's slots are counted under: the
+// remote IP, so that one host's connections share one share.
+func clientKey(remote string) string {
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		return host
+	}
+	return remote
+}
+
+// get answers a GET. Its slot covers reading and verifying the chunk
+// only: the answer is sent without one, paced by statusWriter.
+func (h *Handler) get(w http.ResponseWriter, r *http.Request, id casync.ChunkID) {
+	release, ok := h.acquire(w, r)
+	if !ok {
+		return
+	}
+	frame, err := h.frame(r.Context(), id)
+	release()
 	if err != nil {
 		h.fail(w, r, id, err)
 		return
@@ -201,12 +339,30 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 	w.Write(frame)
 }
 
+// frame is the verified frame of id, as stored when the store is a
+// FrameStore.
+func (h *Handler) frame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+	if fs, ok := h.store.(FrameStore); ok {
+		return fs.GetFrame(ctx, id)
+	}
+	data, err := h.store.GetChunk(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return casync.CompressChunk(nil, data), nil
+}
+
 func (h *Handler) head(w http.ResponseWriter, r *http.Request, id casync.ChunkID) {
-	ok, err := h.store.HasChunk(r.Context(), id)
+	release, ok := h.acquire(w, r)
+	if !ok {
+		return
+	}
+	has, err := h.store.HasChunk(r.Context(), id)
+	release()
 	switch {
 	case err != nil:
 		h.fail(w, r, id, err)
-	case ok:
+	case has:
 		// GET's headers, but Content-Length: HasChunk does not read
 		// the frame, and a HEAD answered without one is still valid.
 		chunkHeaders(w.Header(), id)
@@ -232,6 +388,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, id casync.ChunkID
 		h.corrupt.Add(1)
 		h.log.Error("refusing to serve corrupt chunk", "id", id, "err", err)
 		http.Error(w, "chunk "+id.String()+" is corrupt on the server", http.StatusInternalServerError)
+	case errors.Is(err, ErrNotRegular):
+		h.log.Error("refusing to serve a chunk path that is not a regular file", "id", id, "err", err)
+		http.Error(w, "chunk "+id.String()+" is not a regular file on the server (its operator should run chunkstore verify --repair)", http.StatusInternalServerError)
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -257,32 +416,64 @@ func (h *Handler) authorized(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-func (h *Handler) put(w http.ResponseWriter, r *http.Request, id casync.ChunkID) {
+// put answers a PUT. The body is read under MaxPutBytes, then a slot
+// covers verifying and storing it.
+func (h *Handler) put(w *statusWriter, r *http.Request, id casync.ChunkID) {
 	ws, ok := h.store.(WriteStore)
 	if !ok {
 		http.Error(w, "this chunk store is read-only", http.StatusForbidden)
 		return
 	}
 	if r.ContentLength > maxFrameSize {
-		http.Error(w, "chunk frame too large", http.StatusRequestEntityTooLarge)
+		http.Error(w, fmt.Sprintf("chunk frame of %d bytes is larger than any chunk (at most %d bytes)", r.ContentLength, maxFrameSize), http.StatusRequestEntityTooLarge)
 		return
 	}
-	frame, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxFrameSize))
+	weight := r.ContentLength
+	if weight < 0 {
+		weight = maxFrameSize
+	}
+	weight = min(weight, h.maxPut)
+	wctx, cancel := context.WithTimeout(r.Context(), h.putWait)
+	err := h.putBytes.Acquire(wctx, weight)
+	cancel()
+	if err != nil {
+		if r.Context().Err() != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "server busy: too many chunk uploads in flight; retry later", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.putBytes.Release(weight)
+	frame, err := h.readBody(w, r)
+	// No deadline while the chunk is stored: one expiring under the
+	// server's background read would cancel the request's context.
+	_ = w.rc.SetReadDeadline(time.Time{})
 	h.receivedBytes.Add(uint64(len(frame)))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			http.Error(w, "chunk frame too large", http.StatusRequestEntityTooLarge)
+			http.Error(w, fmt.Sprintf("chunk frame larger than any chunk (at most %d bytes)", maxFrameSize), http.StatusRequestEntityTooLarge)
 			return
 		}
 		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	release, ok := h.acquire(w, r)
+	if !ok {
+		return
+	}
 	err = StoreFrame(r.Context(), ws, casync.SHA512_256, id, frame)
+	release()
+	var tooLarge *ChunkSizeError
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusCreated)
+	case errors.As(err, &tooLarge):
+		http.Error(w, tooLarge.Error(), http.StatusRequestEntityTooLarge)
 	case isCorrupt(err):
+		h.corrupt.Add(1)
 		http.Error(w, "chunk frame does not match its id "+id.String(), http.StatusBadRequest)
 	case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, fs.ErrPermission):
 		// The writer can do nothing about it, but should know.
@@ -290,6 +481,39 @@ func (h *Handler) put(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 		http.Error(w, "the server cannot write to its store: "+errnoText(err), http.StatusInsufficientStorage)
 	default:
 		h.fail(w, r, id, err)
+	}
+}
+
+// readBody reads a PUT body of at most maxFrameSize bytes, a piece at a
+// time, each under a read deadline of its own (see MinRate).
+func (h *Handler) readBody(w *statusWriter, r *http.Request) ([]byte, error) {
+	deadline := func(n int) { _ = w.rc.SetReadDeadline(time.Now().Add(h.ioTime(n))) }
+	if r.ContentLength >= 0 {
+		buf := make([]byte, r.ContentLength)
+		for n := 0; n < len(buf); {
+			p := min(len(buf)-n, ioPiece)
+			deadline(p)
+			m, err := io.ReadFull(r.Body, buf[n:n+p])
+			n += m
+			if err != nil {
+				return buf[:n], err
+			}
+		}
+		return buf, nil
+	}
+	body := http.MaxBytesReader(w, r.Body, maxFrameSize)
+	var buf []byte
+	for {
+		buf = slices.Grow(buf, ioPiece)
+		deadline(ioPiece)
+		m, err := body.Read(buf[len(buf) : len(buf)+ioPiece])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
 	}
 }
 
@@ -372,6 +596,11 @@ type ServerOptions struct {
 	// TLSCert and TLSKey name PEM files; with both set the server speaks
 	// HTTPS, and HTTP/2 over it.
 	TLSCert, TLSKey string
+	// MaxConns bounds the open connections, and MaxConnsPerClient those
+	// from one client address; a connection over either is closed at
+	// once (after a 503 over plain HTTP). Zero means DefaultMaxConns and
+	// DefaultMaxConnsPerClient.
+	MaxConns, MaxConnsPerClient int
 }
 
 // ListenAndServe listens on addr and serves store until ctx is done.
@@ -388,29 +617,36 @@ func ListenAndServe(ctx context.Context, addr string, store Store, opts ServerOp
 
 // Serve serves store on ln until ctx is done, then shuts down gracefully,
 // giving requests in flight up to 5 seconds. It closes ln.
+//
+// Besides the handler's limits (HandlerOptions), request headers must
+// arrive within 10 seconds and an idle connection is closed after 2
+// minutes. There is no overall deadline on a request: the handler's
+// per-piece deadlines (MinRate) bound how slowly a body may move, so a
+// large chunk over a slow but steady link still gets through.
 func Serve(ctx context.Context, ln net.Listener, store Store, opts ServerOptions) error {
 	log := logger(opts.Logger)
+	tls := opts.TLSCert != "" || opts.TLSKey != ""
 	srv := &http.Server{
 		Handler:           NewHTTPHandler(store, opts.HandlerOptions),
 		ReadHeaderTimeout: 10 * time.Second,
-		// A chunk is at most 16 MiB: minutes are plenty, and they keep
-		// a stalled client from holding a slot for ever.
-		ReadTimeout:  5 * time.Minute,
-		WriteTimeout: 5 * time.Minute,
-		IdleTimeout:  2 * time.Minute,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		BaseContext:  func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		IdleTimeout:       2 * time.Minute,
+		// Each stream holds a frame while it is sent: bound them per
+		// connection as HTTP/1.1 does with one request at a time.
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 16},
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	ln = newLimitListener(ln, opts.MaxConns, opts.MaxConnsPerClient, !tls, log)
 	errc := make(chan error, 1)
 	scheme := "http"
 	go func() {
-		if opts.TLSCert != "" || opts.TLSKey != "" {
+		if tls {
 			errc <- srv.ServeTLS(ln, opts.TLSCert, opts.TLSKey)
 		} else {
 			errc <- srv.Serve(ln)
 		}
 	}()
-	if opts.TLSCert != "" {
+	if tls {
 		scheme = "https"
 	}
 	log.Info("serving chunk store over HTTP", "url", scheme+"://"+ln.Addr().String(), "writable", opts.WriteToken != "")
@@ -426,4 +662,89 @@ func Serve(ctx context.Context, ln net.Listener, store Store, opts ServerOptions
 		return fmt.Errorf("shut down chunk server: %w", err)
 	}
 	return nil
+}
+
+// limitListener closes the connections over its limits as it accepts
+// them. x/net/netutil's LimitListener bounds only the total, and does it
+// by not accepting, which leaves every new client waiting behind one
+// host's connections.
+type limitListener struct {
+	net.Listener
+	max, perClient int
+	refuse         []byte // the answer to a refused connection, if any
+	log            *slog.Logger
+
+	mu      sync.Mutex
+	total   int
+	clients map[string]int
+}
+
+func newLimitListener(ln net.Listener, max, perClient int, plainHTTP bool, log *slog.Logger) *limitListener {
+	if max <= 0 {
+		max = DefaultMaxConns
+	}
+	if perClient <= 0 {
+		perClient = DefaultMaxConnsPerClient
+	}
+	l := &limitListener{Listener: ln, max: max, perClient: min(perClient, max), log: log, clients: make(map[string]int)}
+	if plainHTTP {
+		const msg = "too many connections to this chunk server; retry later\n"
+		l.refuse = fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"+
+			"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s", len(msg), msg)
+	}
+	return l
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		key := clientKey(c.RemoteAddr().String())
+		l.mu.Lock()
+		ok := l.total < l.max && l.clients[key] < l.perClient
+		if ok {
+			l.total++
+			l.clients[key]++
+		}
+		l.mu.Unlock()
+		if ok {
+			return &limitConn{Conn: c, l: l, key: key}, nil
+		}
+		l.log.Debug("refusing connection over the limits", "remote", c.RemoteAddr().String(), "max", l.max, "per_client", l.perClient)
+		if l.refuse != nil {
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(l.refuse)
+		}
+		c.Close()
+	}
+}
+
+type limitConn struct {
+	net.Conn
+	l    *limitListener
+	key  string
+	once sync.Once
+}
+
+// CloseWrite lets the server half-close as it does a TCP connection.
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.total--
+		if c.l.clients[c.key]--; c.l.clients[c.key] == 0 {
+			delete(c.l.clients, c.key)
+		}
+		c.l.mu.Unlock()
+	})
+	return err
 }

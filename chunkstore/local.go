@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -39,6 +38,17 @@ type LocalOptions struct {
 	// computed the ID from the same bytes itself, as mkimage does; every
 	// read still verifies.
 	TrustWrites bool
+	// MaxChunkSize refuses, in StoreChunk and StoreFrame, a chunk larger
+	// than this many bytes uncompressed, with an error wrapping
+	// *ChunkSizeError (checked with its content, so not under
+	// TrustWrites). Zero means casync.MaxChunkSize.
+	MaxChunkSize int
+	// RememberVerified is how many verified chunk files GetFrame
+	// remembers, by device, inode, size, mtime and ctime, so that it
+	// serves one again without decompressing and hashing it; a file
+	// changed or replaced since is verified again. Zero verifies every
+	// read.
+	RememberVerified int
 	// Logger receives debug and warning lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -51,9 +61,10 @@ type LocalOptions struct {
 // into place, so readers, in this process or another, never see half a
 // chunk. Temporary files start with a dot and never match a chunk name.
 type Local struct {
-	dir  string
-	opts LocalOptions
-	log  *slog.Logger
+	dir      string
+	opts     LocalOptions
+	log      *slog.Logger
+	verified *verifiedFiles
 }
 
 var (
@@ -78,7 +89,7 @@ func NewLocal(dir string, opts LocalOptions) (*Local, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("open local chunk store %s: not a directory", dir)
 	}
-	return &Local{dir: dir, opts: opts, log: logger(opts.Logger)}, nil
+	return &Local{dir: dir, opts: opts, log: logger(opts.Logger), verified: newVerifiedFiles(opts.RememberVerified)}, nil
 }
 
 // Dir returns the store's directory.
@@ -90,7 +101,7 @@ func (s *Local) String() string { return s.dir }
 // GetChunk reads, decompresses and verifies the chunk. A file that does not
 // verify gives an error wrapping *casync.ChecksumError.
 func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	frame, err := s.readFrame(ctx, id)
+	frame, _, err := s.readFrame(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -101,99 +112,53 @@ func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	return data, nil
 }
 
-// GetFrame reads the chunk's frame and verifies it.
+// GetFrame reads the chunk's frame and verifies it, unless this version
+// of its file was verified before (see RememberVerified).
 func (s *Local) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	frame, err := s.readFrame(ctx, id)
+	frame, version, err := s.readFrame(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if err := VerifyFrame(s.opts.Digest, id, frame); err != nil {
+	err = s.verified.verify(id, version, func() error { return VerifyFrame(s.opts.Digest, id, frame) })
+	if err != nil {
 		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
 	}
 	return frame, nil
 }
 
-func (s *Local) readFrame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
+func (s *Local) readFrame(ctx context.Context, id casync.ChunkID) ([]byte, fileVersion, error) {
 	if err := ctxErr(ctx, "read", id); err != nil {
-		return nil, err
+		return nil, fileVersion{}, err
 	}
-	frame, _, err := readFrameFile(chunkFile(s.dir, id))
+	frame, version, err := readChunkFile(chunkFile(s.dir, id), nil)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("read chunk %s from %s: %w", id, s.dir, ErrNotFound)
+			return nil, fileVersion{}, fmt.Errorf("read chunk %s from %s: %w", id, s.dir, ErrNotFound)
 		}
-		return nil, fmt.Errorf("read chunk %s: %w", id, err)
+		return nil, fileVersion{}, fmt.Errorf("read chunk %s: %w", id, err)
 	}
-	return frame, nil
+	return frame, version, nil
 }
 
-// readFrameFile reads a whole chunk file, refusing one larger than any
-// frame can be.
-func readFrameFile(name string) ([]byte, time.Time, error) {
-	return readFrameFileInto(name, nil)
-}
-
-// readFrameFileInto is readFrameFile reading into dst's storage when it
-// is large enough, so that a caller that only decodes the frame can
-// recycle the buffer.
+// readFrameFileInto reads a whole chunk file with readChunkFile and
+// returns its mtime.
 func readFrameFileInto(name string, dst []byte) ([]byte, time.Time, error) {
-	// Raw descriptors, as in writeFileAtomic: a cache hit is one small
-	// file, and an *os.File would cost more system calls than the read.
-	fd, err := openRetry(name)
-	if err != nil {
-		return nil, time.Time{}, &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, time.Time{}, &fs.PathError{Op: "stat", Path: name, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, time.Time{}, fmt.Errorf("%s: not a regular file", name)
-	}
-	if st.Size > maxFrameSize {
-		return nil, time.Time{}, fmt.Errorf("%s: %d bytes, more than any chunk frame (%d)", name, st.Size, maxFrameSize)
-	}
-	buf := dst[:0]
-	if int64(cap(buf)) < st.Size {
-		buf = make([]byte, st.Size)
-	}
-	buf = buf[:st.Size]
-	for n := 0; n < len(buf); {
-		m, err := unix.Read(fd, buf[n:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return nil, time.Time{}, &fs.PathError{Op: "read", Path: name, Err: err}
-		case m == 0:
-			return nil, time.Time{}, fmt.Errorf("%s: %w", name, io.ErrUnexpectedEOF)
-		}
-		n += m
-	}
-	return buf, time.Unix(st.Mtim.Unix()), nil
-}
-
-func openRetry(name string) (int, error) {
-	for {
-		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
+	frame, v, err := readChunkFile(name, dst)
+	return frame, time.Unix(0, v.mtime), err
 }
 
 // HasChunk reports whether the chunk file exists. It does not read or
-// verify it.
+// verify it. Anything but a regular file is an error wrapping
+// ErrNotRegular, as for GetChunk.
 func (s *Local) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
 	if err := ctxErr(ctx, "look up", id); err != nil {
 		return false, err
 	}
-	_, err := os.Stat(chunkFile(s.dir, id))
+	ok, err := statChunkFile(chunkFile(s.dir, id))
 	switch {
-	case err == nil:
+	case ok:
 		return true, nil
-	case errors.Is(err, fs.ErrNotExist):
+	case err == nil:
 		return false, nil
 	}
 	return false, fmt.Errorf("look up chunk %s: %w", id, err)
@@ -204,6 +169,9 @@ func (s *Local) HasChunk(ctx context.Context, id casync.ChunkID) (bool, error) {
 func (s *Local) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {
 	if err := ctxErr(ctx, "store", id); err != nil {
 		return err
+	}
+	if max := s.opts.MaxChunkSize; max > 0 && len(data) > max && !s.opts.TrustWrites {
+		return fmt.Errorf("store chunk in %s: %w", s.dir, &ChunkSizeError{ID: id, Size: int64(len(data)), Max: int64(max)})
 	}
 	if err := s.verifyWrite(casync.VerifyChunk, id, data); err != nil {
 		return err
@@ -219,7 +187,10 @@ func (s *Local) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte)
 	if err := ctxErr(ctx, "store", id); err != nil {
 		return err
 	}
-	if err := s.verifyWrite(VerifyFrame, id, frame); err != nil {
+	verify := func(d casync.Digest, id casync.ChunkID, frame []byte) error {
+		return verifyFrameMax(d, id, frame, s.opts.MaxChunkSize)
+	}
+	if err := s.verifyWrite(verify, id, frame); err != nil {
 		return err
 	}
 	if s.has(id) {
@@ -240,9 +211,11 @@ func (s *Local) verifyWrite(verify func(casync.Digest, casync.ChunkID, []byte) e
 	return nil
 }
 
+// has reports whether the chunk's file is there. Anything else at its
+// name (a FIFO, a link) is replaced by the write.
 func (s *Local) has(id casync.ChunkID) bool {
-	_, err := os.Stat(chunkFile(s.dir, id))
-	return err == nil
+	ok, _ := statChunkFile(chunkFile(s.dir, id))
+	return ok
 }
 
 // writeFrame writes frame to a temporary file beside the chunk's final
@@ -354,13 +327,30 @@ func (s *Local) Walk(ctx context.Context, fn func(ChunkInfo) error) error {
 }
 
 func walkStore(ctx context.Context, dir string, fn func(ChunkInfo) error) error {
+	return walkLayout(ctx, dir, fn, nil)
+}
+
+// walkLayout is walkStore that also calls odd, if set, for what sits in
+// the layout but is not a chunk file: anything but a directory named like
+// a prefix directory (a link to one is not followed), and anything but a
+// regular file named like a chunk. Its ChunkInfo has Path, Size and, for
+// a chunk name, ID; mode is the entry's type.
+func walkLayout(ctx context.Context, dir string, fn func(ChunkInfo) error, odd func(ChunkInfo, fs.FileMode) error) error {
 	top, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("list chunk store: %w", err)
 	}
 	for _, d := range top {
 		name := d.Name()
-		if len(name) != 4 || !isLowerHex(name) || !d.IsDir() {
+		if len(name) != 4 || !isLowerHex(name) {
+			continue
+		}
+		if !d.IsDir() {
+			if odd != nil {
+				if err := odd(ChunkInfo{Path: filepath.Join(dir, name)}, d.Type()); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -386,10 +376,15 @@ func walkStore(ctx context.Context, dir string, fn func(ChunkInfo) error) error 
 				}
 				return fmt.Errorf("list chunk store: %w", err)
 			}
+			info := ChunkInfo{ID: id, Path: filepath.Join(sub, e.Name()), Size: fi.Size(), ModTime: fi.ModTime()}
 			if !fi.Mode().IsRegular() {
+				if odd != nil {
+					if err := odd(info, fi.Mode().Type()); err != nil {
+						return err
+					}
+				}
 				continue
 			}
-			info := ChunkInfo{ID: id, Path: filepath.Join(sub, e.Name()), Size: fi.Size(), ModTime: fi.ModTime()}
 			if err := fn(info); err != nil {
 				return err
 			}

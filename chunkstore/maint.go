@@ -98,18 +98,20 @@ func jobs(n int) int {
 }
 
 // Verify reads and verifies every chunk in the store in dir. With repair,
-// it removes the bad ones. A bad chunk is not an error: it is counted in
+// it removes the bad ones. Anything but a regular file at a chunk's name,
+// or anything but a directory at a prefix directory's, is bad too (see
+// ErrNotRegular): repair removes it (a link itself, never its target). A bad chunk is not an error: it is counted in
 // Summary.Bad and reported. Errors are for a store that cannot be read.
 func Verify(ctx context.Context, dir string, repair bool, opts MaintenanceOptions) (Summary, error) {
 	log := logger(opts.Logger)
 	s := &summer{report: opts.Report}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs(opts.Jobs))
-	err := walkStore(gctx, dir, func(ci ChunkInfo) error {
+	err := walkLayout(gctx, dir, func(ci ChunkInfo) error {
 		g.Go(func() error {
 			s.chunks.Add(1)
 			s.bytes.Add(ci.Size)
-			frame, _, err := readFrameFile(ci.Path)
+			frame, _, err := readChunkFile(ci.Path, nil)
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
@@ -135,6 +137,30 @@ func Verify(ctx context.Context, dir string, repair bool, opts MaintenanceOption
 			s.call(ci, err, removed)
 			return nil
 		})
+		return nil
+	}, func(ci ChunkInfo, mode fs.FileMode) error {
+		// A FIFO, link or directory where a chunk or prefix directory
+		// belongs: never served, and as bad as a corrupt chunk.
+		s.chunks.Add(1)
+		s.bad.Add(1)
+		err := notRegularError(ci.Path, mode)
+		if ci.ID == (casync.ChunkID{}) {
+			err = fmt.Errorf("%s is a %s where a chunk prefix directory belongs (a link is not followed)", ci.Path, fileKind(mode))
+		}
+		removed := false
+		if repair {
+			rm := os.Remove
+			if mode.IsDir() {
+				rm = os.RemoveAll
+			}
+			if rerr := rm(ci.Path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", ci.Path, rerr)
+			}
+			removed = true
+			s.removed.Add(1)
+		}
+		log.Warn("bad chunk path", "path", ci.Path, "err", err, "removed", removed)
+		s.call(ci, err, removed)
 		return nil
 	})
 	if werr := g.Wait(); err == nil {

@@ -71,6 +71,7 @@ var (
 	_ FrameStore      = (*Retry)(nil)
 	_ BatchHaser      = (*Retry)(nil)
 	_ Syncer          = (*Retry)(nil)
+	_ Committer       = (*Retry)(nil)
 )
 
 // NewRetry returns s with its calls retried as opts say.

@@ -108,6 +108,26 @@ func Sync(ctx context.Context, s Store) error {
 	return nil
 }
 
+// Committer is a store that publishes the chunks written to it only when
+// told which chunks an image needs, in the index's order: a registry
+// repository (chunkstore/registry), which packs them and writes their
+// chunk map. Commit returns the store URL that a reader of that image
+// should open (the repository with its map pinned). Decorators pass it
+// on; a failover list cannot, so a Committer is written alone.
+type Committer interface {
+	Commit(ctx context.Context, ids []casync.ChunkID) (string, error)
+}
+
+// Commit commits ids to s if s is a Committer and returns the URL it
+// gives; for any other store, whose chunks are readable as soon as they
+// are stored, it does nothing and returns "".
+func Commit(ctx context.Context, s Store, ids []casync.ChunkID) (string, error) {
+	if c, ok := s.(Committer); ok {
+		return c.Commit(ctx, ids)
+	}
+	return "", nil
+}
+
 // GetFrame returns the chunk frame of id from s: as stored if s is a
 // FrameStore, else compressed here from GetChunk.
 func GetFrame(ctx context.Context, s Store, id casync.ChunkID) ([]byte, error) {
@@ -168,6 +188,11 @@ func (f forward) Local() bool { return IsLocal(f.s) }
 
 // Sync syncs the wrapped store if it is a Syncer.
 func (f forward) Sync(ctx context.Context) error { return Sync(ctx, f.s) }
+
+// Commit commits ids to the wrapped store if it is a Committer.
+func (f forward) Commit(ctx context.Context, ids []casync.ChunkID) (string, error) {
+	return Commit(ctx, f.s, ids)
+}
 
 // Close closes the wrapped store.
 func (f forward) Close() error { return f.s.Close() }

@@ -2,8 +2,10 @@ package chunkstore_test
 
 import (
 	"context"
+	"net"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/storetest"
@@ -29,6 +31,28 @@ func serve(t testing.TB, store chunkstore.Store, hopts chunkstore.HandlerOptions
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, srv
+}
+
+// serveReal runs chunkstore.Serve, the server `chunkstore serve --http`
+// runs, on a loopback port and returns its base URL.
+func serveReal(t testing.TB, store chunkstore.Store, opts chunkstore.ServerOptions) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- chunkstore.Serve(ctx, ln, store, opts) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("server did not stop within 10 s")
+		}
+	})
+	return "http://" + ln.Addr().String()
 }
 
 func TestConformance(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 
 // Location is a parsed store URL.
 type Location struct {
-	// Scheme is "file", "http", "https" or "ssh".
+	// Scheme is "file", "http", "https", "ssh" or "oci".
 	Scheme string
 	// Path is the store directory: a cleaned local path for "file", the
 	// absolute remote path for "ssh". For http and https it is the URL's
@@ -22,14 +22,15 @@ type Location struct {
 	Host string
 	// Port is the port, if given.
 	Port string
-	// URL is the http or https base URL, without a trailing slash.
+	// URL is the http or https base URL, without a trailing slash, or
+	// the whole oci:// URL (package chunkstore/registry parses the rest).
 	URL string
 }
 
 // String returns the location as a URL.
 func (l Location) String() string {
 	switch l.Scheme {
-	case "http", "https":
+	case "http", "https", "oci":
 		return l.URL
 	case "ssh":
 		u := url.URL{Scheme: "ssh", Host: hostPort(l.Host, l.Port), Path: l.Path}
@@ -55,7 +56,7 @@ func hostPort(host, port string) string {
 	return host
 }
 
-const urlForms = "want a path, file:///path, http://host[:port]/[path], https://… or ssh://[user@]host[:port]/path"
+const urlForms = "want a path, file:///path, http://host[:port]/[path], https://…, ssh://[user@]host[:port]/path or oci://host[:port]/repository"
 
 // ParseURL parses one store URL:
 //
@@ -63,6 +64,7 @@ const urlForms = "want a path, file:///path, http://host[:port]/[path], https://
 //	file:///var/lib/store     a local directory
 //	http://host:8080/, https://host/store
 //	ssh://[user@]host[:port]/abs/path
+//	oci://host[:port]/repository      a registry repository (chunkstore/registry)
 //
 // An scp-like "host:path" is refused with a hint, rather than taken for a
 // local directory with a colon in its name.
@@ -88,6 +90,14 @@ func ParseURL(s string) (Location, error) {
 	}
 	switch strings.ToLower(scheme) {
 	case "file", "http", "https", "ssh":
+	case "oci":
+		// A registry repository: package chunkstore/registry checks the
+		// rest when it opens the store.
+		u, err := url.Parse(s)
+		if err != nil || u.Hostname() == "" || u.User != nil || strings.Trim(u.Path, "/") == "" || checkPort(u.Port()) != nil {
+			return bad("want oci://host[:port]/repository")
+		}
+		return Location{Scheme: "oci", Host: u.Hostname(), Port: u.Port(), Path: u.Path, URL: "oci://" + rest}, nil
 	default:
 		return bad("unknown scheme %q (%s)", scheme, urlForms)
 	}

@@ -3,6 +3,7 @@ package mkimage
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -117,8 +118,9 @@ type BootImageOptions struct {
 	// file "boot" next to the running executable.
 	BootBinary string
 	// RuntimeStore is the store URL list boot reads at run time
-	// (--runtime-store); "" means the store Convert wrote to, as
-	// Summary.Store names it.
+	// (--runtime-store); "" means the store URL Convert's commit gave
+	// (Summary.RuntimeStore: an oci:// store with its chunk map pinned),
+	// else the store Convert wrote to, as Summary.Store names it.
 	RuntimeStore string
 	// Tags name the image loaded into Docker (TARGET).
 	Tags []string
@@ -182,7 +184,7 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 	}
 	store := bo.RuntimeStore
 	if store == "" {
-		store = sum.Store
+		store = cmp.Or(sum.RuntimeStore, sum.Store)
 	}
 	if local := localStores(store); len(local) > 0 && bo.Log != nil {
 		bo.Log.Warn("the boot image reads chunks from a directory of this host: mount it into its containers at that path (docker run -v), or give --runtime-store a URL they can reach",

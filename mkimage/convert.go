@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
@@ -41,6 +42,12 @@ type Options struct {
 	// TempDir holds the payload spill file of a tar source (default
 	// os.TempDir()).
 	TempDir string
+	// TempMax bounds that spill file (--tmp-max): the sum of the sizes of
+	// the tar's regular files, a sparse one counted at its full size,
+	// whose holes take no disk. Zero means the free space of TempDir's
+	// file system when the conversion starts; a negative value means no
+	// limit.
+	TempMax int64
 	// Log receives progress and warnings; nil discards them.
 	Log *slog.Logger
 	// Pull pulls a missing image SOURCE (--pull).
@@ -87,6 +94,9 @@ type Summary struct {
 	Store      string  `json:"store,omitempty"`
 	IndexOut   string  `json:"index,omitempty"`
 	TOCDigest  string  `json:"toc_digest"`
+	// RuntimeStore is the store URL a boot image reads, when the store
+	// gave one on commit (an oci:// store pins its chunk map).
+	RuntimeStore string `json:"runtime_store,omitempty"`
 
 	// Index and TOC are the results themselves.
 	Index *casync.Index `json:"-"`
@@ -147,6 +157,14 @@ func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	var tempMax int64
+	if src.Kind != "dir" { // only a tar stream spills
+		var err error
+		if tempMax, err = spillLimit(opts); err != nil {
+			return nil, err
+		}
+	}
+
 	// Stage 1: the encoder writes the catar into a pipe (and the optional
 	// catar file), and reports every entry to the TOC builder.
 	tocb := casync.NewTOCBuilder()
@@ -162,11 +180,15 @@ func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts 
 		err := src.encode(ctx, bw, &casync.EncodeOptions{
 			OnEntry: tocb.Add,
 			TempDir: opts.TempDir,
+			TempMax: tempMax,
 			Log:     log,
 			Digest:  opts.Digest,
 		})
 		if err == nil {
 			err = bw.Flush()
+		}
+		if errors.Is(err, casync.ErrTempMax) {
+			err = fmt.Errorf("%w (the contents of a tar source wait in a temporary file in %s until the tar is read: raise --tmp-max, or give --tmpdir a file system with more room)", err, tempDirName(opts))
 		}
 		pw.CloseWithError(err)
 		encodeDone <- err
@@ -240,10 +262,16 @@ func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts 
 	if err := firstError(upErr, encErr, splitErr); err != nil {
 		return nil, err
 	}
+	var runtimeStore string
 	if store != nil {
 		if err := chunkstore.Sync(ctx, store); err != nil {
 			return nil, err
 		}
+		rs, err := commitStore(ctx, store, idx)
+		if err != nil {
+			return nil, err
+		}
+		runtimeStore = rs
 	}
 
 	toc, err := tocb.TOC(archiveSize.Load(), casync.CatarFeatureFlags(opts.Digest))
@@ -275,6 +303,7 @@ func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts 
 		Store:        storeName(store),
 		IndexOut:     opts.IndexOut,
 		TOCDigest:    toc.Digest(),
+		RuntimeStore: runtimeStore,
 		Index:        idx,
 		TOC:          toc,
 	}
@@ -294,6 +323,28 @@ func Convert(ctx context.Context, src Source, store chunkstore.WriteStore, opts 
 // firstError returns the first error that is not a mere consequence of
 // another stage stopping: a pipe closed or a context cancelled because a
 // sibling failed.
+// spillLimit is the TempMax that EncodeTar gets for opts.
+func spillLimit(opts Options) (int64, error) {
+	switch {
+	case opts.TempMax > 0:
+		return opts.TempMax, nil
+	case opts.TempMax < 0:
+		return 0, nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(tempDirName(opts), &st); err != nil {
+		return 0, fmt.Errorf("temporary directory %s: %w (set --tmpdir)", tempDirName(opts), err)
+	}
+	return max(int64(st.Bavail)*st.Bsize, 1), nil
+}
+
+func tempDirName(opts Options) string {
+	if opts.TempDir != "" {
+		return opts.TempDir
+	}
+	return os.TempDir()
+}
+
 func firstError(errs ...error) error {
 	var fallback error
 	for _, err := range errs {

@@ -12,8 +12,8 @@
 //     (lookup, getattr, readdir, readlink, xattrs) is answered from the TOC
 //     in memory, never from the network; file reads go through a Reader.
 //   - Image (OpenImage) is an index opened with its TOC and Reader over
-//     the store its Opener opens, with its Stats; PrefetchList and Image.FillCache fetch ahead
-//     of the reads.
+//     the store its Opener opens, with its Stats; PrefetchList and
+//     Image.FillCache fetch ahead of the reads.
 //   - Recorder lists the files a workload read, for mkimage --prefetch.
 //   - RunMount is `boot mount`: open the image, mount, serve until the
 //     context ends, unmount.
@@ -24,7 +24,7 @@
 //
 // lazyfs ships inside every converted image, in boot. It depends on
 // casync, chunkstore (with chunkstore/opener's Opened, the store it is
-// handed) and internal/atomicfile only; it never sees store URLs,
-// credentials or the environment, and must never import
+// handed), internal/atomicfile and internal/inputfile only; it never sees
+// store URLs, credentials or the environment, and must never import
 // boot (which imports it), mkimage, desync or the Docker client.
 package lazyfs

@@ -1,12 +1,14 @@
 // Package opener is the one place that turns a store spec (a store URL,
 // or a comma-separated failover list of them) and the credentials to
-// reach it into a chunk store: each member's backend (local, HTTP, SSH),
-// failover over the members, retry, counting and, if asked, the node
-// cache, composed once, in that order from the inside out.
+// reach it into a chunk store: each member's backend (local, HTTP, SSH,
+// OCI registry), failover over the members, retry, counting and, if
+// asked, the node cache, composed once, in that order from the inside
+// out.
 //
 // cmd/* builds the Credentials from flags and the environment; libraries
 // take the opened store and never see URLs, files of secrets or the
-// environment. It depends on chunkstore and chunkstore/sshstore.
+// environment. It depends on chunkstore, chunkstore/sshstore and
+// chunkstore/registry.
 package opener
 
 import (
@@ -17,6 +19,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/registry"
 	"github.com/bootfs/bootfs/chunkstore/sshstore"
 )
 
@@ -25,14 +28,22 @@ type Credentials struct {
 	// TokenFile holds the bearer token sent to HTTP stores (the file that
 	// chunkstore serve --write-token-file reads). Empty sends none.
 	TokenFile string
-	// CAFile is a PEM file of CA certificates trusted for https stores,
-	// besides the system's.
+	// CAFile is a PEM file of CA certificates trusted for https stores
+	// and registries, besides the system's.
 	CAFile string
 	// SSHKeys are the private keys that ssh:// stores log in with, and
 	// SSHKnownHosts the known_hosts file their host keys are checked
 	// against; empty means the files in ~/.ssh.
 	SSHKeys       []string
 	SSHKnownHosts string
+	// RegistryAuthFile is a docker config.json-format file with the
+	// credentials of oci:// stores (boot's BOOTFS_REGISTRY_AUTH,
+	// mkimage --registry-auth); empty means anonymous.
+	RegistryAuthFile string
+	// RegistryPlainHTTP allows plain HTTP to a registry that is not on a
+	// loopback address (BOOTFS_REGISTRY_PLAIN_HTTP=1,
+	// mkimage --registry-plain-http).
+	RegistryPlainHTTP bool
 }
 
 // WithSSHFromEnv returns c with the ssh keys and known_hosts file that
@@ -66,12 +77,17 @@ type Options struct {
 	Retry chunkstore.RetryOptions
 	// Cache, if set, is a directory in which chunks read are cached
 	// (chunkstore.Cache), configured by CacheOptions (whose Digest and
-	// Logger Open sets).
+	// Logger Open sets; a zero LockWait is Retry's Timeout).
 	Cache        string
 	CacheOptions chunkstore.CacheOptions
 	// SSH tunes ssh:// stores (sessions, timeouts); Open sets the keys,
 	// known_hosts, digest, trusted writes and logger.
 	SSH sshstore.ClientOptions
+	// Registry tunes oci:// stores (packs, parallel uploads, the spool
+	// directory, DeferKeepAlive for mkimage --push); Open sets the
+	// credentials, the CA file, the digest, Write, trusted writes and
+	// the logger (see RegistryOptions).
+	Registry registry.Options
 	// Logger is passed on to the stores; nil discards.
 	Logger *slog.Logger
 }
@@ -141,6 +157,9 @@ func Open(ctx context.Context, spec string, opts Options) (*Opened, error) {
 	if opts.Cache != "" {
 		co := opts.CacheOptions
 		co.Digest = opts.Digest
+		if co.LockWait <= 0 {
+			co.LockWait = opts.Retry.Timeout
+		}
 		if co.Logger == nil {
 			co.Logger = opts.Logger
 		}
@@ -162,6 +181,24 @@ func Later(spec string, opts Options) func(context.Context, casync.Digest) (*Ope
 		opts.Digest = d
 		return Open(ctx, spec, opts)
 	}
+}
+
+// RegistryOptions returns the options that Open opens an oci:// store
+// with: o.Registry with o's credentials, CA file, digest, Write (a writer
+// is trusted, as for every store) and logger. mkimage --push opens its
+// repository with them to push the boot image.
+func (o Options) RegistryOptions() registry.Options {
+	ro := o.Registry
+	ro.AuthFile = o.Credentials.RegistryAuthFile
+	ro.CAFile = o.Credentials.CAFile
+	ro.PlainHTTP = o.Credentials.RegistryPlainHTTP
+	ro.Digest = o.Digest
+	ro.Write = o.Write
+	ro.TrustWrites = o.Write
+	if ro.Logger == nil {
+		ro.Logger = o.Logger
+	}
+	return ro
 }
 
 // backends opens the backend of one location.
@@ -212,6 +249,12 @@ func (b *backends) open(ctx context.Context, loc chunkstore.Location) (chunkstor
 			so.Logger = o.Logger
 		}
 		s, err := openSSH(ctx, loc, so)
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", loc, err)
+		}
+		return s, nil
+	case "oci":
+		s, err := registry.New(ctx, loc.String(), o.RegistryOptions())
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", loc, err)
 		}

@@ -11,6 +11,10 @@
 // file for keys that read, another for keys that may also write. It
 // verifies every chunk before sending it (a corrupt chunk is answered
 // MISSING and logged, never sent) and before storing it.
+// It bounds what one client can hold: sessions per key, per connection
+// and in all, connections per key, logins in progress per address and in
+// all, and times for the login, the HELLO and an idle session, with
+// keepalives that drop a vanished peer (see ServerOptions).
 //
 // The Store is a chunkstore.FrameWriteStore client. It reads from any
 // server that runs `casync pull`, ours or a host with casync installed,

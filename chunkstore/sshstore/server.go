@@ -1,12 +1,10 @@
 package sshstore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,7 +15,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 )
 
@@ -59,22 +56,47 @@ type ServerOptions struct {
 	StorePath string
 	// MaxSessions bounds the protocol sessions served at once over all
 	// connections; a client opening more is refused with "resource
-	// shortage". Default 64.
+	// shortage". Default 64. Flag: --ssh-max-sessions.
 	MaxSessions int
-	// MaxConns bounds concurrent connections, authenticated or not;
-	// more are closed at once. Default 256.
+	// MaxKeySessions bounds the sessions of one key, over all its
+	// connections, so that one key cannot take every session. Default
+	// half of MaxSessions. Flag: --ssh-max-key-sessions.
+	MaxKeySessions int
+	// MaxConnSessions bounds the sessions of one connection. Default 8.
+	// Flag: --ssh-max-conn-sessions.
+	MaxConnSessions int
+	// MaxConns bounds concurrent connections, logged in or not; more are
+	// closed at once. Default 256. Flag: --ssh-max-conns.
 	MaxConns int
-	// HandshakeTimeout bounds the SSH handshake and authentication.
-	// Default 30s.
+	// MaxKeyConns bounds the logged-in connections of one key; more are
+	// closed once they log in. Default half of MaxConns. Flag:
+	// --ssh-max-key-conns.
+	MaxKeyConns int
+	// MaxUnauth bounds the connections that have not logged in yet. When
+	// that many are open, a new connection closes the oldest of them from
+	// the address that has the most.
+	// Default 64. Flag: --ssh-max-unauth.
+	MaxUnauth int
+	// MaxUnauthPerSource bounds the connections from one address that
+	// have not logged in yet; more are closed at once. Default 8. Flag:
+	// --ssh-max-unauth-per-source.
+	MaxUnauthPerSource int
+	// HandshakeTimeout bounds the SSH handshake and authentication, and
+	// then the time from opening a session to the client's HELLO.
+	// Default 10s. Flag: --ssh-handshake-timeout.
 	HandshakeTimeout time.Duration
+	// IdleTimeout ends a session in which no byte moved either way for
+	// that long (after its HELLO; before it, HandshakeTimeout holds).
+	// Default 10m; negative: never. Flag: --ssh-idle-timeout.
+	IdleTimeout time.Duration
+	// KeepaliveInterval is how often the server asks a logged-in client
+	// for a reply; after three unanswered in a row it drops the
+	// connection. Default 30s; negative: never. Flag: --ssh-keepalive.
+	KeepaliveInterval time.Duration
 	// Logger receives one debug line per chunk request and the errors of
 	// connections and sessions. Nil discards.
 	Logger *slog.Logger
 }
-
-// lookahead is how many chunk look-ups a session runs ahead of the one it
-// is sending. Responses still go out in request order.
-const lookahead = 4
 
 // Server serves a chunk store over SSH to casync, desync and Store clients.
 // It authenticates with public keys only and runs nothing but casync's
@@ -84,8 +106,9 @@ const lookahead = 4
 // COMPRESSED, as casync sends them and desync expects), taken as stored
 // from a chunkstore.FrameStore or compressed from GetChunk. Only chunks
 // the store verified are sent; a corrupt one is answered MISSING and
-// logged. Requests are answered in the order they arrive (casync would
-// answer high-priority requests first; every client sends only those).
+// logged. High-priority requests are answered first, each priority in
+// the order it arrived, as casync's own server does; the client's GOODBYE
+// or EOF ends the session at once (see serveChunks).
 //
 // Writing (`casync push`, for keys in WriteAuthorizedKeysFile): as
 // casync's remote does, the server takes the index a client pushes,
@@ -105,16 +128,16 @@ const lookahead = 4
 // A key that may not write may run queries, and only those: its other
 // push sessions end with an ABORT that says why.
 type Server struct {
-	store    chunkstore.Store
-	wstore   chunkstore.WriteStore // nil: read-only
-	indexes  *os.Root              // nil: no index pushes
-	opts     ServerOptions
-	config   *ssh.ServerConfig
-	log      *slog.Logger
-	sessions chan struct{}
-	conns    chan struct{}
-	ctx      context.Context
-	cancel   context.CancelFunc
+	store   chunkstore.Store
+	wstore  chunkstore.WriteStore // nil: read-only
+	indexes *os.Root              // nil: no index pushes
+	opts    ServerOptions
+	config  *ssh.ServerConfig
+	log     *slog.Logger
+	limits  *limits
+	conns   chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
 
 	mu        sync.Mutex
 	closed    bool
@@ -132,15 +155,7 @@ func NewServer(store chunkstore.Store, opts ServerOptions) (*Server, error) {
 	if opts.AuthorizedKeysFile == "" {
 		return nil, errors.New("sshstore: server needs an authorized_keys file (--authorized-keys)")
 	}
-	if opts.MaxSessions <= 0 {
-		opts.MaxSessions = 64
-	}
-	if opts.MaxConns <= 0 {
-		opts.MaxConns = 256
-	}
-	if opts.HandshakeTimeout <= 0 {
-		opts.HandshakeTimeout = 30 * time.Second
-	}
+	opts = opts.withDefaults()
 	if opts.StorePath != "" {
 		opts.StorePath = path.Clean(opts.StorePath)
 	}
@@ -204,7 +219,7 @@ func NewServer(store chunkstore.Store, opts ServerOptions) (*Server, error) {
 		opts:      opts,
 		config:    config,
 		log:       logger,
-		sessions:  make(chan struct{}, opts.MaxSessions),
+		limits:    newLimits(opts),
 		conns:     make(chan struct{}, opts.MaxConns),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -292,7 +307,19 @@ func (s *Server) Serve(l net.Listener) error {
 			c.Close()
 			continue
 		}
+		ok, evict := s.limits.admit(c)
+		if !ok {
+			s.log.Warn("ssh connection refused: too many connections not logged in from its address", "remote", c.RemoteAddr(), "max", s.opts.MaxUnauthPerSource)
+			<-s.conns
+			c.Close()
+			continue
+		}
+		if evict != nil {
+			s.log.Warn("ssh connection dropped before login: too many connections not logged in", "remote", evict.RemoteAddr(), "max", s.opts.MaxUnauth)
+			evict.Close()
+		}
 		if !s.track(c) {
+			s.limits.loggedIn(c)
 			<-s.conns
 			c.Close()
 			return ErrServerClosed
@@ -356,66 +383,95 @@ func (s *Server) handleConn(c net.Conn) {
 	log := s.log.With("remote", c.RemoteAddr().String())
 	c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(c, s.config)
+	s.limits.loggedIn(c)
 	if err != nil {
 		log.Info("ssh handshake failed", "err", err)
 		return
 	}
 	c.SetDeadline(time.Time{})
 	defer sc.Close()
-	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions["key"])
+	key := sc.Permissions.Extensions["key"]
+	log = log.With("user", sc.User(), "key", key)
+	if err := s.limits.addKeyConn(key); err != nil {
+		log.Warn("ssh connection refused", "err", err)
+		return
+	}
+	defer s.limits.dropKeyConn(key)
 	writer := sc.Permissions.Extensions["write"] == "yes"
 	log.Debug("ssh connection")
 	go ssh.DiscardRequests(reqs)
+	done := make(chan struct{})
+	defer close(done)
+	go s.keepalive(sc, c, done, log)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	sessions := 0 // of this connection, counted by s.limits
 	for nc := range chans {
 		if nc.ChannelType() != "session" {
 			nc.Reject(ssh.UnknownChannelType, "only session channels are served")
 			continue
 		}
-		select {
-		case s.sessions <- struct{}{}:
-		default:
-			log.Warn("ssh session refused: too many sessions", "max", s.opts.MaxSessions)
-			nc.Reject(ssh.ResourceShortage, fmt.Sprintf("too many sessions (limit %d)", s.opts.MaxSessions))
+		if err := s.limits.addSession(key, &sessions); err != nil {
+			log.Warn("ssh session refused", "err", err)
+			nc.Reject(ssh.ResourceShortage, err.Error())
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.sessions }()
-			s.handleSession(nc, writer, log)
+			defer s.limits.dropSession(key, &sessions)
+			s.handleSession(nc, c, writer, log)
 		}()
 	}
 }
 
-// handleSession answers the requests of one session channel: the first
-// exec (or shell) runs, everything else is declined. writer says whether
-// the connection's key may store chunks.
-func (s *Server) handleSession(nc ssh.NewChannel, writer bool, log *slog.Logger) {
+// handleSession answers the requests of one session channel on connection
+// c: the first exec (or shell) runs, everything else is declined. writer
+// says whether the connection's key may store chunks.
+//
+// The session ends when the command is done (a pull is done when the
+// client's requests end; see serveChunks), when the client says it reads
+// no more (eow@openssh.com, which OpenSSH sends only to servers that say
+// they are OpenSSH), or when it is idle too long (see
+// serverSession.idleFor). A client that does not close an ended session
+// within closeGrace loses its connection, which frees a command stuck
+// writing to it.
+func (s *Server) handleSession(nc ssh.NewChannel, c net.Conn, writer bool, log *slog.Logger) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		log.Info("ssh session accept", "err", err)
 		return
 	}
 	defer ch.Close()
+	sess := newServerSession(ch)
 	// reqs ends when the client closes the channel or the connection
 	// drops; that cancels whatever the command is waiting for.
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	defer cancel(nil)
+	ended := sess.ended
 	done := make(chan struct{})
-	finished := done // nil once the command has finished
 	started := false
+	idle := time.NewTimer(s.opts.HandshakeTimeout)
+	defer idle.Stop()
+	over := false              // the session has ended
+	var grace <-chan time.Time // runs once it has
 	for {
 		select {
 		case req, ok := <-reqs:
 			if !ok {
-				cancel()
+				cancel(errClientGone)
 				if started {
 					<-done
 				}
 				return
+			}
+			sess.touch()
+			if req.Type == "eow@openssh.com" {
+				log.Debug("ssh session: the client reads no more; ending it")
+				cancel(errClientGone)
+				sess.end(0)
+				continue
 			}
 			run := (req.Type == "exec" || req.Type == "shell") && !started
 			if req.WantReply {
@@ -436,21 +492,38 @@ func (s *Server) handleSession(nc ssh.NewChannel, writer bool, log *slog.Logger)
 			}
 			go func() {
 				defer close(done)
-				status := s.runCommand(ctx, ch, cmd, writer, log)
-				ch.CloseWrite()
-				ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
-				ch.Close()
+				status := s.runCommand(ctx, sess, cmd, writer, log)
+				ch.CloseWrite() // here, never while the command writes
+				sess.end(status)
 			}()
-		case <-finished:
+		case <-idle.C:
+			if over {
+				continue
+			}
+			since, limit := sess.idleFor(s.opts)
+			if since < limit {
+				idle.Reset(limit - since)
+				continue
+			}
+			// Nothing goes to the client's stderr: it may not be reading.
+			log.Info("ssh session closed: idle", "for", since.Round(time.Millisecond), "limit", limit, "hello", sess.read.Load() >= helloSize)
+			cancel(errIdle)
+			sess.end(1)
+		case <-ended:
 			// Drain what the client still sends until it closes too;
-			// ch.Close above makes reqs end.
-			finished = nil
+			// ch.Close in end makes reqs end.
+			ended, over = nil, true
+			grace = time.After(closeGrace)
+		case <-grace:
+			log.Info("ssh connection dropped: the client did not close an ended session", "grace", closeGrace)
+			c.Close()
+			grace = nil
 		}
 	}
 }
 
 // runCommand runs cmd on ch and returns its exit status.
-func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, writer bool, log *slog.Logger) uint32 {
+func (s *Server) runCommand(ctx context.Context, ch *serverSession, cmd string, writer bool, log *slog.Logger) uint32 {
 	fail := func(err error) uint32 {
 		log.Info("ssh command refused", "command", cmd, "err", err)
 		fmt.Fprintf(ch.Stderr(), "%v\n", err)
@@ -500,166 +573,17 @@ func (s *Server) runCommand(ctx context.Context, ch ssh.Channel, cmd string, wri
 		serve = func() error { return s.servePush(ctx, ch, ix, refuse, log) }
 	}
 	log.Debug("casync " + rc.verb + " session")
-	if err := serve(); err != nil {
+	err = serve()
+	if errors.Is(err, errClientGone) {
+		// As casync's own server, let a client that pulls go when it
+		// likes: what it did not read it did not need.
+		log.Debug("casync "+rc.verb+" session ended by the client", "why", err)
+		return 0
+	}
+	if err != nil {
 		log.Info("casync "+rc.verb+" session failed", "err", err)
 		fmt.Fprintf(ch.Stderr(), "casync %s: %v\n", rc.verb, err)
 		return 1
 	}
 	return 0
-}
-
-// job is one chunk request, looked up ahead of its turn to be sent.
-type job struct {
-	id    casync.ChunkID
-	done  chan struct{}
-	frame []byte // nil: missing
-	err   error  // store failure other than a missing or corrupt chunk
-}
-
-// serveChunks speaks the serving side of casync's protocol on rw until the
-// client says GOODBYE or closes its end.
-func (s *Server) serveChunks(ctx context.Context, rw io.ReadWriter, log *slog.Logger) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	br := bufio.NewReaderSize(rw, 64<<10)
-	bw := bufio.NewWriterSize(rw, 64<<10)
-	abort := func(errno uint64, err error) error {
-		bw.Write(appendAbort(nil, errno, err.Error()))
-		bw.Flush()
-		return err
-	}
-
-	// Both sides send HELLO at once, as casync does.
-	bw.Write(appendHello(nil, featReadableStore))
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("send HELLO: %w", err)
-	}
-	hello, err := readMessage(br)
-	if err != nil {
-		if err == io.EOF {
-			return fmt.Errorf("%w: client closed before HELLO", ErrProtocol)
-		}
-		return abort(errnoEBADMSG, fmt.Errorf("read HELLO: %w", err))
-	}
-	if hello.typ != msgHello {
-		return abort(errnoEBADMSG, fmt.Errorf("%w: got %s before HELLO", ErrProtocol, typeName(hello.typ)))
-	}
-	if unsupported := hello.flags & featOperations &^ featPullChunks; unsupported != 0 {
-		return abort(errnoEBADE, fmt.Errorf("%w: client asks for operations %#x; this server only serves chunks (%#x)", ErrProtocol, unsupported, featPullChunks))
-	}
-	if hello.flags&featPullChunks == 0 {
-		return abort(errnoEBADE, fmt.Errorf("%w: client HELLO %#x asks for nothing this server does", ErrProtocol, hello.flags))
-	}
-
-	order := make(chan *job, lookahead)
-	readErr := make(chan error, 1)
-	go func() {
-		readErr <- s.readRequests(ctx, br, order, log)
-		close(order)
-	}()
-
-	var hdr []byte
-	for j := range order {
-		select {
-		case <-j.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		switch {
-		case j.err != nil:
-			return abort(errnoEIO, fmt.Errorf("chunk %s: %w", j.id, j.err))
-		case j.frame == nil:
-			hdr = appendMissing(hdr[:0], j.id)
-			bw.Write(hdr)
-		default:
-			hdr = appendChunkHeader(hdr[:0], chunkCompressed, j.id, len(j.frame))
-			bw.Write(hdr)
-			bw.Write(j.frame)
-		}
-		if len(order) == 0 {
-			if err := bw.Flush(); err != nil {
-				return fmt.Errorf("send: %w", err)
-			}
-		}
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	err = <-readErr
-	if errors.Is(err, ErrProtocol) {
-		return abort(errnoEBADMSG, err)
-	}
-	return err
-}
-
-// readRequests reads the client's messages and queues a job per requested
-// chunk on order, starting its look-up at once. It returns nil at the end
-// of the client's stream or on GOODBYE.
-func (s *Server) readRequests(ctx context.Context, br *bufio.Reader, order chan<- *job, log *slog.Logger) error {
-	for {
-		m, err := readMessage(br)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			if errors.Is(err, ErrProtocol) {
-				return err
-			}
-			return fmt.Errorf("read request: %w", err)
-		}
-		switch m.typ {
-		case msgRequest:
-			for _, id := range m.ids {
-				j := &job{id: id, done: make(chan struct{})}
-				select {
-				case order <- j:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-				go s.lookup(ctx, j, log)
-			}
-		case msgGoodbye:
-			return nil
-		case msgAbort:
-			return fmt.Errorf("client aborted (errno %d): %s", m.errno, m.reason)
-		default:
-			return fmt.Errorf("%w: unexpected %s from a pulling client", ErrProtocol, typeName(m.typ))
-		}
-	}
-}
-
-// lookup fetches and checks the frame for j. A missing or corrupt chunk
-// leaves j.frame nil, to be answered with MISSING; a corrupt one is logged.
-func (s *Server) lookup(ctx context.Context, j *job, log *slog.Logger) {
-	defer close(j.done)
-	start := time.Now()
-	frame, err := s.frame(ctx, j.id)
-	var sum *casync.ChecksumError
-	switch {
-	case err == nil:
-		j.frame = frame
-		log.Debug("chunk request", "id", j.id, "result", "sent", "bytes", len(frame), "took", time.Since(start))
-	case errors.Is(err, chunkstore.ErrNotFound):
-		log.Debug("chunk request", "id", j.id, "result", "missing", "took", time.Since(start))
-	case errors.As(err, &sum) || errors.Is(err, casync.ErrFormat):
-		log.Warn("chunk request: corrupt chunk in store, answered MISSING", "id", j.id, "err", err)
-	default:
-		j.err = err
-		log.Warn("chunk request", "id", j.id, "result", "error", "err", err)
-	}
-}
-
-// frame returns the compressed frame of id. Both paths return verified
-// chunks only, by the chunkstore contracts: a FrameStore's GetFrame checks
-// the frame, and GetChunk returns verified data or an error wrapping
-// *casync.ChecksumError.
-func (s *Server) frame(ctx context.Context, id casync.ChunkID) ([]byte, error) {
-	if fs, ok := s.store.(chunkstore.FrameStore); ok {
-		return fs.GetFrame(ctx, id)
-	}
-	data, err := s.store.GetChunk(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return casync.CompressChunk(nil, data), nil
 }

@@ -3,7 +3,7 @@
 //
 //	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
 //	boot exec -- CMD [ARG...]   (docker exec CONTAINER /.bootfs/boot exec -- CMD)
-//	boot mount [--store URL] [--cache DIR] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
+//	boot mount [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
 // boot. Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -24,7 +24,9 @@ import (
 
 	"github.com/bootfs/bootfs/boot"
 	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore/opener"
+	"github.com/bootfs/bootfs/chunkstore/registry"
 )
 
 // memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
@@ -69,14 +71,15 @@ commands:
           signals, exit with its status; configured by BOOTFS_STORE,
           BOOTFS_CACHE, BOOTFS_UPPER, BOOTFS_LOG=debug, BOOTFS_STATS=FILE,
           BOOTFS_RECORD=FILE, BOOTFS_BACKGROUND=1, BOOTFS_USER,
-          BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS and
+          BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS,
+          BOOTFS_REGISTRY_AUTH, BOOTFS_REGISTRY_PLAIN_HTTP and
           BOOTFS_TIMEOUT (see below)
   exec -- CMD [ARG...]
           run CMD inside the workload of a running converted image:
           docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD; CMD gets
           the workload's root, mount and PID namespaces, user, groups,
           environment and working directory; exits with CMD's status
-  mount   [--store URL] [--cache DIR] [--toc FILE] [--stats FILE]
+  mount   [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE]
           [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
           lazily, until interrupted (SIGINT or SIGTERM); SIGUSR1 writes stats
@@ -91,6 +94,8 @@ a mounted volume:
                              image's)
   BOOTFS_CACHE=DIR|none      chunk cache (default /.bootfs/cache: mount the
                              node's cache volume there)
+  BOOTFS_CACHE_MAX=SIZE      cap the cache (such as 2g), across every container
+                             sharing it; least recently used chunks go first
   BOOTFS_UPPER=DIR           the overlay's writable layer (default a tmpfs)
   BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
   BOOTFS_RECORD=FILE         the image files the workload read, one absolute
@@ -100,7 +105,11 @@ a mounted volume:
   BOOTFS_BACKGROUND=1        fetch the rest of the image into the cache
                              once the workload runs
   BOOTFS_USER=USER[:GROUP]   run the workload as this user of the image
-  BOOTFS_CA_FILE=FILE        PEM CA certificates for https:// stores
+  BOOTFS_CA_FILE=FILE        PEM CA certificates for https:// and oci:// stores
+  BOOTFS_REGISTRY_AUTH=FILE  docker config.json-format file with the
+                             credentials of oci:// stores (registries)
+  BOOTFS_REGISTRY_PLAIN_HTTP=1  allow plain HTTP to a registry that is
+                             not on a loopback address
   BOOTFS_SSH_KEY=FILE[,...]  private keys for ssh:// stores
   BOOTFS_SSH_KNOWN_HOSTS=FILE  the ssh store's host key
   BOOTFS_TIMEOUT=DURATION    bound on each chunk fetch (default 30s)
@@ -174,13 +183,17 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 		store    string
 		open     opener.Options
 		logLevel string
+		cacheMax string
 	)
-	fs.StringVar(&store, "store", "", "chunk store `URL`: a path, file://, http(s):// or ssh://; a comma-separated list fails over in order (required)")
+	fs.StringVar(&store, "store", "", "chunk store `URL`: a path, file://, http(s)://, ssh:// or oci://host[:port]/repository; a comma-separated list fails over in order (required)")
 	fs.StringVar(&open.Cache, "cache", "", "cache chunks in `DIR`, shared with other boot processes")
+	fs.StringVar(&cacheMax, "cache-max", "", "cap --cache at `SIZE` (bytes, or with a k, m or g suffix), least recently used chunks evicted, across every process sharing it")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
-	fs.StringVar(&open.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
+	fs.StringVar(&open.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// and oci:// stores, besides the system's")
+	fs.StringVar(&open.Credentials.RegistryAuthFile, "registry-auth", "", "docker config.json-format `FILE` with the credentials of oci:// stores")
+	fs.BoolVar(&open.Credentials.RegistryPlainHTTP, "registry-plain-http", false, "allow plain HTTP to a registry that is not on a loopback address")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&opts.FS.AllowSuidDev, "suid", false, "honour setuid bits and device nodes (mount without nosuid,nodev)")
 	if err := fs.Parse(args); err != nil {
@@ -199,6 +212,16 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if strings.TrimSpace(store) == "" {
 		return bad("--store is required: the chunk store the index's chunks were written to")
+	}
+	if cacheMax != "" {
+		n, err := casync.ParseSize(cacheMax)
+		if err != nil || n > 1<<62 {
+			return bad("bad --cache-max %q: want a size in bytes, optionally with a k, m or g suffix, such as 2g", cacheMax)
+		}
+		if open.Cache == "" {
+			return bad("--cache-max needs --cache: the directory to cap")
+		}
+		open.CacheOptions.MaxBytes = int64(n)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
@@ -280,10 +303,34 @@ func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.
 		// docker run -w: the boot image has no WORKDIR of its own.
 		opts.WorkingDir = wd
 	}
+	if opts.Credentials, err = registryFromEnv(os.Getenv, opts.Credentials, caller); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	code, err := boot.Init(ctx, argv, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	return code
+}
+
+// registryFromEnv returns c with the credentials of oci:// stores from
+// BOOTFS_REGISTRY_AUTH and BOOTFS_REGISTRY_PLAIN_HTTP (c's CAFile, the
+// one BOOTFS_CA_FILE named, is the registry's too). Started setuid, boot
+// refuses the credentials file: it would read it with root's rights, for
+// a registry the caller may choose.
+func registryFromEnv(getenv func(string) string, c opener.Credentials, caller *boot.Caller) (opener.Credentials, error) {
+	c.RegistryAuthFile = getenv(registry.EnvAuth)
+	switch v := getenv(registry.EnvPlainHTTP); v {
+	case "", "0", "false":
+	case "1", "true":
+		c.RegistryPlainHTTP = true
+	default:
+		return c, fmt.Errorf("boot: %s=%q: want 1 or 0", registry.EnvPlainHTTP, v)
+	}
+	if c.RegistryAuthFile != "" && caller != nil {
+		return c, fmt.Errorf("%w (uid %d, docker run --user): %s is not allowed then: boot would read it as root; run as root with BOOTFS_USER instead of --user", boot.ErrSetuid, caller.UID, registry.EnvAuth)
+	}
+	return c, nil
 }

@@ -65,6 +65,8 @@ func TestRunUsage(t *testing.T) {
 		{name: "mount bad log level", args: []string{"mount", "--store", "/x", "--log-level", "loud", "a", "b"}, wantCode: 2, wantErr: "bad --log-level"},
 		{name: "mount missing index", args: []string{"mount", "--store", "/x", "/nonexistent.caidx", "/mnt"}, wantCode: 1, wantErr: "open index"},
 		{name: "mount help", args: []string{"mount", "-h"}, wantCode: 0, wantErr: "usage: boot mount"},
+		{name: "mount bad cache max", args: []string{"mount", "--store", "/x", "--cache", "/c", "--cache-max", "lots", "a", "b"}, wantCode: 2, wantErr: "bad --cache-max"},
+		{name: "mount cache max without cache", args: []string{"mount", "--store", "/x", "--cache-max", "1g", "a", "b"}, wantCode: 2, wantErr: "--cache-max needs --cache"},
 		{name: "mount help names --record and --ca-file", args: []string{"mount", "-h"}, wantCode: 0, wantErr: "-ca-file FILE"},
 		{name: "exec without command", args: []string{"exec", "--"}, wantCode: 2, wantErr: "usage: boot exec -- CMD"},
 		{name: "exec outside a container", args: []string{"exec", "--", "true"}, wantCode: 126, wantErr: "boot exec: cannot enter the workload"},

@@ -1,9 +1,10 @@
 // Command chunkstore serves, verifies and prunes a casync chunk store.
 //
 //	chunkstore serve  --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
-//	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
+//	                  [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR] [--ssh-max-* N] [--ssh-*-timeout D]]
 //	chunkstore verify --dir DIR [--repair]
 //	chunkstore prune  --dir DIR [--yes] INDEX...
+//	chunkstore gc     --dir DIR --max SIZE [--yes]
 //
 // Each subcommand turns its flags into options for one call into package
 // chunkstore. Exit codes: 0 success, 1 failure (or bad chunks found by
@@ -20,8 +21,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -42,7 +45,7 @@ const usage = `usage: chunkstore COMMAND [flags]
 
 commands:
   serve   --dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F]
-          [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]
+          [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR] [--ssh-max-* N] [--ssh-*-timeout D]]
           serve the store over HTTP (GET, HEAD, PUT with the token; /metrics)
           and/or SSH (casync's protocol, as casync and desync speak it; casync
           push for the keys in --write-authorized-keys)
@@ -50,6 +53,9 @@ commands:
           check every chunk; with --repair, remove the bad ones
   prune   --dir DIR [--yes] INDEX...
           remove chunks no INDEX references (lists them only, without --yes)
+  gc      --dir DIR --max SIZE [--yes]
+          bring a node's chunk cache down to SIZE, least recently used
+          chunks first (lists them only, without --yes)
   help    show this text
 
 Run "chunkstore COMMAND -h" for the flags of a command.
@@ -71,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = verify(ctx, args[1:], stdout, stderr)
 	case "prune":
 		err = prune(ctx, args[1:], stdout, stderr)
+	case "gc":
+		err = gc(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -144,25 +152,83 @@ func parse(fs *flag.FlagSet, args []string, c *common, stderr io.Writer) (casync
 	return d, log, nil
 }
 
+// checkSSHLimits checks the --ssh-* limit flags, which only --ssh takes,
+// and turns a duration of 0 ("never") into the negative value
+// sshstore.ServerOptions takes for it. It returns what is wrong, or "".
+func checkSSHLimits(fs *flag.FlagSet, ssh bool, lim *sshstore.ServerOptions) string {
+	msg := ""
+	fs.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "ssh-") && !ssh && msg == "" {
+			msg = "--" + f.Name + " is for --ssh"
+		}
+	})
+	for name, n := range map[string]int{
+		"ssh-max-sessions": lim.MaxSessions, "ssh-max-key-sessions": lim.MaxKeySessions,
+		"ssh-max-conn-sessions": lim.MaxConnSessions, "ssh-max-conns": lim.MaxConns,
+		"ssh-max-key-conns": lim.MaxKeyConns, "ssh-max-unauth": lim.MaxUnauth,
+		"ssh-max-unauth-per-source": lim.MaxUnauthPerSource,
+	} {
+		if n < 0 && msg == "" {
+			msg = fmt.Sprintf("--%s %d: want a count of at least 1", name, n)
+		}
+	}
+	for name, d := range map[string]*time.Duration{"ssh-handshake-timeout": &lim.HandshakeTimeout, "ssh-idle-timeout": &lim.IdleTimeout, "ssh-keepalive": &lim.KeepaliveInterval} {
+		switch {
+		case *d < 0 && msg == "":
+			msg = fmt.Sprintf("--%s %v: want a positive duration", name, *d)
+		case *d == 0 && name == "ssh-handshake-timeout" && msg == "":
+			msg = "--ssh-handshake-timeout 0: a login needs some time; want a positive duration"
+		case *d == 0:
+			*d = -1 // never
+		}
+	}
+	return msg
+}
+
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var c common
 	var (
 		httpAddr, tlsCert, tlsKey, tokenFile string
 		sshAddr, hostKey, authorizedKeys     string
 		writeKeys, indexDir                  string
-		maxConcurrent                        int
+		maxConcurrent, maxPerClient          int
+		maxConns, maxConnsPerClient          int
+		rememberVerified                     int
+		putWait                              time.Duration
+		lim                                  sshstore.ServerOptions // the --ssh-* limits
 	)
+	minRate := sizeFlag(chunkstore.DefaultMinRate)
+	maxPutBytes := sizeFlag(chunkstore.DefaultMaxPutBytes)
+	maxChunkSize := sizeFlag(defaultMaxChunkSize)
 	fs := newFlags("serve", "--dir DIR [--http ADDR] [--tls-cert F --tls-key F] [--write-token-file F] [--ssh ADDR --host-key F --authorized-keys F [--write-authorized-keys F] [--index-dir DIR]]", stderr, &c)
 	fs.StringVar(&httpAddr, "http", "", "serve HTTP on `ADDR`, such as :8080")
 	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate `file`: serve HTTPS (and HTTP/2)")
 	fs.StringVar(&tlsKey, "tls-key", "", "PEM key `file` for --tls-cert")
 	fs.StringVar(&tokenFile, "write-token-file", "", "`file` holding the bearer token that PUT needs; without it the store is read-only")
-	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunk requests handled at once (default 16 per CPU)")
+	fs.IntVar(&maxConcurrent, "max-concurrent", 0, "`N` chunks read, verified or stored at once (default 16 per CPU); answers are sent without holding one")
+	fs.IntVar(&maxPerClient, "max-per-client", 0, "`N` of the --max-concurrent slots that one client address may hold (default a quarter of them)")
+	fs.Var(&minRate, "min-rate", "slowest `rate` in bytes a second at which a client may read an answer or send a PUT body; each 64 KiB piece gets 2 s plus its size at this rate (k, m suffixes)")
+	fs.IntVar(&maxConns, "max-conns", chunkstore.DefaultMaxConns, "`N` open HTTP connections; more are closed at once")
+	fs.IntVar(&maxConnsPerClient, "max-conns-per-client", chunkstore.DefaultMaxConnsPerClient, "`N` open HTTP connections from one client address")
+	fs.Var(&maxPutBytes, "max-put-bytes", "PUT body `bytes` held at once across all uploads (k, m, g suffixes)")
+	fs.DurationVar(&putWait, "put-wait", chunkstore.DefaultPutWait, "how long a PUT waits for room under --max-put-bytes before it gets 503 with Retry-After")
+	fs.Var(&maxChunkSize, "max-chunk-size", "largest chunk, in `bytes` uncompressed, that a write may store (casync's default max; raise it for images made with a larger mkimage --chunk-size max)")
+	fs.IntVar(&rememberVerified, "remember-verified", defaultRememberVerified, "`N` verified chunk files remembered (by inode, size, mtime and ctime) so that a GET does not verify one again; 0 verifies every GET")
 	fs.StringVar(&sshAddr, "ssh", "", "serve casync's protocol over SSH on `ADDR`, such as :2222")
 	fs.StringVar(&hostKey, "host-key", "", "SSH host private key `file` (for --ssh)")
 	fs.StringVar(&authorizedKeys, "authorized-keys", "", "`file` of the public keys allowed to connect (for --ssh) and read; passwords are never accepted")
 	fs.StringVar(&writeKeys, "write-authorized-keys", "", "`file` of the public keys that may also write chunks over --ssh (casync push, mkimage --store ssh://); without it the SSH store is read-only")
 	fs.StringVar(&indexDir, "index-dir", "", "`DIR` for the indexes writers push over --ssh (casync make --store=HOST:STORE HOST:INDEX); INDEX must lie inside it")
+	fs.IntVar(&lim.MaxSessions, "ssh-max-sessions", sshstore.DefaultMaxSessions, "`N` SSH sessions served at once, over all connections")
+	fs.IntVar(&lim.MaxKeySessions, "ssh-max-key-sessions", 0, "`N` SSH sessions of one key at once (default half of --ssh-max-sessions)")
+	fs.IntVar(&lim.MaxConnSessions, "ssh-max-conn-sessions", sshstore.DefaultMaxConnSessions, "`N` SSH sessions of one connection at once")
+	fs.IntVar(&lim.MaxConns, "ssh-max-conns", sshstore.DefaultMaxConns, "`N` SSH connections open at once, logged in or not")
+	fs.IntVar(&lim.MaxKeyConns, "ssh-max-key-conns", 0, "`N` logged-in SSH connections of one key (default half of --ssh-max-conns)")
+	fs.IntVar(&lim.MaxUnauth, "ssh-max-unauth", sshstore.DefaultMaxUnauth, "`N` SSH connections not logged in yet; one more closes the oldest of the address with the most")
+	fs.IntVar(&lim.MaxUnauthPerSource, "ssh-max-unauth-per-source", sshstore.DefaultMaxUnauthPerSource, "`N` SSH connections not logged in yet from one address; more are closed")
+	fs.DurationVar(&lim.HandshakeTimeout, "ssh-handshake-timeout", sshstore.DefaultHandshakeTimeout, "time for an SSH login, and from a session's start to its HELLO")
+	fs.DurationVar(&lim.IdleTimeout, "ssh-idle-timeout", sshstore.DefaultIdleTimeout, "close an SSH session in which nothing moved for this long (0: never)")
+	fs.DurationVar(&lim.KeepaliveInterval, "ssh-keepalive", sshstore.DefaultKeepaliveInterval, "ask SSH clients for a reply this often; drop one that misses 3 in a row (0: never)")
 	d, log, err := parse(fs, args, &c, stderr)
 	if err != nil {
 		return err
@@ -184,6 +250,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if sshAddr == "" && (writeKeys != "" || indexDir != "") {
 		return usageErr("--write-authorized-keys and --index-dir are for --ssh")
 	}
+	if msg := checkSSHLimits(fs, sshAddr != "", &lim); msg != "" {
+		return usageErr(msg)
+	}
 	if indexDir != "" && writeKeys == "" {
 		return usageErr("--index-dir needs --write-authorized-keys: only writers push indexes")
 	}
@@ -197,7 +266,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("write token: %w", err)
 		}
 	}
-	local, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{Digest: d, Logger: log})
+	if maxChunkSize > casync.MaxChunkSize {
+		return usageErr(fmt.Sprintf("--max-chunk-size %d is above %d, the largest chunk bootfs reads", maxChunkSize, casync.MaxChunkSize))
+	}
+	local, err := chunkstore.NewLocal(c.dir, chunkstore.LocalOptions{
+		Digest: d, Logger: log,
+		MaxChunkSize: int(maxChunkSize), RememberVerified: rememberVerified,
+	})
 	if err != nil {
 		return err
 	}
@@ -213,9 +288,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if httpAddr != "" {
 		g.Go(func() error {
 			return chunkstore.ListenAndServe(ctx, httpAddr, store, chunkstore.ServerOptions{
-				HandlerOptions: chunkstore.HandlerOptions{WriteToken: token, MaxConcurrent: maxConcurrent, Logger: log},
-				TLSCert:        tlsCert,
-				TLSKey:         tlsKey,
+				HandlerOptions: chunkstore.HandlerOptions{
+					WriteToken: token, MaxConcurrent: maxConcurrent, MaxPerClient: maxPerClient,
+					MinRate: int(minRate), MaxPutBytes: int64(maxPutBytes), PutWait: putWait, Logger: log,
+				},
+				TLSCert:           tlsCert,
+				TLSKey:            tlsKey,
+				MaxConns:          maxConns,
+				MaxConnsPerClient: maxConnsPerClient,
 			})
 		})
 	}
@@ -225,6 +305,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			AuthorizedKeysFile:      authorizedKeys,
 			WriteAuthorizedKeysFile: writeKeys,
 			IndexDir:                indexDir,
+			MaxSessions:             lim.MaxSessions,
+			MaxKeySessions:          lim.MaxKeySessions,
+			MaxConnSessions:         lim.MaxConnSessions,
+			MaxConns:                lim.MaxConns,
+			MaxKeyConns:             lim.MaxKeyConns,
+			MaxUnauth:               lim.MaxUnauth,
+			MaxUnauthPerSource:      lim.MaxUnauthPerSource,
+			HandshakeTimeout:        lim.HandshakeTimeout,
+			IdleTimeout:             lim.IdleTimeout,
+			KeepaliveInterval:       lim.KeepaliveInterval,
 			Logger:                  log,
 		})
 		if err != nil {
@@ -234,7 +324,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("ssh: %w", err)
 		}
-		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir, "writable", writeKeys != "")
+		log.Info("serving chunks over SSH", "addr", ln.Addr().String(), "dir", c.dir, "writable", writeKeys != "",
+			"max_sessions", lim.MaxSessions, "max_conn_sessions", lim.MaxConnSessions, "max_conns", lim.MaxConns,
+			"max_unauth", lim.MaxUnauth, "max_unauth_per_source", lim.MaxUnauthPerSource,
+			"handshake_timeout", lim.HandshakeTimeout, "idle_timeout", lim.IdleTimeout, "keepalive", lim.KeepaliveInterval)
 		g.Go(func() error {
 			<-ctx.Done()
 			return srv.Close()
@@ -249,6 +342,32 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	err = g.Wait()
 	log.Info("chunk server stopped", "stats", fmt.Sprintf("%+v", store.Stats()))
 	return err
+}
+
+// Defaults of serve's limits that the library leaves to its caller.
+const (
+	// defaultMaxChunkSize is casync's default largest chunk, and mkimage's.
+	defaultMaxChunkSize = 256 << 10
+	// defaultRememberVerified is 64 Ki chunk files, 4 GiB of average
+	// 64 KiB chunks, in about 6 MB.
+	defaultRememberVerified = 64 << 10
+)
+
+// sizeFlag is a byte count flag that takes k, m and g suffixes.
+type sizeFlag uint64
+
+func (f *sizeFlag) String() string { return strconv.FormatUint(uint64(*f), 10) }
+
+func (f *sizeFlag) Set(s string) error {
+	n, err := casync.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	if n == 0 || n > 1<<40 {
+		return fmt.Errorf("size %q: want 1 to 1t bytes", s)
+	}
+	*f = sizeFlag(n)
+	return nil
 }
 
 func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -129,6 +130,30 @@ func TestVerifyCommand(t *testing.T) {
 	code, out, _ = runCmd(t, "verify", "--dir", l.Dir(), "--repair")
 	if code != 0 || !strings.Contains(out, "1 removed") || !strings.Contains(out, "removed\t") {
 		t.Errorf("verify --repair = %d, %q", code, out)
+	}
+}
+
+// TestVerifyCommandNonRegular is issue 16 item 7: a FIFO named like a
+// chunk, where verify once said "verified 0 chunks" and exited 0, is a
+// bad chunk; --repair removes it.
+func TestVerifyCommandNonRegular(t *testing.T) {
+	l, _ := storeWith(t, 0)
+	id := casync.SHA512_256.Sum([]byte("fifo"))
+	name := filepath.Join(l.Dir(), chunkstore.ChunkPath(id))
+	os.MkdirAll(filepath.Dir(name), 0o755)
+	if err := syscall.Mkfifo(name, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "verify", "--dir", l.Dir())
+	if code != 1 || !strings.Contains(out, "1 bad") || !strings.Contains(out, "is a FIFO") {
+		t.Errorf("verify of a FIFO chunk = %d, %q %q; want 1 and the FIFO named", code, out, errs)
+	}
+	code, out, _ = runCmd(t, "verify", "--dir", l.Dir(), "--repair")
+	if code != 0 || !strings.Contains(out, "1 removed") {
+		t.Errorf("verify --repair of a FIFO chunk = %d, %q", code, out)
+	}
+	if _, err := os.Lstat(name); err == nil {
+		t.Error("verify --repair left the FIFO")
 	}
 }
 

@@ -34,7 +34,8 @@ func TestServeSSH(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--dir", l.Dir(), "--ssh", "127.0.0.1:0",
-			"--host-key", hostKey, "--authorized-keys", authorized}, io.Discard, log)
+			"--host-key", hostKey, "--authorized-keys", authorized,
+			"--ssh-max-sessions", "4", "--ssh-idle-timeout", "0"}, io.Discard, log)
 	}()
 	var addr string
 	re := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
@@ -43,6 +44,9 @@ func TestServeSSH(t *testing.T) {
 		case line := <-log.lines:
 			if m := re.FindStringSubmatch(line); m != nil {
 				addr = m[1]
+				if !regexp.MustCompile(`max_sessions=4 .*idle_timeout=-1ns`).MatchString(line) {
+					t.Errorf("serve log %q does not show the --ssh-* limits given", line)
+				}
 			}
 		case code := <-done:
 			t.Fatalf("serve exited with %d", code)
@@ -86,5 +90,22 @@ func TestServeSSHNeedsKeys(t *testing.T) {
 	code, _, stderr := runCmd(t, "serve", "--dir", t.TempDir(), "--ssh", "127.0.0.1:0")
 	if code != 2 || !regexp.MustCompile(`--host-key and --authorized-keys`).MatchString(stderr) {
 		t.Errorf("serve --ssh without keys: exit %d, stderr %q; want 2 and a message naming the flags", code, stderr)
+	}
+}
+
+func TestServeSSHLimitFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--http", "127.0.0.1:0", "--ssh-max-sessions", "4"}, `--ssh-max-sessions is for --ssh`},
+		{[]string{"--ssh", "127.0.0.1:0", "--host-key", "k", "--authorized-keys", "a", "--ssh-max-conns", "-1"}, `--ssh-max-conns -1: want a count`},
+		{[]string{"--ssh", "127.0.0.1:0", "--host-key", "k", "--authorized-keys", "a", "--ssh-keepalive", "-1s"}, `--ssh-keepalive -1s: want a positive duration`},
+		{[]string{"--ssh", "127.0.0.1:0", "--host-key", "k", "--authorized-keys", "a", "--ssh-handshake-timeout", "0"}, `--ssh-handshake-timeout 0`},
+	} {
+		code, _, stderr := runCmd(t, append([]string{"serve", "--dir", t.TempDir()}, tt.args...)...)
+		if code != 2 || !regexp.MustCompile(tt.want).MatchString(stderr) {
+			t.Errorf("serve %v: exit %d, stderr %q; want 2 and %q", tt.args, code, stderr, tt.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +27,7 @@ import (
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
 	"github.com/bootfs/bootfs/chunkstore/opener"
+	"github.com/bootfs/bootfs/chunkstore/registry"
 	"github.com/bootfs/bootfs/mkimage"
 )
 
@@ -34,8 +38,13 @@ dir:PATH (a root filesystem directory), tar:PATH (a rootfs
 tarball, e.g. from docker export) or tar:- (the tarball on standard input).
 
 TARGET is the tag of the boot image to load into Docker. Without TARGET
-(and without --output) mkimage makes no boot image: it stores the chunks
-in --store and writes the index only where --index-out says.
+(and without --output or --push) mkimage makes no boot image: it stores
+the chunks in --store and writes the index only where --index-out says.
+
+--push REGISTRY/REPOSITORY:TAG stores the chunks in that registry
+repository and pushes the boot image there, reading its chunks from the
+same repository: docker run REGISTRY/REPOSITORY:TAG on any node is then
+all it takes.
 
 Flags:
 `
@@ -64,16 +73,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
 		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
 		boot      mkimage.BootImageOptions
+		push      = fs.String("push", "", "push the boot image to `REGISTRY/REPOSITORY:TAG`, with the chunks in that repository")
 	)
 	fs.StringVar(&creds.TokenFile, "token-file", "", "`FILE` holding the bearer token for writing to an HTTP store (chunkstore serve --write-token-file)")
+	fs.StringVar(&creds.RegistryAuthFile, "registry-auth", defaultRegistryAuth(), "docker config.json-format `FILE` with the credentials of oci:// stores and --push")
+	fs.BoolVar(&creds.RegistryPlainHTTP, "registry-plain-http", false, "allow plain HTTP to a registry that is not on a loopback address")
 	fs.StringVar(&boot.RuntimeStore, "runtime-store", "", "store `URL` that boot reads at run time (default: --store)")
 	fs.StringVar(&boot.BootBinary, "boot-binary", "", "static boot `binary` for the image (default: boot next to mkimage)")
-	fs.StringVar(&store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://… or ssh://…")
-	fs.StringVar(&creds.CAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store")
+	fs.StringVar(&store, "store", "", "chunk store `URL` the chunks go to: a directory, http(s)://…, ssh://… or oci://host[:port]/repository")
+	fs.StringVar(&creds.CAFile, "ca-file", "", "PEM `FILE` of CA certificates trusted for an https store or registry")
 	fs.StringVar(&opts.IndexOut, "index-out", "", "write the caidx to `FILE` and the TOC to FILE.toc")
 	fs.StringVar(&opts.CatarOut, "catar-out", "", "also write the plain catar archive to `FILE`")
 	fs.BoolVar(&opts.Pull, "pull", false, "pull a SOURCE image that the Docker engine does not have")
 	fs.StringVar(&opts.TempDir, "tmpdir", "", "`directory` for the payload spill file of a tar source (default $TMPDIR)")
+	fs.Func("tmp-max", "bound the spill file to `SIZE` bytes (k, m, g or t suffix; sparse files count in full, their holes take no disk; 0: no limit; default: the free space of --tmpdir)", func(s string) error {
+		n, err := casync.ParseSize(s)
+		if err != nil {
+			return err
+		}
+		if n > math.MaxInt64 {
+			return fmt.Errorf("size %q: too large", s)
+		}
+		opts.TempMax = int64(n)
+		if n == 0 {
+			opts.TempMax = -1
+		}
+		return nil
+	})
 	fs.IntVar(&opts.Jobs, "j", 0, "`N` goroutines hash, compress and upload chunks (default: number of CPUs)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,12 +123,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		boot.Output = name
 	}
-	makeImage := target != "" || boot.Output != ""
+	if *push != "" {
+		if target != "" || boot.Output != "" || store != "" {
+			return usageError(stderr, "--push", errors.New("the chunks and the boot image go to the pushed repository: drop TARGET, --output and --store"))
+		}
+		s, err := mkimage.PushStore(*push)
+		if err != nil {
+			return usageError(stderr, "--push", err)
+		}
+		store = s
+	}
+	makeImage := target != "" || boot.Output != "" || *push != ""
 	if makeImage && store == "" {
 		return usageError(stderr, "--store", errors.New("a boot image needs a chunk store to read from: give --store"))
-	}
-	if boot.RuntimeStore == "" {
-		boot.RuntimeStore = store
 	}
 	if creds.TokenFile != "" {
 		if _, err := chunkstore.ReadTokenFile(creds.TokenFile); err != nil {
@@ -116,7 +149,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	creds = creds.WithSSHFromEnv(os.Getenv)
 	if *prefetch != "" {
 		if !makeImage {
-			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET or --output"))
+			return usageError(stderr, "--prefetch", errors.New("the prefetch list goes into a boot image: give TARGET, --output or --push"))
 		}
 		paths, err := mkimage.ReadPrefetchPaths(*prefetch)
 		if err != nil {
@@ -164,7 +197,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sum, err := convert(ctx, src, store, creds, opts)
+	// A pushed repository's keep-alive manifest waits for the boot image,
+	// its subject (see mkimage.PushBootImage).
+	oo := opener.Options{
+		Credentials: creds, Digest: opts.Digest, Write: true, Logger: opts.Log,
+		Registry: registry.Options{DeferKeepAlive: *push != "", Jobs: max(opts.Jobs, 4), TempDir: opts.TempDir},
+	}
+	sum, err := convert(ctx, src, store, oo, opts)
 	if bar != nil {
 		bar.finish(err == nil)
 	}
@@ -172,15 +211,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mkimage: %v\n", err)
 		return 1
 	}
+	if boot.RuntimeStore == "" {
+		// The URL the store's commit gave (an oci:// store with its
+		// chunk map pinned), else --store.
+		boot.RuntimeStore = cmp.Or(sum.RuntimeStore, store)
+	}
 	var res result
 	res.Summary = sum
 	if makeImage {
-		info, err := mkimage.MakeBootImage(ctx, sum, opts, boot)
+		var info mkimage.BootImageInfo
+		if *push != "" {
+			info, err = mkimage.PushBootImage(ctx, sum, opts, boot, *push, oo.RegistryOptions())
+			target = *push
+		} else {
+			info, err = mkimage.MakeBootImage(ctx, sum, opts, boot)
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "mkimage: boot image: %v\n", err)
 			return 1
 		}
 		res.Target, res.Output, res.ImageID, res.ImageSize = target, boot.Output, info.ImageID, info.ArchiveSize
+		if *push != "" {
+			res.Output, res.ImageID = "", info.ManifestDigest
+		}
 	}
 	switch {
 	case *asJSON:
@@ -302,18 +355,50 @@ func (b *progressBar) finish(ok bool) {
 	b.p.Wait()
 }
 
-// convert opens the store that spec names ("" for none) for writing and
-// converts src into it. Chunk IDs are computed from the very bytes that
-// are stored, so the stores do not hash them again; every reader
-// verifies.
-func convert(ctx context.Context, src mkimage.Source, spec string, creds opener.Credentials, opts mkimage.Options) (*mkimage.Summary, error) {
+// convert opens the store that spec names ("" for none) for writing,
+// with oo, and converts src into it. Chunk IDs are computed from the very
+// bytes that are stored, so the stores do not hash them again; every
+// reader verifies.
+func convert(ctx context.Context, src mkimage.Source, spec string, oo opener.Options, opts mkimage.Options) (*mkimage.Summary, error) {
 	if spec == "" {
 		return mkimage.Convert(ctx, src, nil, opts)
 	}
-	o, err := opener.Open(ctx, spec, opener.Options{Credentials: creds, Digest: opts.Digest, Write: true, Logger: opts.Log})
+	if err := checkRegistryList(spec); err != nil {
+		return nil, err
+	}
+	o, err := opener.Open(ctx, spec, oo)
 	if err != nil {
 		return nil, err
 	}
 	defer o.Close()
 	return mkimage.Convert(ctx, src, o.Store, opts)
+}
+
+// checkRegistryList refuses an oci:// store inside a --store list: its
+// chunks are published by a commit (chunkstore.Committer) that a
+// failover list cannot pass on.
+func checkRegistryList(spec string) error {
+	locs, err := chunkstore.ParseURLs(spec)
+	if err != nil || len(locs) < 2 {
+		return nil // opener.Open reports a bad list
+	}
+	for _, l := range locs {
+		if l.Scheme == "oci" {
+			return errors.New("an oci:// store cannot be part of a --store list; write to it alone (boot reads it in a list)")
+		}
+	}
+	return nil
+}
+
+// defaultRegistryAuth is ~/.docker/config.json when it exists, else "".
+func defaultRegistryAuth() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	name := filepath.Join(home, ".docker", "config.json")
+	if _, err := os.Stat(name); err != nil {
+		return ""
+	}
+	return name
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bootfs/bootfs/internal/testenv"
 	"github.com/bootfs/bootfs/mkimage"
 	"io"
 	"os"
@@ -95,6 +96,10 @@ func TestErrors(t *testing.T) {
 		{name: "empty token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty, "dir:" + src}, wantCode: 2, wantErr: "is empty"},
 		{name: "missing token file", args: []string{"--store", "http://127.0.0.1:1/", "--token-file", empty + ".nope", "dir:" + src}, wantCode: 2, wantErr: "--token-file"},
 		{name: "bad output", args: []string{"--store", t.TempDir(), "--output", "oci:x", "dir:" + src}, wantCode: 2, wantErr: "docker-archive:FILE"},
+		{name: "push with store", args: []string{"--push", "127.0.0.1:1/app:1", "--store", t.TempDir(), "dir:" + src}, wantCode: 2, wantErr: "drop TARGET, --output and --store"},
+		{name: "push without tag", args: []string{"--push", "127.0.0.1:1/app", "dir:" + src}, wantCode: 2, wantErr: "REGISTRY/REPOSITORY:TAG"},
+		{name: "push to nobody", args: []string{"--push", "127.0.0.1:1/app:1", "--registry-auth", "", "dir:" + src}, wantCode: 1, wantErr: "127.0.0.1:1"},
+		{name: "oci store in a list", args: []string{"--store", "oci://127.0.0.1:1/app," + t.TempDir(), "dir:" + src}, wantCode: 1, wantErr: "cannot be part of a --store list"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,7 +126,7 @@ func TestPrefetchFlag(t *testing.T) {
 	store := filepath.Join(dir, "store")
 
 	code, _, stderr := runCmd(t, "--store", store, "--prefetch", list, "dir:"+src)
-	if code != 2 || !strings.Contains(stderr, "give TARGET or --output") {
+	if code != 2 || !strings.Contains(stderr, "give TARGET, --output or --push") {
 		t.Errorf("--prefetch without an image: exit %d, stderr %q", code, stderr)
 	}
 	code, _, stderr = runCmd(t, "--store", store, "--prefetch", filepath.Join(dir, "nope"), "--output", "docker-archive:"+archive, "dir:"+src)
@@ -238,5 +243,45 @@ func TestLocalRuntimeStoreWarning(t *testing.T) {
 		if got := strings.Contains(stderr, warning); got != tc.warn {
 			t.Errorf("mkimage with runtime store %q: warned %v, want %v; stderr %s", tc.runtime, got, tc.warn, stderr)
 		}
+	}
+}
+
+// TestIssue16Item9TmpMax checks --tmp-max: a tar whose contents would
+// take the spill file past it fails, naming the entry and the flag,
+// before they are read, and one within it converts, its sparse entry's
+// holes taking no disk.
+func TestIssue16Item9TmpMax(t *testing.T) {
+	dir := t.TempDir()
+	sparse := map[string]int64{"sparse.tar": 256 << 20, "huge.tar": 4 << 40}
+	for name, size := range sparse {
+		if err := os.WriteFile(filepath.Join(dir, name), testenv.SparseTar(t, "var/log/lastlog", size, []byte("head"), []byte("tail")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, tar string
+		args      []string
+		wantCode  int
+		wantErr   []string
+	}{
+		{"past the limit", "sparse.tar", []string{"--tmp-max", "128m"}, 1, []string{"--tmp-max", "var/log/lastlog", "134217728"}},
+		{"terabytes claimed, default limit", "huge.tar", nil, 1, []string{"--tmp-max", "var/log/lastlog"}},
+		{"within the limit", "sparse.tar", []string{"--tmp-max", "512m"}, 0, nil},
+		{"no limit", "sparse.tar", []string{"--tmp-max", "0"}, 0, nil},
+		{"not a size", "sparse.tar", []string{"--tmp-max", "lots"}, 2, []string{"tmp-max", "lots"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			index := filepath.Join(t.TempDir(), "rootfs.caidx")
+			args := append(tc.args, "--tmpdir", t.TempDir(), "--index-out", index, "tar:"+filepath.Join(dir, tc.tar))
+			code, _, stderr := runCmd(t, args...)
+			if code != tc.wantCode {
+				t.Fatalf("mkimage %q: exit %d, stderr %q; want exit %d", args, code, stderr, tc.wantCode)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("mkimage %q: stderr %q lacks %q", args, stderr, w)
+				}
+			}
+		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
 // Version is the config.json format this package reads and writes. It
@@ -105,6 +107,23 @@ type Healthcheck struct {
 	StartPeriod   time.Duration `json:"start_period,omitempty"`
 	StartInterval time.Duration `json:"start_interval,omitempty"`
 	Retries       int           `json:"retries,omitempty"`
+}
+
+// MaxSize is the largest config.json ReadFile reads: 64 MiB, room for a
+// prefetch list of about a million chunk IDs (64 GiB of chunks at casync's
+// 64 KiB average) besides the image's configuration, and far less than
+// boot can hold.
+const MaxSize = 64 << 20
+
+// ReadFile reads and loads the config.json at name. It refuses a symlink,
+// a FIFO, a device or anything else that is not a regular file, and a file
+// over MaxSize, before it reads anything.
+func ReadFile(name string) (*Config, error) {
+	b, err := inputfile.ReadFile(name, MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("bootconfig: %w", err)
+	}
+	return Load(b)
 }
 
 // Load parses and validates a config.json. Unknown fields are an error:

@@ -5,5 +5,5 @@
 //
 // mkimage writes the file and boot reads it. boot must never import
 // mkimage, so the type lives here, and the package depends on the standard
-// library only.
+// library and internal/inputfile only.
 package bootconfig
