@@ -199,8 +199,10 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 	if name == "" {
 		name = h.container
 	}
-	docker(context.Background(), "rm", "-f", name)
-	defer docker(context.Background(), "rm", "-f", name)
+	// -v: the anonymous cache volume of a boot image run without one
+	// (through the agent) goes with its container.
+	docker(context.Background(), "rm", "-f", "-v", name)
+	defer docker(context.Background(), "rm", "-f", "-v", name)
 	args := []string{"run", "--name", name, "--pull", "never", "--network", "host"}
 	if w.Stdin != "" {
 		args = append(args, "-i")

@@ -237,7 +237,7 @@ func (r *Report) Markdown(charts []string) string {
 		p("\n")
 	}
 
-	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
+	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), the node agent (bootfs-agent), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
 	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeRegistry || m == ModeSaveLoad })
 	for _, m := range fuseModes {
 		p(" %s |", m)
@@ -308,7 +308,7 @@ func (r *Report) Markdown(charts []string) string {
 		}
 	}
 	if len(r.Node) > 0 {
-		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs loads the boot image once and runs them all on one empty cache volume, shared as on a node. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs: every container's boot).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
+		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs (bootfs-cold) loads the boot image once and runs them all on one empty cache volume, shared as on a node; the node agent (bootfs-agent) loads it once and runs them all unprivileged through one agent started with an empty cache. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs-cold: every container's boot; bootfs-agent: the agent).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
 			r.NodeContainers, r.NodeImage, r.NodeNetwork, r.NodeContainers)
 		for _, n := range r.Node {
 			if n.Err != "" {
@@ -475,6 +475,7 @@ func (r *Report) Goals() []string {
 		g = append(g, fmt.Sprintf("bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at %s, %s: %s (%.2f×: %s against %s; the boot image was in Docker after %s pulled against %s loaded)",
 			slow, img, mark(x <= 1.1), x, secs(o.ready), secs(c.ready), secs(o.image), secs(c.image)))
 	}
+	g = append(g, r.nodeGoals(mark)...)
 	if n, err := network(slow); err == nil && n.BitsPerSecond > 0 {
 		for _, img := range r.Images {
 			cold, warm := r.cell(img, slow, ModeCold), r.cell(img, slow, ModeWarm)
@@ -526,6 +527,46 @@ func (r *Report) Goals() []string {
 	if peak > 0 {
 		g = append(g, fmt.Sprintf("boot's RSS ≤ 64 MB: %s (highest peak over all runs: %s)", mark(peak <= 64<<20), mb(peak)))
 	}
+	return g
+}
+
+// agentRSSGoal is the node agent's RSS goal for n containers (issue
+// 21): 64 MB, and 4 MB for every container after the first.
+func agentRSSGoal(n int) int64 { return 64<<20 + int64(max(n-1, 0))*4<<20 }
+
+// nodeGoals checks the node agent in the node scenario: what the store
+// sent within 1.02× of one container's (the bootfs-agent runs on the
+// same image and network), and its RSS against agentRSSGoal, beside the
+// sum of the boots of bootfs-cold.
+func (r *Report) nodeGoals(mark func(bool) string) []string {
+	var agent, cold *NodeRow
+	for i := range r.Node {
+		switch n := &r.Node[i]; {
+		case n.Err != "":
+		case n.System == ModeAgent:
+			agent = n
+		case n.System == ModeCold:
+			cold = n
+		}
+	}
+	if agent == nil {
+		return nil
+	}
+	var g []string
+	one := r.cell(r.NodeImage, r.NodeNetwork, ModeAgent)
+	if len(one.ok) == 0 {
+		g = append(g, fmt.Sprintf("node agent, %d containers fetch within 1.02× of one container's bytes and requests: not measured (no bootfs-agent run of %s on %s)", r.NodeContainers, r.NodeImage, r.NodeNetwork))
+	} else {
+		xb, xr := float64(agent.Bytes)/float64(max(one.fetched, 1)), float64(agent.Requests)/float64(max(one.requests, 1))
+		g = append(g, fmt.Sprintf("node agent, %d containers fetch within 1.02× of one container's bytes: %s (%.3f×: %s against %s)", r.NodeContainers, mark(xb <= 1.02), xb, mb(agent.Bytes), mb(one.fetched)))
+		g = append(g, fmt.Sprintf("node agent, %d containers' requests within 1.02× of one container's: %s (%.3f×: %d against %d)", r.NodeContainers, mark(xr <= 1.02), xr, agent.Requests, one.requests))
+	}
+	boots := "bootfs-cold not measured"
+	if cold != nil && cold.RSS > 0 {
+		boots = fmt.Sprintf("the %d boots of bootfs-cold: %s", r.NodeContainers, mb(cold.RSS))
+	}
+	goal := agentRSSGoal(r.NodeContainers)
+	g = append(g, fmt.Sprintf("node agent's RSS for %d containers ≤ 64 MB + 4 MB per container after the first (%s): %s (%s; %s)", r.NodeContainers, mb(goal), mark(agent.RSS > 0 && agent.RSS <= goal), mb(agent.RSS), boots))
 	return g
 }
 
@@ -589,6 +630,7 @@ var palette = []color.Color{
 	color.RGBA{0xd5, 0x5e, 0x00, 0xff}, // estargz optimized
 	color.RGBA{0x00, 0x72, 0xb2, 0xff}, // bootfs cold
 	color.RGBA{0x00, 0x3f, 0x7f, 0xff}, // bootfs registry store
+	color.RGBA{0x7f, 0x3f, 0xbf, 0xff}, // bootfs agent
 	color.RGBA{0x00, 0x9e, 0x73, 0xff}, // prefetch
 	color.RGBA{0x56, 0xb4, 0xe9, 0xff}, // warm
 	color.RGBA{0xe6, 0x9f, 0x00, 0xff}, // casync

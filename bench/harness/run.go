@@ -367,6 +367,8 @@ func (h *harness) runMode(ctx context.Context, j job, m string) Sample {
 		err = h.runBootfs(ctx, j, m, &s)
 	case ModeBootfsRegistry:
 		err = h.runBootfsRegistry(ctx, j, &s)
+	case ModeAgent:
+		err = h.runBootfsAgent(ctx, j, &s)
 	}
 	var skip errSkipped
 	switch {
