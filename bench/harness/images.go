@@ -32,7 +32,7 @@ type image struct {
 	index, casIndex string
 	conv            mkimage.Summary // mkimage --json
 	// ociStore is the store URL of its boot image in the registry
-	// (mkimage --push, tag ociTag), "" when there is none.
+	// (mkimage --push into ociRepo), "" when there is none.
 	ociStore string
 	// estargz says the registry holds its eStargz conversions, tags
 	// estargz and estargz-opt.

@@ -11,11 +11,14 @@ import (
 	"github.com/bootfs/bootfs/mkimage"
 )
 
-// ociTag is the tag of the boot image mkimage --push puts beside the
-// original in the image's repository.
-const ociTag = "boot"
+// ociRepo is the one repository of the registry store: every image's
+// boot image (tagged with the image's name) and the chunks of all, so
+// that an image finds the chunks of a base it shares with another there,
+// as in one team's repository (a registry store is one repository).
+const ociRepo = prefix + "/boot"
 
-// PushRow is one image's mkimage --push to the harness's registry, over
+// PushRow is one image's mkimage --push to the harness's registry, into
+// ociRepo, over
 // loopback and unshaped: setup, not a measured start. Images are pushed
 // in the order of IMAGES, so a later one finds the chunks of the base an
 // earlier one shares already there.
@@ -35,7 +38,7 @@ type PushRow struct {
 // repository in the registry, chunks and boot image, and keeps the store
 // URL the boot image reads.
 func (h *harness) pushBoot(ctx context.Context, im *image) error {
-	dst := ref(h.registry.addr, im.repo(), ociTag)
+	dst := ref(h.registry.addr, ociRepo, im.wl.Name)
 	h.logf("%s: mkimage --push %s", im.wl.Name, dst)
 	mark := h.registry.mark()
 	start := time.Now()
@@ -76,13 +79,16 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 		return err
 	}
 	host = strings.TrimPrefix(host, "http://")
-	pulled := ref(host, j.im.repo(), ociTag)
+	pulled := ref(host, ociRepo, j.im.wl.Name)
 	store := "oci://" + host + strings.TrimPrefix(j.im.ociStore, "oci://"+h.registry.addr)
-	// The node has no boot image at all: the ones of the other modes
-	// share the boot layer with this one.
-	for _, t := range []string{pulled, j.im.boot, j.im.prefetch} {
-		if err := removeImage(ctx, t); err != nil {
-			return err
+	// The node has no boot image at all: every boot image shares its
+	// first layer (boot), which a pull would skip. The other modes load
+	// theirs again when they start cold.
+	for _, im := range h.images {
+		for _, t := range []string{ref(host, ociRepo, im.wl.Name), im.boot, im.prefetch} {
+			if err := removeImage(ctx, t); err != nil {
+				return err
+			}
 		}
 	}
 	defer removeImage(context.Background(), pulled)
