@@ -2,6 +2,7 @@ package boot
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -21,17 +22,21 @@ func TestInitOptionsFromEnv(t *testing.T) {
 		want    func(InitOptions) bool
 		wantErr bool
 	}{
-		{name: "empty", env: nil, want: func(o InitOptions) bool { return o.Store == "" && !o.Debug && !o.Background && o.SSHKeys == nil }},
+		{name: "empty", env: nil, want: func(o InitOptions) bool {
+			return o.Store == "" && o.LogLevel == slog.LevelWarn && !o.Background && o.SSHKeys == nil
+		}},
 		{name: "all", env: map[string]string{
 			EnvStore: " http://a,http://b ", EnvCache: "/c", EnvUpper: "/u", EnvLog: "debug", EnvStats: "/s.json",
 			EnvBackground: "1", EnvSSHKey: "/k1, /k2", EnvSSHKnownHosts: "/kh", EnvTimeout: "5s", EnvUser: "alice:wheel",
 			EnvRecord: "/r.list", EnvCAFile: "/ca.pem",
 		}, want: func(o InitOptions) bool {
-			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.Debug && o.Stats == "/s.json" &&
+			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.LogLevel == slog.LevelDebug && o.Stats == "/s.json" &&
 				o.Record == "/r.list" && o.CAFile == "/ca.pem" &&
 				o.Background && slices.Equal(o.SSHKeys, []string{"/k1", "/k2"}) && o.SSHKnownHosts == "/kh" &&
 				o.Reader.Timeout == 5*time.Second && o.User == "alice:wheel"
 		}},
+		{name: "stats", env: map[string]string{EnvStats: "/s.json"}, want: func(o InitOptions) bool { return o.LogLevel == slog.LevelInfo }},
+		{name: "info", env: map[string]string{EnvLog: "info"}, want: func(o InitOptions) bool { return o.LogLevel == slog.LevelInfo }},
 		{name: "bad log", env: map[string]string{EnvLog: "trace"}, wantErr: true},
 		{name: "bad background", env: map[string]string{EnvBackground: "yes"}, wantErr: true},
 		{name: "bad timeout", env: map[string]string{EnvTimeout: "-1s"}, wantErr: true},

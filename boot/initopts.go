@@ -82,8 +82,11 @@ type InitOptions struct {
 	Reader lazyfs.ReaderOptions
 	// Logger receives init's log; nil discards.
 	Logger *slog.Logger
-	// Debug is BOOTFS_LOG=debug: the caller builds Logger at debug level.
-	Debug bool
+	// LogLevel is the level the caller builds Logger at (BOOTFS_LOG):
+	// warnings by default, so a normal run prints nothing of boot's own;
+	// info adds the stats line at exit, which BOOTFS_STATS also asks
+	// for; debug logs the start-up steps too.
+	LogLevel slog.Level
 }
 
 // Environment variables boot reads as init. All of them are removed
@@ -120,11 +123,17 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		User:          getenv(EnvUser),
 	}
 	switch v := getenv(EnvLog); v {
-	case "", "info":
+	case "":
+		o.LogLevel = slog.LevelWarn
+		if o.Stats != "" {
+			o.LogLevel = slog.LevelInfo
+		}
+	case "info":
+		o.LogLevel = slog.LevelInfo
 	case "debug":
-		o.Debug = true
+		o.LogLevel = slog.LevelDebug
 	default:
-		return InitOptions{}, fmt.Errorf("boot: %s=%q: want debug or info", EnvLog, v)
+		return InitOptions{}, fmt.Errorf("boot: %s=%q: want info or debug (the default logs only warnings and errors)", EnvLog, v)
 	}
 	switch v := getenv(EnvBackground); v {
 	case "", "0", "false":

@@ -114,7 +114,9 @@ a mounted volume:
   BOOTFS_SSH_KEY=FILE[,...]  private keys for ssh:// stores
   BOOTFS_SSH_KNOWN_HOSTS=FILE  the ssh store's host key
   BOOTFS_TIMEOUT=DURATION    bound on each chunk fetch (default 30s)
-  BOOTFS_LOG=debug           log more
+  BOOTFS_LOG=info|debug      info: the stats line at exit (BOOTFS_STATS
+                             prints it too); debug: the start-up steps
+                             too; by default only warnings and errors
 
 docker run --user UID[:GID] works: /.bootfs/boot is setuid root, becomes
 root to mount the image, and runs the workload as UID with the primary
@@ -291,11 +293,7 @@ func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.
 		return 1
 	}
 	defer closeFiles()
-	level := slog.LevelInfo
-	if opts.Debug {
-		level = slog.LevelDebug
-	}
-	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: opts.LogLevel}))
 	if wd, err := os.Getwd(); err == nil && wd != "/" {
 		// docker run -w: the boot image has no WORKDIR of its own.
 		opts.WorkingDir = wd
