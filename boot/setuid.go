@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -122,4 +123,21 @@ func (c *Caller) openFile(name string) (*os.File, error) {
 // see half a file and a setuid boot writes nowhere its Caller could not.
 func writeFileAtomic(name string, data []byte, c *Caller) error {
 	return c.do(func() error { return atomicfile.WriteFile(name, data) })
+}
+
+// withoutSecureTraceback drops the GOTRACEBACK=none that the Go runtime
+// appends to the environment of a setuid program that has no GOTRACEBACK
+// (so a crash of boot prints no memory): the container's environment did
+// not hold it, and the workload must not get it.
+func withoutSecureTraceback(environ []string) []string {
+	n := len(environ)
+	if n == 0 || environ[n-1] != "GOTRACEBACK=none" {
+		return environ
+	}
+	for _, kv := range environ[:n-1] {
+		if strings.HasPrefix(kv, "GOTRACEBACK=") {
+			return environ
+		}
+	}
+	return environ[:n-1]
 }

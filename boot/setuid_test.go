@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -141,6 +142,26 @@ func TestCallerSpec(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.c.spec(); got != tt.want {
 				t.Errorf("%+v.spec() = %q, want %q", tt.c, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestWithoutSecureTraceback(t *testing.T) {
+	tests := []struct {
+		name     string
+		in, want []string
+	}{
+		{"added by the runtime", []string{"PATH=/bin", "GOTRACEBACK=none"}, []string{"PATH=/bin"}},
+		{"the container's own", []string{"GOTRACEBACK=none", "PATH=/bin"}, []string{"GOTRACEBACK=none", "PATH=/bin"}},
+		{"another value", []string{"GOTRACEBACK=all", "GOTRACEBACK=none"}, []string{"GOTRACEBACK=all", "GOTRACEBACK=none"}},
+		{"none", []string{"PATH=/bin"}, []string{"PATH=/bin"}},
+		{"empty", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := withoutSecureTraceback(tt.in); !slices.Equal(got, tt.want) {
+				t.Errorf("withoutSecureTraceback(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}
