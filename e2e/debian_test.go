@@ -203,8 +203,9 @@ func checkBootImages(t *testing.T, sources ...string) {
 }
 
 // checkSecondLayer reads the boot image's second layer from docker save:
-// it holds only the config, the index, the TOC and empty directories
-// (volumes and mount points), and is no bigger than those files plus tar
+// it holds only the config, the index, the TOC, empty directories
+// (volumes and mount points) and the image's /etc/passwd and /etc/group
+// (for Docker's user lookups), and is no bigger than those files plus tar
 // headers.
 func checkSecondLayer(t *testing.T, image string) {
 	t.Helper()
@@ -241,7 +242,7 @@ func checkSecondLayer(t *testing.T, image string) {
 			continue
 		}
 		slices.Sort(names)
-		want := []string{".bootfs/cache/", ".bootfs/config.json", ".bootfs/lower/", ".bootfs/root/", ".bootfs/rootfs.caidx", ".bootfs/rootfs.toc", ".bootfs/upper/"}
+		want := []string{".bootfs/cache/", ".bootfs/config.json", ".bootfs/lower/", ".bootfs/root/", ".bootfs/rootfs.caidx", ".bootfs/rootfs.toc", ".bootfs/upper/", "etc/", "etc/group", "etc/passwd"}
 		if !slices.Equal(names, want) {
 			t.Errorf("%s layer 2 holds %q, want %q", image, names, want)
 		}

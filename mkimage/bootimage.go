@@ -57,6 +57,13 @@ type BootImageInput struct {
 	Tags []string
 	// Platform defaults to linux/amd64.
 	Platform Platform
+	// Passwd and Group are the source image's /etc/passwd and
+	// /etc/group, packed at the same paths in layer 2 (nil leaves one
+	// out). Docker resolves user names and groups in the container's
+	// root as it creates a process: docker run --user NAME, docker exec
+	// -u NAME, and the supplementary groups of every exec. boot hides
+	// them from the workload with the rest of the boot image.
+	Passwd, Group []byte
 	// Created is the creation time recorded in the image configuration.
 	// The zero time leaves it out, so that the image ID depends on content
 	// alone.
@@ -97,7 +104,8 @@ type LayerInfo struct {
 //  1. /.bootfs/ and /.bootfs/boot, byte-identical for every image built
 //     from the same boot binary, so a node stores and pulls it once;
 //  2. config.json, rootfs.caidx and rootfs.toc; the cache and upper
-//     volumes' directories, and boot's mount points lower/ and root/.
+//     volumes' directories, and boot's mount points lower/ and root/;
+//     the source's /etc/passwd and /etc/group, if given.
 //
 // Both tars and the archive itself are reproducible: fixed mtimes, owner
 // root with no names, sorted entries, USTAR headers. The boot binary is
@@ -286,6 +294,15 @@ func planBootImage(in BootImageInput) (*bootImagePlan, error) {
 		{name: layerIndex, mode: 0o644, data: in.Index},
 		{name: layerTOC, mode: 0o644, data: in.TOC},
 		{name: layerUpper, mode: 0o755, dir: true},
+	}
+	if in.Passwd != nil || in.Group != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/", mode: 0o755, dir: true})
+	}
+	if in.Group != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/group", mode: 0o644, data: in.Group})
+	}
+	if in.Passwd != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/passwd", mode: 0o644, data: in.Passwd})
 	}
 	for i := range p.layers {
 		if err := p.layers[i].measure(); err != nil {

@@ -154,6 +154,7 @@ func TestBootImageLayers(t *testing.T) {
 	boot := biBootBinary(t, 3000)
 	bootBytes, _ := os.ReadFile(boot)
 	in := biInput(t, boot, bootconfig.Image{Cmd: []string{"sh"}}, strings.Repeat("i", 5000), "the toc")
+	in.Passwd, in.Group = []byte("root:x:0:0:root:/root:/bin/sh\n"), []byte("root:x:0:\nwheel:x:10:root\n")
 	arch, info := biBuild(t, in)
 	_, img, layers := readTar(t, arch).parts(t)
 	if len(layers) != 2 || len(info.Layers) != 2 {
@@ -197,6 +198,9 @@ func TestBootImageLayers(t *testing.T) {
 			{".bootfs/rootfs.caidx", 0o644, tar.TypeReg, in.Index},
 			{".bootfs/rootfs.toc", 0o644, tar.TypeReg, in.TOC},
 			{".bootfs/upper/", 0o755, tar.TypeDir, nil},
+			{"etc/", 0o755, tar.TypeDir, nil},
+			{"etc/group", 0o644, tar.TypeReg, in.Group},
+			{"etc/passwd", 0o644, tar.TypeReg, in.Passwd},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
