@@ -84,7 +84,10 @@ func (s *side) expand(args []string) []string {
 		if i == 0 && (a == "run" || a == "create") {
 			out = append(out, "--pull", "never", "--network", "host")
 			if s.boot {
+				// The node's cache, as a node that has run the image
+				// has it: the original image is on the node too.
 				out = append(out, s.e.runFlags...)
+				out = append(out, "-v", nodeCache(s.e)+":"+"/.bootfs/cache")
 			} else {
 				out = append(out, s.origFlags...)
 			}
@@ -226,10 +229,23 @@ func (s *side) stop(name string, grace time.Duration, args ...string) {
 	s.note("stopped %s %s: exit code %s", name, how, s.inspect(name, "{{.State.ExitCode}}"))
 }
 
-// volumesOf returns the names of the volumes mounted in a container.
+// volumesOf returns the names of the volumes mounted in a container, but
+// the node's cache.
 func (s *side) volumesOf(name string) []string {
-	return strings.Fields(s.inspect(name, `{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}`))
+	vols := strings.Fields(s.inspect(name, `{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}`))
+	return slices.DeleteFunc(vols, func(v string) bool { return v == nodeCache(s.e) })
 }
+
+// nodeCache is the cache volume the converted containers of the drop-in
+// suite share, removed at the end.
+func nodeCache(e *env) string {
+	nodeCacheOnce.Do(func() {
+		atExit(func() { exec.Command("docker", "volume", "rm", "-f", e.prefix+"-dropin-cache").Run() })
+	})
+	return e.prefix + "-dropin-cache"
+}
+
+var nodeCacheOnce sync.Once
 
 // countLeft writes how many of the volumes still exist.
 func (s *side) countLeft(what string, vols []string) {
@@ -353,6 +369,7 @@ var dropinScenarios = []scenario{
 	{name: "user, workdir and env of run", run: func(s *side) {
 		s.do(step{args: []string{"run", "--rm", "-u", "1000:29", "-w", "/data", "-e", "A=b c", "IMAGE", "sh", "-c", "id; pwd; env | sort"}, norm: normalizeEnv})
 		s.docker("run", "--rm", "IMAGE", "pwd")
+		s.do(step{args: []string{"run", "--rm", "-u", "alice", "IMAGE", "sh", "-c", "id; echo $HOME; touch /root/x"}, stderr: true})
 	}},
 	{name: "tty and stdin of run", run: func(s *side) {
 		s.do(step{args: []string{"run", "--rm", "-t", "IMAGE", "sh", "-c", "tty; [ -t 0 ] && echo stdin is a tty"}, norm: normalizeTTY})
@@ -371,6 +388,12 @@ var dropinScenarios = []scenario{
 		s.do(step{args: []string{"exec", "@c", "sh", "-c", "id; pwd; env | sort"}, norm: normalizeEnv})
 		s.do(step{args: []string{"exec", "-u", "1000", "-w", "/data", "-e", "X=1", "@c", "sh", "-c", "id; pwd; echo $HOME $X $GREETING"}, stderr: true})
 		s.do(step{args: []string{"exec", "-u", "alice", "@c", "id"}, stderr: true})
+	}},
+	{name: "exec into a --user container", run: func(s *side) {
+		s.start("c", "ready", []string{"--user", "1000"}, sleeper...)
+		s.do(step{args: []string{"exec", "@c", "sh", "-c", "id; echo $HOME; pwd"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "0", "@c", "id"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "nobody", "@c", "sh", "-c", "id; touch /root/x"}, stderr: true})
 	}},
 	{name: "exec tty, stdin and exit codes", run: func(s *side) {
 		s.start("c", "ready", nil, sleeper...)
@@ -484,11 +507,13 @@ var dropinScenarios = []scenario{
 		s.start("db", "ready to accept connections", nil)
 		s.waitHealth("db")
 		s.do(step{args: []string{"exec", "@db", "pg_isready"}, stderr: true})
-		s.docker("exec", "@db", "id")
-		s.do(step{args: []string{"exec", "@db", "psql", "-Atc", "create table t (x int); insert into t values (1), (2), (3)"}, stderr: true})
+		// Without -u, exec runs as the boot image's user, root (README,
+		// Limits); the image's user with it.
+		s.docker("exec", "-u", "postgres", "@db", "id")
+		s.do(step{args: []string{"exec", "-u", "postgres", "@db", "psql", "-Atc", "create table t (x int); insert into t values (1), (2), (3)"}, stderr: true})
 		s.docker("restart", "@db")
 		s.waitHealth("db")
-		s.do(step{args: []string{"exec", "@db", "psql", "-Atc", "select sum(x) from t"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "postgres", "@db", "psql", "-Atc", "select sum(x) from t"}, stderr: true})
 		s.stop("db", 20*time.Second)
 	}},
 	{name: "debian exec", debian: true, run: func(s *side) {
@@ -533,7 +558,10 @@ func postgresPair(t *testing.T, e *env) *pair {
 		t.Fatal(err)
 	}
 	// docker import cannot set a HEALTHCHECK; a build from the base can.
-	dockerfile := fmt.Sprintf("FROM %s\nHEALTHCHECK --interval=1s --retries=30 CMD [\"pg_isready\", \"-q\"]\n", base)
+	// An interval of 5s, as compose files often have (Docker's default
+	// is 30s): the converted server takes about a second longer to start
+	// (README, Limits), which a 1s interval would see.
+	dockerfile := fmt.Sprintf("FROM %s\nHEALTHCHECK --interval=5s --retries=30 CMD [\"pg_isready\", \"-q\"]\n", base)
 	build := exec.Command("docker", "build", "-q", "-t", orig, "-")
 	build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
 	build.Stdin = strings.NewReader(dockerfile)
@@ -544,6 +572,14 @@ func postgresPair(t *testing.T, e *env) *pair {
 	boot := e.prefix + "/postgres:boot"
 	if _, err := e.convert(orig, boot, e.store); err != nil {
 		t.Fatal(err)
+	}
+	// The node has run the image before: its cache holds what a start
+	// of the server reads, as the original's layers are on the node.
+	warm := e.run(t, true, []string{"-v", nodeCache(e) + ":/.bootfs/cache"}, boot, "bash", "-c",
+		"postgres -D /var/lib/postgresql/15/main -c config_file=/etc/postgresql/15/main/postgresql.conf -c listen_addresses= & "+
+			"for i in $(seq 100); do pg_isready -q && break; sleep 0.2; done; psql -Atc 'select 1'; kill -INT %1; wait")
+	if warm.code != 0 {
+		t.Fatalf("warming the cache with a run of %s: exit %d: %s", boot, warm.code, warm.stderr)
 	}
 	return &pair{orig, boot}
 }
