@@ -35,8 +35,9 @@ type InitOptions struct {
 	// means no cap.
 	CacheMax int64
 	// Upper is a directory for the overlay's writable layer
-	// (BOOTFS_UPPER). Empty means a tmpfs. It must not be on an overlayfs
-	// (use a volume).
+	// (BOOTFS_UPPER). Empty means Workdir/upper, the boot image's volume
+	// (a tmpfs, with a warning, where no volume is mounted there). It
+	// must not be on an overlayfs (use a volume).
 	Upper string
 	// Stats is a file to write Stats to as JSON at exit and on SIGUSR1
 	// (BOOTFS_STATS).

@@ -10,8 +10,6 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 // ErrSetuid is wrapped by the errors of what boot refuses to do when a
@@ -116,13 +114,6 @@ func (c *Caller) openFile(name string) (*os.File, error) {
 		return err
 	})
 	return f, err
-}
-
-// writeFileAtomic writes data to name through a temporary file in the
-// same directory and a rename, with the Caller's rights, so readers never
-// see half a file and a setuid boot writes nowhere its Caller could not.
-func writeFileAtomic(name string, data []byte, c *Caller) error {
-	return c.do(func() error { return atomicfile.WriteFile(name, data) })
 }
 
 // withoutSecureTraceback drops the GOTRACEBACK=none that the Go runtime
