@@ -64,11 +64,16 @@ func TestInitOptionsFromEnv(t *testing.T) {
 
 func TestWorkloadEnv(t *testing.T) {
 	tests := []struct {
-		name          string
-		env, imageEnv []string
-		home          string
-		want          []string
+		name           string
+		env, imageEnv  []string
+		home, rootHome string
+		want           []string
 	}{
+		{name: "root's home from the boot image's passwd replaced", env: []string{"HOME=/root"}, home: "/home/alice", rootHome: "/root",
+			want: []string{"HOME=/home/alice"}},
+		{name: "root's home kept for root", env: []string{"HOME=/root"}, home: "/root", rootHome: "/root", want: []string{"HOME=/root"}},
+		{name: "image sets root's home", env: []string{"HOME=/root"}, imageEnv: []string{"HOME=/root"}, home: "/home/alice", rootHome: "/root",
+			want: []string{"HOME=/root"}},
 		{name: "runtime default home replaced", env: []string{"PATH=/bin", "HOSTNAME=h", "BOOTFS_STORE=x", "HOME=/"}, home: "/root",
 			want: []string{"PATH=/bin", "HOSTNAME=h", "HOME=/root"}},
 		{name: "home from -e kept", env: []string{"HOME=/elsewhere", "BOOTFS_LOG=debug"}, home: "/root", want: []string{"HOME=/elsewhere"}},
@@ -78,8 +83,8 @@ func TestWorkloadEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := workloadEnv(tt.env, tt.imageEnv, tt.home); !slices.Equal(got, tt.want) {
-				t.Errorf("workloadEnv(%q, %q, %q) = %q, want %q", tt.env, tt.imageEnv, tt.home, got, tt.want)
+			if got := workloadEnv(tt.env, tt.imageEnv, tt.home, tt.rootHome); !slices.Equal(got, tt.want) {
+				t.Errorf("workloadEnv(%q, %q, %q, %q) = %q, want %q", tt.env, tt.imageEnv, tt.home, tt.rootHome, got, tt.want)
 			}
 		})
 	}

@@ -287,10 +287,11 @@ func (o *InitOptions) checkCallerStore(store string) error {
 
 // workloadEnv returns the container's environment for the workload:
 // without BOOTFS_* variables, and with HOME set to the user's home when
-// it is missing, or when it is "/" only because the boot image has no
-// /etc/passwd for the runtime to take it from (imageEnv, the original
-// image's Env, does not set it).
-func workloadEnv(environ, imageEnv []string, home string) []string {
+// it is missing, or when it is only what the runtime gave boot's own
+// user (imageEnv, the original image's Env, does not set it): "/" where
+// the boot image has no /etc/passwd, else rootHome, the home of root,
+// whom Docker starts boot as.
+func workloadEnv(environ, imageEnv []string, home, rootHome string) []string {
 	imageHome := false
 	for _, kv := range imageEnv {
 		if strings.HasPrefix(kv, "HOME=") {
@@ -303,7 +304,7 @@ func workloadEnv(environ, imageEnv []string, home string) []string {
 		if strings.HasPrefix(kv, envPrefix) {
 			continue
 		}
-		if kv == "HOME=/" && !imageHome && home != "/" {
+		if (kv == "HOME=/" || rootHome != "" && kv == "HOME="+rootHome) && !imageHome && kv != "HOME="+home {
 			continue
 		}
 		if strings.HasPrefix(kv, "HOME=") {

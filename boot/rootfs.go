@@ -346,6 +346,9 @@ func pivotHere(root string) error {
 	// pivot_root(".", ".") stacks the old root on the new one; detaching
 	// "." then removes it, with no directory needed to hold it.
 	if err := unix.PivotRoot(".", "."); err != nil {
+		// Out of the root again, or the working directory keeps the
+		// overlay, and through it the FUSE mount, busy at teardown.
+		unix.Chdir("/")
 		return fmt.Errorf("%w: pivot_root to %s: %v%s", ErrRootfs, root, err, privilegeHint(err))
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {

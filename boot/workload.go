@@ -273,7 +273,11 @@ func runWorkload(specFile *os.File) error {
 		return err
 	}
 	u.Groups = mergeGroups(u.Groups, s.ExtraGroups)
-	env := workloadEnv(s.Env, s.ImageEnv, u.Home)
+	rootHome := ""
+	if root, err := resolveImageUser("0"); err == nil {
+		rootHome = root.Home
+	}
+	env := workloadEnv(s.Env, s.ImageEnv, u.Home, rootHome)
 	wd := s.WorkingDir
 	if wd == "" {
 		wd = "/"
