@@ -495,6 +495,12 @@ var dropinScenarios = []scenario{
 		s.docker("run", "--rm", "--tmpfs", "/scratch", "IMAGE", "sh", "-c", "echo x > /scratch/f && cat /scratch/f && grep -c ' /scratch tmpfs' /proc/mounts")
 		s.docker("run", "--rm", "-v", "/data", "IMAGE", "cat", "/data/sub/deep")
 	}},
+	// Docker's masks and read-only parts of /proc hold in the converted
+	// root too: it gets the container's /proc.
+	{name: "masked /proc", run: func(s *side) {
+		s.do(step{args: []string{"run", "--rm", "IMAGE", "sh", "-c",
+			"wc -c < /proc/kcore; echo 1 > /proc/sys/vm/drop_caches; grep -c ' /proc/sys ' /proc/mounts; ls /proc/acpi | wc -l"}, stderr: true})
+	}},
 	{name: "read-only root", run: func(s *side) {
 		s.do(step{args: []string{"run", "--rm", "--read-only", "IMAGE", "sh", "-c", "cat /data/hello; touch /f 2>&1; touch /tmp/f 2>&1; echo done"}, norm: func(s string) string {
 			return strings.TrimSpace(strings.ReplaceAll(s, "Read-only file system", "read-only"))
