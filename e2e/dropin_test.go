@@ -424,6 +424,14 @@ var dropinScenarios = []scenario{
 		s.docker("start", "@c")
 		s.waitLog("c", "ready")
 		s.docker("exec", "@c", "sh", "-c", "cat /etc/new /var-log; ls /data")
+		// Killed while writing: the next start mounts over what the
+		// killed one left.
+		s.docker("exec", "-d", "@c", "sh", "-c", "while :; do echo x >> /grow; mv /grow /grow2; mv /grow2 /grow; done")
+		time.Sleep(500 * time.Millisecond)
+		s.docker("kill", "@c")
+		s.docker("start", "@c")
+		s.waitLog("c", "ready")
+		s.docker("exec", "@c", "sh", "-c", "cat /etc/new; { test -s /grow || test -s /grow2; } && echo grew")
 	}},
 	{name: "restart on failure", run: func(s *side) {
 		s.start("c", "second", []string{"--restart", "on-failure:3"}, "sh", "-c", "if [ -f /once ]; then echo second; exec sleep 600; fi; touch /once; echo first; exit 1")
