@@ -184,6 +184,20 @@ func (s *side) waitLog(name, want string) {
 	s.fatalf("container %s did not log %q; logs:\n%s", name, want, s.logs(name))
 }
 
+// restarted runs a docker command that starts container name again
+// (restart, start) and waits until its log has one more want than
+// before: the log keeps the earlier starts' lines.
+func (s *side) restarted(name, want string, args ...string) {
+	before := strings.Count(s.logs(name), want)
+	s.docker(args...)
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if strings.Count(s.logs(name), want) > before {
+			return
+		}
+	}
+	s.fatalf("container %s did not log %q again; logs:\n%s", name, want, s.logs(name))
+}
+
 func (s *side) inspect(name, format string) string {
 	out, _, _ := s.exec(step{args: []string{"inspect", "-f", format, "@" + name}})
 	return strings.TrimSpace(out)
@@ -417,20 +431,17 @@ var dropinScenarios = []scenario{
 	{name: "files survive restart and stop/start", run: func(s *side) {
 		s.start("c", "ready", nil, "sh", "-c", "echo boot >> /var-log; echo ready; exec sleep 600")
 		s.docker("exec", "@c", "sh", "-c", "echo written > /etc/new && rm /data/hello && mkdir -p /srv/d && echo deep > /srv/d/f")
-		s.docker("restart", "-t", "1", "@c")
-		s.waitLog("c", "ready")
+		s.restarted("c", "ready", "restart", "-t", "1", "@c")
 		s.docker("exec", "@c", "sh", "-c", "cat /etc/new /var-log /srv/d/f; ls /data")
 		s.stop("c", 2*time.Second)
-		s.docker("start", "@c")
-		s.waitLog("c", "ready")
+		s.restarted("c", "ready", "start", "@c")
 		s.docker("exec", "@c", "sh", "-c", "cat /etc/new /var-log; ls /data")
 		// Killed while writing: the next start mounts over what the
 		// killed one left.
 		s.docker("exec", "-d", "@c", "sh", "-c", "while :; do echo x >> /grow; mv /grow /grow2; mv /grow2 /grow; done")
 		time.Sleep(500 * time.Millisecond)
 		s.docker("kill", "@c")
-		s.docker("start", "@c")
-		s.waitLog("c", "ready")
+		s.restarted("c", "ready", "start", "@c")
 		s.docker("exec", "@c", "sh", "-c", "cat /etc/new; { test -s /grow || test -s /grow2; } && echo grew")
 	}},
 	{name: "restart on failure", run: func(s *side) {
