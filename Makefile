@@ -39,6 +39,7 @@ samples: build
 	$(DOCKER) build -q -t bootfs/cache samples/cache
 	$(DOCKER) build -q -t bootfs/http-store -f samples/http-store/Dockerfile $(BIN)
 	$(DOCKER) build -q -t bootfs/ssh-store -f samples/ssh-store/Dockerfile $(BIN)
+	$(DOCKER) build -q -t bootfs/agent -f samples/agent/Dockerfile $(BIN)
 
 # test runs everything CI runs: lint, the unit tests with the race detector,
 # the end-to-end suite (which unit leaves to e2e: it runs the built

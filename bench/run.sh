@@ -3,8 +3,8 @@
 # it builds the images (bench/rootfs.sh, cached), converts them, serves the
 # stores on 127.0.0.1 behind a shaping proxy, runs every workload in every
 # mode from a cold state, and writes bench/results/<date>.md with PNG
-# charts (see bench/README.md). Needs root, Docker, /dev/fuse, casync and
-# the binaries of `make build`.
+# charts (see bench/README.md). Needs root, Docker, /dev/fuse, casync,
+# docker-registry and the binaries of `make build`.
 #
 # Options, as environment variables (or the flags of benchrun -h):
 #   SAMPLES=N           runs of every image, network and mode (default 2)
@@ -12,10 +12,13 @@
 #                       (default 1; 0 for SAMPLES)
 #   IMAGES=a,b          debian-min, python, gcc, postgres, busybox
 #                       (default: the four Debian images)
-#   MODES=a,b           full-pull, casync-mount, bootfs-cold, bootfs-warm,
-#                       bootfs-prefetch (default: all)
+#   MODES=a,b           registry-pull, estargz, estargz-optimized,
+#                       bootfs-cold, bootfs-prefetch,
+#                       bootfs-warm, casync-mount, save-load
+#                       (default: all but save-load)
 #   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit (default: all)
-#   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion (default: all)
+#   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion, node
+#                       (default: all)
 #   BENCH_QUICK=1       busybox only, one sample, loopback and 20ms-100mbit,
 #                       no Go conversion benchmark: CI's check that the
 #                       harness works (under two minutes)

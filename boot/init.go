@@ -48,6 +48,10 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("boot: no command to run: the image has no Entrypoint or Cmd; pass one after the image name")
 	}
+	if status, done, err := initViaAgent(argv, opts); done {
+		return status, err
+	}
+	log.Info("bootfs: in-container mode: this container mounts its own image (it needs --privileged --device /dev/fuse); to run it with no privilege, start bootfs-agent on the node and add -v /run/bootfs:/run/bootfs")
 	if err := checkPrivileges(); err != nil {
 		return 0, err
 	}
@@ -128,23 +132,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 	log.Debug("root ready", "root", r.root, "took", time.Since(start).Round(time.Millisecond))
 
-	img := cfg.Image
-	var extraGroups []int
-	switch {
-	case opts.Caller != nil:
-		img.User = opts.Caller.spec()
-		// Docker lists the gid it gave among the groups too.
-		for _, g := range opts.Caller.Groups {
-			if g != opts.Caller.GID {
-				extraGroups = append(extraGroups, g)
-			}
-		}
-	case opts.User != "":
-		img.User = opts.User
-	}
-	if opts.WorkingDir != "" {
-		img.WorkingDir = opts.WorkingDir
-	}
+	img, extraGroups := opts.workloadImage(cfg.Image)
 	environ := os.Environ()
 	if opts.Caller != nil {
 		environ = withoutSecureTraceback(environ)
@@ -223,6 +211,29 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	<-prefetched
 	report()
 	return status, nil
+}
+
+// workloadImage returns the image configuration the workload runs with:
+// img with the user and working directory the options override, and the
+// supplementary groups to add.
+func (opts InitOptions) workloadImage(img bootconfig.Image) (bootconfig.Image, []int) {
+	var extraGroups []int
+	switch {
+	case opts.Caller != nil:
+		img.User = opts.Caller.spec()
+		// Docker lists the gid it gave among the groups too.
+		for _, g := range opts.Caller.Groups {
+			if g != opts.Caller.GID {
+				extraGroups = append(extraGroups, g)
+			}
+		}
+	case opts.User != "":
+		img.User = opts.User
+	}
+	if opts.WorkingDir != "" {
+		img.WorkingDir = opts.WorkingDir
+	}
+	return img, extraGroups
 }
 
 // loadConfig reads config.json and checks the index and TOC against the

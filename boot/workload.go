@@ -268,6 +268,13 @@ func runWorkload(specFile *os.File) error {
 	if len(s.Argv) == 0 {
 		return errors.New("boot: no command to run")
 	}
+	return execWorkload(s)
+}
+
+// execWorkload execs s's command in the process's current root: the
+// image's user and groups, the environment, the working directory. It
+// returns only on failure.
+func execWorkload(s workloadSpec) error {
 	u, err := resolveImageUser(s.User)
 	if err != nil {
 		return err

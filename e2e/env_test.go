@@ -132,7 +132,7 @@ func binaries(dir string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	module := filepath.Dir(filepath.Dir(file))
 	bin := filepath.Join(dir, "bin")
-	for _, c := range []string{"boot", "mkimage", "chunkstore"} {
+	for _, c := range []string{"boot", "mkimage", "chunkstore", "bootfs-agent"} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(bin, c), "./cmd/"+c)
 		cmd.Dir = module
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

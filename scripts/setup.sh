@@ -16,6 +16,7 @@ set -euo pipefail
 # What each package is for:
 #   docker.io (with containerd)       the engine the end-to-end tests and the demo run
 #   docker-registry                   a local registry (registry store, benchmark pulls)
+#   stargz-snapshotter                the benchmark's eStargz peer: ctr-remote converts images
 #   fuse3                             fusermount3 and the fuse tools
 #   casync                            the interop oracle: real casync reads what we write
 #   busybox-static                    the small test images
@@ -24,7 +25,7 @@ set -euo pipefail
 #   docker-compose                    the compose example's test
 #   gcc, libc6-dev                    go test -race needs cgo
 #   ca-certificates git make iproute2 procps   the build and the benchmark harness
-packages=(docker.io containerd docker-registry fuse3 casync busybox-static debootstrap
+packages=(docker.io containerd docker-registry stargz-snapshotter fuse3 casync busybox-static debootstrap
 	openssh-client docker-compose gcc libc6-dev ca-certificates git make iproute2 procps)
 
 say() { [ "${SETUP_QUIET:-}" = 1 ] && [ "${1:-}" = "-q" ] && return 0; [ "${1:-}" = "-q" ] && shift; echo "setup: $*" >&2; }

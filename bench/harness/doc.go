@@ -1,9 +1,9 @@
 // Package harness measures bootfs side by side with what a user would run
-// instead: a full image pull (docker save → HTTP → docker load), `casync
-// mount` of the same tree with a chroot, and bootfs cold, warm and with a
-// prefetch list. It builds the images (bench/rootfs.sh and docker import),
-// converts them, serves the stores on 127.0.0.1 behind a shaping proxy
-// (package shaper) for each network condition, runs every workload from a
+// instead: a docker pull from a registry on 127.0.0.1 (Debian's
+// docker-registry), `casync mount` of the same tree with a chroot, and
+// bootfs cold, warm and with a prefetch list. It builds the images (bench/rootfs.sh and docker import),
+// converts them, serves the stores on 127.0.0.1 behind shaping proxies
+// (package shaper) that share one link per network condition, runs every workload from a
 // cold state in a shuffled order, and writes a Markdown report and PNG
 // charts. It also measures conversion throughput, store size and dedup,
 // buzhash against Rabin, and FUSE metadata and read throughput.

@@ -41,6 +41,8 @@ func (h *harness) extras(ctx context.Context) {
 			err = h.extraFUSE(ctx)
 		case "pgversion":
 			err = h.extraPgVersion(ctx)
+		case "node":
+			err = h.extraNode(ctx)
 		}
 		if err != nil {
 			h.logf("%s: %v", x, err)

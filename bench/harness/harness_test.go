@@ -160,7 +160,7 @@ func TestResolve(t *testing.T) {
 		check   func(*testing.T, Options)
 	}{
 		{name: "defaults", check: func(t *testing.T, o Options) {
-			if o.Samples != 2 || len(o.Images) != 4 || len(o.Modes) != len(AllModes) || len(o.Networks) != 3 || len(o.Extras) != len(AllExtras) {
+			if o.Samples != 2 || len(o.Images) != 4 || !slices.Equal(o.Modes, DefaultModes) || slices.Contains(o.Modes, ModeSaveLoad) || len(o.Networks) != 3 || len(o.Extras) != len(AllExtras) {
 				t.Errorf("defaults = %+v", o)
 			}
 		}},
@@ -197,14 +197,14 @@ func TestResolve(t *testing.T) {
 // TestReport renders a report from made-up runs and checks the table
 // cells, the goals and the files.
 func TestReport(t *testing.T) {
-	r := &Report{Samples: 3, Images: []string{"python"}, Modes: []string{ModeFull, ModeCasync, ModeCold, ModeWarm, ModePrefetch},
+	r := &Report{Samples: 3, Images: []string{"python"}, Modes: []string{ModeRegistry, ModeCasync, ModeCold, ModeWarm, ModePrefetch, ModeEstargz, ModeEstargzOpt},
 		Networks: []string{"20ms-100mbit"}, Prefetch: "not available: test",
 		Sizes: []ImageSize{{Image: "python", SaveBytes: 100e6, BootBytes: 9e6, StoreBytes: 40e6}}}
 	add := func(mode string, ready time.Duration, image, store int64, err string) {
 		r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: mode, Ready: ready, ImageBytes: image, StoreBytes: store, Requests: 3, RSS: 20e6, Err: err})
 	}
 	for _, d := range []time.Duration{10, 12, 11} {
-		add(ModeFull, d*time.Second, 100e6, 0, "")
+		add(ModeRegistry, d*time.Second, 100e6, 0, "")
 	}
 	for _, d := range []time.Duration{3000, 2000, 2500} {
 		add(ModeCold, d*time.Millisecond, 9e6, 1e6, "")
@@ -212,18 +212,36 @@ func TestReport(t *testing.T) {
 	add(ModeCasync, 5*time.Second, 0, 2e6, "")
 	add(ModeCasync, 0, 0, 0, "casync mount exited")
 	add(ModeWarm, time.Second, 0, 0, "")
+	add(ModeEstargz, 4*time.Second, 5e6, 0, "")
+	add(ModeEstargzOpt, 3*time.Second, 6e6, 0, "")
 	r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: ModePrefetch, Skipped: "not available: test"})
+	r.NodeImage, r.NodeNetwork, r.NodeContainers = "python", "20ms-100mbit", 8
+	r.Node = []NodeRow{{System: ModeRegistry, Ready: 9 * time.Second, Bytes: 66e6, Requests: 5},
+		{System: ModeCold, Ready: 4 * time.Second, Bytes: 20e6, Requests: 200, RSS: 300e6},
+		{System: ModeEstargz, Err: "ctr run: boom"}}
 	md := r.Markdown([]string{"x-ready.png"})
 	for _, want := range []string{
 		"| python | 11.00 s (10.00–12.00) | 5.00 s, 1 failed | 2.50 s (2.00–3.00) | 1.00 s | n/a |",
 		"| python | 100.0 MB (100.0%), 3 req | 2.0 MB (2.0%), 3 req | 10.0 MB (10.0%), 3 req |",
-		"faster to ready than a full pull at 20ms-100mbit for python: **met** (4.4×",
+		"## Headline: time to ready at 20ms-100mbit",
+		"| python | 11.00 s (10.00–12.00) | 4.00 s (2.8×) | 3.00 s (3.7×) | 2.50 s (4.4×) | n/a | 1.00 s (11.0×) | 0.62× | – |",
+		"bootfs-cold ≤ 0.8× estargz to ready at 20ms-100mbit, python: **met** (0.62×: 2.50 s against 4.00 s)",
+		"bootfs-cold fetches ≤ estargz's bytes, python: **missed** (10.0 MB against 5.0 MB)",
+		"bootfs-cold's requests within 2× of estargz's, python: **met** (3 against 3)",
+		"bootfs-prefetch ≤ 0.8× estargz-optimized to ready at 20ms-100mbit, python: not measured",
+		"bootfs cold within 1.5× of its floor at 20ms-100mbit (warm 1.00 s + 10.0 MB at the link's rate = 1.80 s), python: **met** (1.39×: 2.50 s)",
+		"faster to ready than a registry pull at 20ms-100mbit for python: **met** (4.4×",
 		"fetches ≤ 10% of the image's bytes, python: **met** (10.0%",
 		"bootfs cold beats casync mount, python on 20ms-100mbit: **met**",
 		"for postgres: not measured",
 		"python, 20ms-100mbit, casync-mount failed: casync mount exited",
 		"bootfs-prefetch: not available: test",
 		"![x-ready](x-ready.png)",
+		"## A node: 8 containers of python at once (20ms-100mbit)",
+		"| registry-pull | 9.00 s | 66.0 MB | 5 | – |",
+		"| bootfs-cold | 4.00 s | 20.0 MB | 200 | 300.0 MB |",
+		"| estargz | failed | | | |",
+		"node scenario, estargz failed: ctr run: boom",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -235,7 +253,7 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	stem := strings.TrimSuffix(filepath.Base(file), ".md")
-	for _, f := range []string{stem + ".md", stem + ".json", stem + "-ready-20ms-100mbit.png", stem + "-fetched.png"} {
+	for _, f := range []string{stem + ".md", stem + ".json", stem + "-headline.png", stem + "-ready-20ms-100mbit.png", stem + "-fetched.png"} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Size() == 0 {
 			t.Errorf("Write made no %s: %v", f, err)
@@ -262,4 +280,33 @@ func readFile(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestParseAccessLog counts the requests and bytes of docker-registry's
+// access log (the combined format) and skips its other lines.
+func TestParseAccessLog(t *testing.T) {
+	log := `time="2026-12-04T20:15:00Z" level=warning msg="No HTTP secret provided"
+127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "docker/20.10.24+dfsg1 go/go1.19.8"
+127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] "HEAD /v2/bootfs-bench/busybox/manifests/orig HTTP/1.1" 200 529 "" "docker/20.10.24+dfsg1"
+127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] "GET /v2/bootfs-bench/busybox/blobs/sha256:0c1e HTTP/1.1" 200 7012345 "" "docker/20.10.24+dfsg1"
+127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] "GET /v2/bootfs-bench/busybox/blobs/sha256:0c1e HTTP/1.1" 206 4096 "" "Go-http-client/1.1"
+127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] "PUT /v2/bootfs-bench/busybox/manifests/orig HTTP/1.1" 201 0 "" "docker/20.10.24+dfsg1"
+127.0.0.1 - - [04/Dec/2026:20:15:02 +0000] "GET /v2/bootfs-bench/busybox/blobs/sha256:dead HTTP/1.1" 404 - "" "x"
+`
+	f := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(f, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &registry{log: f}
+	got, err := r.since(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Requests != 5 || got.Bytes != 87+529+7012345+4096 {
+		t.Errorf("since(0) = %d requests, %d bytes; want 5, %d", got.Requests, got.Bytes, 87+529+7012345+4096)
+	}
+	mark := int64(strings.Index(log, "127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] \"GET /v2/bootfs-bench/busybox/blobs/sha256:0c1e HTTP/1.1\" 206"))
+	if got, _ := r.since(mark); got.Requests != 2 || got.Bytes != 4096 {
+		t.Errorf("since(%d) = %+v; want 2 requests, 4096 bytes", mark, got)
+	}
 }

@@ -30,10 +30,16 @@ type image struct {
 	// index is the bootfs caidx (with index.toc), casIndex casync make's.
 	index, casIndex string
 	conv            mkimage.Summary // mkimage --json
+	// estargz says the registry holds its eStargz conversions, tags
+	// estargz and estargz-opt.
+	estargz bool
 	// storeBytes are the stored (compressed) bytes of the image's distinct
 	// chunks in the bootfs store, casStoreBytes in casync's.
 	storeBytes, casStoreBytes int64
 }
+
+// repo is the image's repository in the registry.
+func (im *image) repo() string { return prefix + "/" + im.wl.Name }
 
 // rootfsOf returns the workload's root filesystem: bench/rootfs.sh's
 // cached debootstrap, or a fresh busybox tree.
@@ -108,14 +114,25 @@ func busyboxTree(root string) error {
 	return nil
 }
 
-// dockerImport imports the tree at dir as tag with docker import's changes.
-func dockerImport(ctx context.Context, dir, tag string, changes []string) error {
+// runMarker is a file added to every original image, different in every
+// run: it makes the image's layer the run's own. Without it a layer
+// imported from the same cached tree by anyone else on the machine (a
+// demo, a test) is already in Docker, and a registry pull skips it.
+const runMarker = "etc/bootfs-bench-run"
+
+// dockerImport imports the tree at dir as tag with docker import's
+// changes; with marker, the file runMarker under marker is added to it.
+func dockerImport(ctx context.Context, dir, tag string, changes []string, marker string) error {
 	args := []string{"import"}
 	for _, c := range changes {
 		args = append(args, "-c", c)
 	}
 	args = append(args, "-", tag)
-	tar := exec.CommandContext(ctx, "tar", "-C", dir, "--numeric-owner", "-c", ".")
+	targs := []string{"-C", dir, "--numeric-owner", "-c", "."}
+	if marker != "" {
+		targs = append(targs, "-C", marker, "./"+runMarker)
+	}
+	tar := exec.CommandContext(ctx, "tar", targs...)
 	imp := exec.CommandContext(ctx, "docker", args...)
 	pipe, err := tar.StdoutPipe()
 	if err != nil {
@@ -147,12 +164,27 @@ func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
 	}
 	h.logf("%s: import %s as %s", w.Name, im.rootfs, im.orig)
 	h.removeImageAtEnd(im.orig)
-	if err := dockerImport(ctx, im.rootfs, im.orig, w.Changes); err != nil {
+	if err := dockerImport(ctx, im.rootfs, im.orig, w.Changes, h.marker); err != nil {
 		return nil, err
 	}
 	im.origTar = w.Name + "-orig.tar"
 	if im.origSize, err = h.save(ctx, im.orig, im.origTar); err != nil {
 		return nil, err
+	}
+	if h.registry != nil {
+		h.logf("%s: push %s to the registry", w.Name, im.orig)
+		if err := h.push(ctx, im.orig, im.repo(), "orig"); err != nil {
+			return nil, err
+		}
+	}
+	if h.stargz != nil {
+		if err := h.prepareEstargz(ctx, im); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			h.logf("%s: eStargz conversion: %v", w.Name, err)
+			h.report.Notes = append(h.report.Notes, fmt.Sprintf("%s: no eStargz images: %s", w.Name, oneLine(err.Error())))
+		}
 	}
 
 	h.logf("%s: convert with mkimage", w.Name)

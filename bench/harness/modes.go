@@ -43,7 +43,8 @@ func (s Sample) Fetched() int64 { return s.ImageBytes + s.StoreBytes }
 const runTimeout = 5 * time.Minute
 
 // url returns the address of upstream as seen over network n: upstream
-// itself on loopback, else a shaping proxy in front of it.
+// itself on loopback, else a shaping proxy in front of it. Every proxy of
+// one network shares that network's link, as the servers of one node do.
 func (h *harness) url(n Network, upstream string) (string, error) {
 	if !n.Shaped() {
 		return upstream, nil
@@ -54,7 +55,15 @@ func (h *harness) url(n Network, upstream string) (string, error) {
 	if p, ok := h.proxies[key]; ok {
 		return "http://" + p.Addr(), nil
 	}
-	p, err := shaper.Listen("127.0.0.1:0", strings.TrimPrefix(upstream, "http://"), n.Options())
+	link, ok := h.links[n.Name]
+	if !ok {
+		var err error
+		if link, err = shaper.NewNetwork(n.Options()); err != nil {
+			return "", err
+		}
+		h.links[n.Name] = link
+	}
+	p, err := link.Listen("127.0.0.1:0", strings.TrimPrefix(upstream, "http://"))
 	if err != nil {
 		return "", err
 	}
@@ -170,6 +179,7 @@ func await(ctx context.Context, w Workload, p process, start time.Time) (time.Du
 
 // containerRun is one docker run of a workload.
 type containerRun struct {
+	name     string // the container's name; "" is the harness's one
 	image    string
 	boot     bool // a boot image: add the FUSE privilege flags
 	env      []string
@@ -181,7 +191,10 @@ type containerRun struct {
 // ready counted from start and, if asked, the peak RSS of the container's
 // init (boot).
 func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, start time.Time) (time.Duration, int64, error) {
-	name := h.container
+	name := c.name
+	if name == "" {
+		name = h.container
+	}
 	docker(context.Background(), "rm", "-f", name)
 	defer docker(context.Background(), "rm", "-f", name)
 	args := []string{"run", "--name", name, "--pull", "never", "--network", "host"}

@@ -30,10 +30,10 @@ type Options struct {
 	// its one run is enough to show where it stands; 0 means Samples.
 	CasyncSamples int
 	// Images, Modes and Networks select what to run (nil: the defaults;
-	// see Workloads, AllModes and Networks).
+	// see Workloads, DefaultModes and Networks).
 	Images, Modes, Networks []string
 	// Extras selects the other measurements: "convert", "dedup",
-	// "chunkers", "fuse", "pgversion" (nil: all that apply).
+	// "chunkers", "fuse", "pgversion", "node" (nil: all that apply).
 	Extras []string
 	// Quick is BENCH_QUICK=1: the busybox image only, one sample, loopback
 	// and the slowest network, and no Go conversion benchmark.
@@ -48,15 +48,28 @@ type Options struct {
 
 // Modes.
 const (
-	ModeFull     = "full-pull"
-	ModeCasync   = "casync-mount"
-	ModeCold     = "bootfs-cold"
-	ModeWarm     = "bootfs-warm"
-	ModePrefetch = "bootfs-prefetch"
+	// ModeRegistry is the baseline: docker pull from a registry.
+	ModeRegistry = "registry-pull"
+	// ModeEstargz and ModeEstargzOpt are the lazy-pull peer, eStargz
+	// through stargz-snapshotter, without and with the workload's
+	// prefetch optimization.
+	ModeEstargz    = "estargz"
+	ModeEstargzOpt = "estargz-optimized"
+	ModeCold       = "bootfs-cold"
+	ModePrefetch   = "bootfs-prefetch"
+	ModeWarm       = "bootfs-warm"
+	ModeCasync     = "casync-mount"
+	// ModeSaveLoad is a pull without a registry: docker save's archive
+	// over one HTTP stream into docker load. Not run unless asked.
+	ModeSaveLoad = "save-load"
 )
 
 // AllModes lists the modes in report order.
-var AllModes = []string{ModeFull, ModeCasync, ModeCold, ModeWarm, ModePrefetch}
+var AllModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
+
+// DefaultModes are the modes a run without MODES runs: all but save-load,
+// which the registry pull replaces as the baseline.
+var DefaultModes = AllModes[:len(AllModes)-1]
 
 // Network is a network condition between the node and the servers.
 type Network struct {
@@ -129,11 +142,15 @@ var Workloads = []Workload{
 	},
 	{
 		// Debian's cluster 15/main, made by the package's postinst; no
-		// TCP listener, so runs never fight over port 5432.
+		// TCP listener, so runs never fight over port 5432. Its socket
+		// goes to /tmp: containerd's default spec (ctr run, the eStargz
+		// modes) mounts an empty tmpfs on /run, which hides the
+		// package's /run/postgresql, and the same command must run
+		// everywhere.
 		Name: "postgres", Rootfs: "postgres", Packages: "postgresql",
 		Changes: []string{"USER postgres", `CMD ["` + postgresBin + `"]`},
 		Argv: []string{postgresBin, "-D", "/var/lib/postgresql/15/main",
-			"-c", "config_file=/etc/postgresql/15/main/postgresql.conf", "-c", "listen_addresses="},
+			"-c", "config_file=/etc/postgresql/15/main/postgresql.conf", "-c", "listen_addresses=", "-c", "unix_socket_directories=/tmp"},
 		User:  "postgres",
 		Ready: regexp.MustCompile(`database system is ready to accept connections`),
 		Want:  "ready to accept connections",
@@ -147,7 +164,7 @@ var Workloads = []Workload{
 }
 
 // AllExtras lists the extra measurements in report order.
-var AllExtras = []string{"convert", "dedup", "chunkers", "fuse", "pgversion"}
+var AllExtras = []string{"convert", "dedup", "chunkers", "fuse", "pgversion", "node"}
 
 // resolve fills in defaults and checks the selection.
 func (o *Options) resolve() error {
@@ -165,14 +182,17 @@ func (o *Options) resolve() error {
 			o.Networks = []string{"loopback", "20ms-100mbit"}
 		}
 		if o.Extras == nil {
-			o.Extras = []string{"dedup", "chunkers", "fuse"}
+			o.Extras = []string{"dedup", "chunkers", "fuse", "node"}
 		}
 	}
 	if o.Images == nil {
 		o.Images = []string{"debian-min", "python", "gcc", "postgres"}
 	}
 	if o.Modes == nil {
-		o.Modes = AllModes
+		o.Modes = DefaultModes
+		if o.Quick {
+			o.Modes = slices.DeleteFunc(slices.Clone(DefaultModes), func(m string) bool { return m == ModeEstargz || m == ModeEstargzOpt })
+		}
 	}
 	if o.Networks == nil {
 		for _, n := range Networks {

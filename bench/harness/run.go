@@ -23,11 +23,16 @@ type harness struct {
 	store     *storeServer
 	casStore  *storeServer
 	tarURL    string
-	container string // the name of the one container a run uses
-	volume    string // the cache volume
+	marker    string // the directory holding runMarker
+	registry  *registry
+	stargz    *stargzNode // the private containerd of the eStargz modes
+	estargz   string      // why the eStargz modes cannot run, or ""
+	container string      // the name of the one container a run uses
+	volume    string      // the cache volume
 
 	mu      sync.Mutex
-	proxies map[string]*shaper.Proxy
+	proxies map[string]*shaper.Proxy   // by network and upstream
+	links   map[string]*shaper.Network // by network
 
 	images   []*image
 	prefetch string // why bootfs-prefetch cannot run, or ""
@@ -44,6 +49,14 @@ func (h *harness) storeDir() string    { return filepath.Join(h.opts.Work, "stor
 func (h *harness) casStoreDir() string { return filepath.Join(h.opts.Work, "casync-store") }
 func (h *harness) tarDir() string      { return filepath.Join(h.opts.Work, "tars") }
 
+func (h *harness) needRegistry() bool {
+	return slices.Contains(h.opts.Modes, ModeRegistry) || h.needEstargz()
+}
+
+func (h *harness) needEstargz() bool {
+	return slices.Contains(h.opts.Modes, ModeEstargz) || slices.Contains(h.opts.Modes, ModeEstargzOpt)
+}
+
 func (h *harness) needCasync() bool {
 	return slices.Contains(h.opts.Modes, ModeCasync) || slices.Contains(h.opts.Extras, "dedup") ||
 		slices.Contains(h.opts.Extras, "fuse") || slices.Contains(h.opts.Extras, "pgversion")
@@ -58,7 +71,7 @@ func Run(ctx context.Context, opts Options) (string, error) {
 	if err := opts.resolve(); err != nil {
 		return "", err
 	}
-	h := &harness{opts: opts, proxies: map[string]*shaper.Proxy{},
+	h := &harness{opts: opts, proxies: map[string]*shaper.Proxy{}, links: map[string]*shaper.Network{},
 		container: fmt.Sprintf("%s-%d-run", prefix, os.Getpid()),
 		volume:    fmt.Sprintf("%s-%d-cache", prefix, os.Getpid()),
 	}
@@ -67,6 +80,14 @@ func Run(ctx context.Context, opts Options) (string, error) {
 		return "", err
 	}
 	h.report = newReport(opts, h.prefetch)
+	if opts.Quick && !h.needEstargz() {
+		note := "quick mode: estargz and estargz-optimized are not run (building the snapshotter and converting with ctr-remote take minutes); MODES=... with them runs them"
+		h.logf("%s", note)
+		h.report.Notes = append(h.report.Notes, note)
+	}
+	if h.estargz != "" {
+		h.report.Notes = append(h.report.Notes, "estargz, estargz-optimized: "+h.estargz)
+	}
 	for _, name := range opts.Images {
 		w, _ := workload(name)
 		im, err := h.prepare(ctx, w)
@@ -161,6 +182,25 @@ func (h *harness) setup(ctx context.Context) error {
 	if h.tarURL, err = h.serveTars(); err != nil {
 		return err
 	}
+	if h.needRegistry() {
+		if h.registry, err = h.startRegistry(ctx); err != nil {
+			return err
+		}
+	}
+	if h.needEstargz() {
+		if h.estargz = estargzTools(); h.estargz == "" {
+			if h.stargz, err = h.newStargzNode(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	h.marker = filepath.Join(h.opts.Work, "marker")
+	if err := os.MkdirAll(filepath.Join(h.marker, filepath.Dir(runMarker)), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(h.marker, runMarker), fmt.Appendf(nil, "%d %s\n", os.Getpid(), time.Now().Format(time.RFC3339Nano)), 0o644); err != nil {
+		return err
+	}
 	if h.runFlags, err = h.privilegeFlags(ctx); err != nil {
 		return err
 	}
@@ -188,7 +228,7 @@ func (h *harness) privilegeFlags(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	tag := prefix + "/probe:" + fmt.Sprint(os.Getpid())
-	if err := dockerImport(ctx, dir, tag, nil); err != nil {
+	if err := dockerImport(ctx, dir, tag, nil, ""); err != nil {
 		return nil, err
 	}
 	defer docker(context.Background(), "rmi", "-f", tag)
@@ -312,10 +352,14 @@ func (h *harness) runMode(ctx context.Context, j job, m string) Sample {
 	s := Sample{Image: j.im.wl.Name, Network: j.net.Name, Mode: m}
 	var err error
 	switch m {
-	case ModeFull:
+	case ModeRegistry:
+		err = h.runRegistryPull(ctx, j, &s)
+	case ModeSaveLoad:
 		err = h.runFull(ctx, j, &s)
 	case ModeCasync:
 		err = h.runCasyncMode(ctx, j, &s)
+	case ModeEstargz, ModeEstargzOpt:
+		err = h.runEstargz(ctx, j, m, &s)
 	case ModeCold, ModeWarm, ModePrefetch:
 		err = h.runBootfs(ctx, j, m, &s)
 	}
@@ -338,8 +382,8 @@ func removeImage(ctx context.Context, tag string) error {
 	return err
 }
 
-// runFull: the original image is removed, then fetched as a docker save
-// archive over HTTP, loaded and run.
+// runFull (save-load): the original image is removed, then fetched as a
+// docker save archive over HTTP, loaded and run.
 func (h *harness) runFull(ctx context.Context, j job, s *Sample) error {
 	docker(context.Background(), "rm", "-f", h.container)
 	if err := removeImage(ctx, j.im.orig); err != nil {
@@ -401,50 +445,82 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		tag, tar = j.im.prefetch, j.im.prefetchTar
 	}
 	docker(context.Background(), "rm", "-f", h.container)
-	if m != ModeWarm {
-		if err := removeImage(ctx, tag); err != nil {
-			return err
-		}
-		docker(context.Background(), "volume", "rm", "-f", h.volume)
-	}
-	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
-		return err
-	}
-	storeURL, err := h.url(j.net, h.store.url)
-	if err != nil {
-		return err
-	}
-	tarURL, err := h.url(j.net, h.tarURL)
-	if err != nil {
-		return err
-	}
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	before, err := h.store.metrics()
+	st, err := h.startBootfs(ctx, j.net, tag, m != ModeWarm)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	if m != ModeWarm {
-		if s.ImageBytes, err = load(ctx, tarURL+"/"+tar); err != nil {
+		if s.ImageBytes, err = load(ctx, st.tarURL+"/"+tar); err != nil {
 			return err
 		}
 		s.Requests = 1
 	}
-	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, containerRun{
-		image: tag, boot: true, watchRSS: true,
-		env:     []string{"BOOTFS_STORE=" + storeURL},
-		volumes: []string{h.volume + ":/.bootfs/cache"},
-	}, start)
-	after, merr := h.store.metrics()
+	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
+	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
 	}
-	d := after.sub(before)
 	s.StoreBytes = d.Bytes
 	s.Requests += d.Requests
 	return err
+}
+
+// bootfsStart is a boot image about to start over a network: where its
+// containers reach the store and the image archive, and the store's
+// counters before.
+type bootfsStart struct {
+	storeURL, tarURL string
+	before           counters
+}
+
+// startBootfs readies a start of the boot image tag over network n: with
+// cold, the image and the cache volume removed first; then the volume
+// made, the page cache dropped and the store's counters read.
+func (h *harness) startBootfs(ctx context.Context, n Network, tag string, cold bool) (bootfsStart, error) {
+	if cold {
+		if err := removeImage(ctx, tag); err != nil {
+			return bootfsStart{}, err
+		}
+		docker(context.Background(), "volume", "rm", "-f", h.volume)
+	}
+	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
+		return bootfsStart{}, err
+	}
+	var st bootfsStart
+	var err error
+	if st.storeURL, err = h.url(n, h.store.url); err != nil {
+		return bootfsStart{}, err
+	}
+	if st.tarURL, err = h.url(n, h.tarURL); err != nil {
+		return bootfsStart{}, err
+	}
+	if err := dropCaches(); err != nil {
+		return bootfsStart{}, err
+	}
+	if st.before, err = h.store.metrics(); err != nil {
+		return bootfsStart{}, err
+	}
+	return st, nil
+}
+
+// container is the docker run of the boot image tag as name ("": the
+// harness's one) on the store and the cache volume, its RSS watched.
+func (st bootfsStart) container(h *harness, name, tag string) containerRun {
+	return containerRun{
+		name: name, image: tag, boot: true, watchRSS: true,
+		env:     []string{"BOOTFS_STORE=" + st.storeURL},
+		volumes: []string{h.volume + ":/.bootfs/cache"},
+	}
+}
+
+// fetched returns what the store has sent since st.
+func (st bootfsStart) fetched(h *harness) (counters, error) {
+	after, err := h.store.metrics()
+	if err != nil {
+		return counters{}, err
+	}
+	return after.sub(st.before), nil
 }
 
 // errSkipped marks a mode that cannot run here; the report shows the

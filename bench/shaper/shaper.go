@@ -1,6 +1,9 @@
 // Package shaper is a TCP proxy that makes loopback behave like a slower
 // network: every byte is held for a one-way delay and each direction is
 // limited to a rate, as a link of that latency and bandwidth would. The
+// link is one for the whole proxy: every connection through it shares
+// each direction's bandwidth, so a client that opens many connections
+// gets no more than one that opens a single one. The
 // benchmark harness puts it between a client and a chunk store or image
 // server on 127.0.0.1, which works with `docker run --network host` and
 // needs no network namespace or tc.
@@ -44,7 +47,10 @@ func Symmetric(rtt time.Duration, bitsPerSecond int64) Options {
 type Proxy struct {
 	ln       net.Listener
 	upstream string
-	opts     Options
+
+	// upLink and downLink are the two directions' schedules, shared by
+	// every connection and by the other proxies of the same Network.
+	upLink, downLink *schedule
 
 	up, down atomic.Int64 // bytes delivered in each direction
 	conns    atomic.Int64 // connections accepted
@@ -55,16 +61,41 @@ type Proxy struct {
 	wg     sync.WaitGroup
 }
 
-// Listen starts a proxy on addr (such as "127.0.0.1:0") to upstream.
-func Listen(addr, upstream string, opts Options) (*Proxy, error) {
+// Network is one shaped link, both directions, that any number of proxies
+// share: a node reaching several servers over one network shares its
+// bandwidth among them as it does among connections.
+type Network struct {
+	opts     Options
+	up, down *schedule
+}
+
+// NewNetwork returns the link opts describe.
+func NewNetwork(opts Options) (*Network, error) {
 	if opts.Up.Rate < 0 || opts.Down.Rate < 0 || opts.Up.Delay < 0 || opts.Down.Delay < 0 {
 		return nil, fmt.Errorf("shaper: negative delay or rate in %+v", opts)
 	}
+	return &Network{opts: opts, up: newSchedule(opts.Up), down: newSchedule(opts.Down)}, nil
+}
+
+// Listen starts a proxy on addr (such as "127.0.0.1:0") to upstream with a
+// link of its own.
+func Listen(addr, upstream string, opts Options) (*Proxy, error) {
+	n, err := NewNetwork(opts)
+	if err != nil {
+		return nil, err
+	}
+	return n.Listen(addr, upstream)
+}
+
+// Listen starts a proxy on addr to upstream over the network n, sharing
+// its link with n's other proxies.
+func (n *Network) Listen(addr, upstream string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("shaper: listen on %s: %w", addr, err)
 	}
-	p := &Proxy{ln: ln, upstream: upstream, opts: opts, open: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, upstream: upstream, open: map[net.Conn]struct{}{},
+		upLink: n.up, downLink: n.down}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -146,11 +177,11 @@ func (p *Proxy) serve(client net.Conn) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		pipe(server, client, p.opts.Up, &p.up)
+		pipe(server, client, p.upLink, &p.up)
 	}()
 	go func() {
 		defer wg.Done()
-		pipe(client, server, p.opts.Down, &p.down)
+		pipe(client, server, p.downLink, &p.down)
 	}()
 	wg.Wait()
 }
@@ -165,16 +196,78 @@ type segment struct {
 // write over time rather than releasing it in one burst.
 const segmentSize = 16 << 10
 
-// maxInFlight bounds the segments held for delivery: the reader stops
-// reading from src while they are all waiting, as a full link would.
+// maxInFlight bounds the segments one connection holds for delivery: the
+// reader stops reading from src while they are all waiting.
 const maxInFlight = 512
 
-// pipe copies src to dst through link: a segment read at time t finishes
-// transmission at max(t, end of the previous one) + len/Rate and is
-// delivered Delay later. When src ends, dst's write side is closed; when
-// dst fails, src is closed.
-func pipe(dst, src net.Conn, link Link, delivered *atomic.Int64) {
-	if link.Delay == 0 && link.Rate == 0 {
+// schedule is one direction of the link: the segments of every connection
+// leave one after another at the link's rate, each finishing at
+// max(its arrival, the end of the previous one) + len/Rate, and arrive
+// Delay later.
+type schedule struct {
+	link Link
+	// queue bounds how far ahead of now the link is booked: a reader
+	// whose segment would wait longer than this for the wire waits for
+	// the queue to drain first, as a sender does behind a router's full
+	// buffer. It keeps a bulk transfer from booking seconds of the link
+	// ahead of a small request on another connection.
+	queue time.Duration
+
+	mu    sync.Mutex
+	txEnd time.Time // when the last booked segment leaves the wire
+}
+
+// minQueue is the shortest queue: a few segments' worth at slow rates.
+const minQueue = 4 * segmentSize
+
+func newSchedule(l Link) *schedule {
+	s := &schedule{link: l}
+	if l.Rate > 0 {
+		// A buffer of one round trip's bytes (bandwidth × delay product),
+		// and never less than a few segments.
+		bytes := max(int64(float64(l.Rate)*(2*l.Delay).Seconds()), minQueue)
+		s.queue = time.Duration(float64(bytes) / float64(l.Rate) * float64(time.Second))
+	}
+	return s
+}
+
+// shaped reports whether the direction changes anything.
+func (s *schedule) shaped() bool { return s.link.Delay != 0 || s.link.Rate != 0 }
+
+// book reserves the wire for n bytes that arrived now and returns when
+// they are delivered at the far end. It waits while the link is booked
+// further ahead than its queue, or until done is closed.
+func (s *schedule) book(n int, done <-chan struct{}) (time.Time, bool) {
+	for {
+		s.mu.Lock()
+		now := time.Now()
+		if s.txEnd.Before(now) {
+			s.txEnd = now
+		}
+		if s.link.Rate > 0 {
+			if ahead := s.txEnd.Sub(now); ahead > s.queue {
+				s.mu.Unlock()
+				select {
+				case <-time.After(ahead - s.queue):
+				case <-done:
+					return time.Time{}, false
+				}
+				continue
+			}
+			s.txEnd = s.txEnd.Add(time.Duration(float64(n) / float64(s.link.Rate) * float64(time.Second)))
+		}
+		at := s.txEnd.Add(s.link.Delay)
+		s.mu.Unlock()
+		return at, true
+	}
+}
+
+// pipe copies src to dst through the link direction sched: each segment
+// read is booked on the shared schedule and written to dst when it is
+// due. When src ends, dst's write side is closed; when dst fails, src is
+// closed.
+func pipe(dst, src net.Conn, sched *schedule, delivered *atomic.Int64) {
+	if !sched.shaped() {
 		if _, err := io.Copy(countWriter{dst, delivered}, src); err != nil {
 			src.Close()
 		}
@@ -186,20 +279,16 @@ func pipe(dst, src net.Conn, link Link, delivered *atomic.Int64) {
 	defer cancel()
 	go func() {
 		defer close(ch)
-		var txEnd time.Time
 		for {
 			b := make([]byte, segmentSize)
 			n, err := src.Read(b)
 			if n > 0 {
-				now := time.Now()
-				if txEnd.Before(now) {
-					txEnd = now
-				}
-				if link.Rate > 0 {
-					txEnd = txEnd.Add(time.Duration(float64(n) / float64(link.Rate) * float64(time.Second)))
+				at, ok := sched.book(n, ctx.Done())
+				if !ok {
+					return
 				}
 				select {
-				case ch <- segment{b[:n], txEnd.Add(link.Delay)}:
+				case ch <- segment{b[:n], at}:
 				case <-ctx.Done():
 					return
 				}

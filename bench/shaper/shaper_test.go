@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// echoServer answers every connection by copying what it reads back,
-// and returns its address.
-func echoServer(t *testing.T) string {
+// server serves every connection with handle, which closes it, and
+// returns its address.
+func server(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,39 +25,39 @@ func echoServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().String()
 }
 
+// echoServer answers every connection by copying what it reads back.
+func echoServer(t *testing.T) string {
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(c, c)
+	})
+}
+
 // sinkServer reads each connection to EOF and answers with the SHA-256
 // of what it read.
 func sinkServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h := sha256.New()
-				io.Copy(h, c)
-				c.Write(h.Sum(nil))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		c.Write(h.Sum(nil))
+	})
+}
+
+// sourceServer writes size bytes to every connection and closes it.
+func sourceServer(t *testing.T, size int) string {
+	data := make([]byte, size)
+	rand.Read(data)
+	return server(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write(data)
+	})
 }
 
 func proxy(t *testing.T, upstream string, opts Options) *Proxy {
@@ -206,5 +206,95 @@ func TestCloseEndsConnections(t *testing.T) {
 func TestListenRejectsNegative(t *testing.T) {
 	if _, err := Listen("127.0.0.1:0", "127.0.0.1:1", Options{Up: Link{Rate: -1}}); err == nil {
 		t.Error("Listen with a negative rate succeeded")
+	}
+}
+
+// TestParallelConnectionsShareTheLink opens 8 connections at once through
+// one network, in each direction and to two servers behind two proxies,
+// and checks that together they get the link's rate, not 8 times it, as
+// they would on one real link.
+func TestParallelConnectionsShareTheLink(t *testing.T) {
+	const (
+		conns = 8
+		size  = 1 << 20 // per connection
+		rate  = 4 << 20 // bytes per second: 8 MiB take about 2 s
+		rtt   = 10 * time.Millisecond
+	)
+	for _, tc := range []struct {
+		name    string
+		up      bool
+		servers int
+	}{
+		{"down", false, 1},
+		{"up", true, 1},
+		{"down-two-servers", false, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := NewNetwork(Symmetric(rtt, rate*8))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var addrs []string
+			for range tc.servers {
+				upstream := sourceServer(t, size)
+				if tc.up {
+					upstream = sinkServer(t)
+				}
+				p, err := n.Listen("127.0.0.1:0", upstream)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { p.Close() })
+				addrs = append(addrs, p.Addr())
+			}
+			data := make([]byte, size)
+			errs := make(chan error, conns)
+			got := make(chan int64, conns)
+			start := time.Now()
+			for i := range conns {
+				go func() {
+					c, err := net.Dial("tcp", addrs[i%len(addrs)])
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer c.Close()
+					if tc.up {
+						if _, err := c.Write(data); err != nil {
+							errs <- err
+							return
+						}
+						c.(*net.TCPConn).CloseWrite()
+					}
+					n, err := io.Copy(io.Discard, c)
+					if err != nil {
+						errs <- err
+						return
+					}
+					got <- n
+				}()
+			}
+			var total int64
+			for range conns {
+				select {
+				case err := <-errs:
+					t.Fatal(err)
+				case n := <-got:
+					total += n
+				}
+			}
+			took := time.Since(start)
+			moved := int64(conns * size)
+			if !tc.up && total != moved {
+				t.Fatalf("the clients received %d bytes, want %d", total, moved)
+			}
+			measured := float64(moved) / took.Seconds()
+			// Generous bounds for a loaded machine: a link per
+			// connection would give about 8× the rate.
+			if measured > 1.25*rate || measured < 0.5*rate {
+				t.Errorf("%d connections to %d server(s) moved %d bytes in %v: %.2f MB/s together, want about the link's %.2f MB/s",
+					conns, tc.servers, moved, took, measured/1e6, float64(rate)/1e6)
+			}
+		})
 	}
 }

@@ -129,6 +129,38 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 	return srv, nil
 }
 
+// KernelOptions returns the FUSE mount options (fsconfig keys and
+// values) the kernel needs for this filesystem besides fd, rootmode,
+// user_id and group_id, for a caller that mounts it with the new mount
+// API and serves it with ServeFD: what Mount passes to mount(2).
+func (f *FS) KernelOptions() map[string]string {
+	return map[string]string{
+		"allow_other":         "",
+		"default_permissions": "",
+		"max_read":            fmt.Sprint(maxRead),
+	}
+}
+
+// AllowSuidDev reports whether the mount is to be made without nosuid
+// and nodev (see FSOptions.AllowSuidDev).
+func (f *FS) AllowSuidDev() bool { return f.opts.AllowSuidDev }
+
+// NewFDServer returns a server of the filesystem on fd, an open
+// /dev/fuse whose connection the caller has mounted already (fsopen and
+// fsmount with the options of KernelOptions), as a node agent does. The
+// caller runs its Serve, which returns when the kernel ends the
+// connection (the mount's last reference went, or it was aborted). The
+// server takes fd over and closes it when Serve returns.
+func (f *FS) NewFDServer(fd int) (*fuse.Server, error) {
+	o := f.mountOptions()
+	o.DirectMount = false // go-fuse takes /dev/fd/N as mounted already
+	srv, err := fuse.NewServer(f, fmt.Sprintf("/dev/fd/%d", fd), o)
+	if err != nil {
+		return nil, fmt.Errorf("boot: serve FUSE on fd %d: %w", fd, err)
+	}
+	return srv, nil
+}
+
 // checkMountpoint fails unless dir is a directory. The kernel mounts a
 // FUSE filesystem on a file too, and go-fuse then fails to serve it,
 // leaving a mount that answers nothing.

@@ -28,6 +28,11 @@ type ReaderOptions struct {
 	// leaves the garbage collector less room under boot's memory limit).
 	// It always holds at least one chunk.
 	CacheBytes int64
+	// LRU, if set, is an in-memory chunk cache shared with other Readers
+	// (the node agent's, for every mount it serves); CacheBytes is then
+	// its size. Chunks are content-addressed, so Readers of different
+	// images share what they have in common.
+	LRU *LRU
 	// ReadAhead is the largest read-ahead window, in bytes, that
 	// sequential reads of a file grow to (default 4 MiB, at most
 	// CacheBytes/2). Negative disables read-ahead.
@@ -53,6 +58,9 @@ type ReaderOptions struct {
 func (o ReaderOptions) withDefaults(store chunkstore.Store) ReaderOptions {
 	if o.Jobs <= 0 {
 		o.Jobs = 8
+	}
+	if o.LRU != nil {
+		o.CacheBytes = o.LRU.l.max
 	}
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 8 << 20
@@ -161,6 +169,10 @@ const (
 // chunks in store. The Reader does not own store: Close leaves it open.
 func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *Reader {
 	opts = opts.withDefaults(store)
+	lru := opts.LRU
+	if lru == nil {
+		lru = NewLRU(opts.CacheBytes)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Reader{
 		idx:    idx,
@@ -171,7 +183,7 @@ func NewReader(idx *casync.Index, store chunkstore.Store, opts ReaderOptions) *R
 		ctx:    ctx,
 		cancel: cancel,
 		sem:    make(chan struct{}, opts.Jobs),
-		lru:    newChunkLRU(opts.CacheBytes),
+		lru:    lru.l,
 		loads:  make(map[casync.ChunkID]*load),
 	}
 	if l, ok := store.(cachedGetter); ok && opts.ReadAhead > 0 {

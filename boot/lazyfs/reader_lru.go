@@ -91,6 +91,17 @@ func (p *chunkPool) put(data []byte) {
 	p.classes[c].Put(&data)
 }
 
+// LRU is an in-memory cache of chunks that several Readers share (see
+// ReaderOptions.LRU). Safe for concurrent use.
+type LRU struct{ l *chunkLRU }
+
+// NewLRU returns an LRU that holds up to maxBytes of chunk buffers, and
+// always at least one chunk.
+func NewLRU(maxBytes int64) *LRU { return &LRU{l: newChunkLRU(maxBytes)} }
+
+// Bytes returns the buffer capacity the LRU holds.
+func (l *LRU) Bytes() int64 { return l.l.bytes() }
+
 // chunkLRU holds recently used chunks up to a number of bytes of buffer
 // capacity. It holds one reference on each chunkBuf in it.
 type chunkLRU struct {

@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Samples, "samples", 2, "runs of every image, network and mode (`N`)")
 	fs.IntVar(&o.CasyncSamples, "casync-samples", 1, "runs of the casync-mount mode, at most -samples (`N`; 0: as many as -samples)")
 	fs.StringVar(&images, "images", "", "comma-separated images: debian-min, python, gcc, postgres, busybox (default: the four Debian ones)")
-	fs.StringVar(&modes, "modes", "", "comma-separated modes: "+strings.Join(harness.AllModes, ", ")+" (default: all)")
+	fs.StringVar(&modes, "modes", "", "comma-separated modes: "+strings.Join(harness.AllModes, ", ")+" (default: all but "+harness.ModeSaveLoad+")")
 	fs.StringVar(&networks, "networks", "", "comma-separated networks: loopback, 2ms-1gbit, 20ms-100mbit (default: all)")
 	fs.StringVar(&extras, "extras", "", "comma-separated extra measurements: "+strings.Join(harness.AllExtras, ", ")+" (default: all; \"none\" for none)")
 	fs.BoolVar(&o.Quick, "quick", os.Getenv("BENCH_QUICK") == "1", "quick mode: busybox only, one sample (default from BENCH_QUICK=1)")

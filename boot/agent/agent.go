@@ -1,0 +1,601 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bootfs/bootfs/boot/lazyfs"
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/bootconfig"
+	"github.com/bootfs/bootfs/internal/mountinfo"
+)
+
+// Options configure an Agent. Fields map one to one to bootfs-agent's
+// flags.
+type Options struct {
+	// SocketDir is where the agent makes its socket (--socket-dir,
+	// default DefaultSocketDir).
+	SocketDir string
+	// OpenStore opens the agent's stores (its --store list) for chunk
+	// IDs of digest d; the agent calls it once per digest and reads every
+	// image's chunks through it, whatever store an image's config names.
+	// Required.
+	OpenStore func(ctx context.Context, d casync.Digest) (chunkstore.Store, error)
+	// Stores are the URLs of the --store list, to tell an image's own
+	// store apart in the log.
+	Stores []string
+	// Replace takes the socket over from an agent listening on it
+	// (--replace): that one stops taking requests and goes on serving the
+	// containers it mounted until they end, so an upgrade breaks none.
+	Replace bool
+	// Cache is the node's chunk cache directory (--cache). Required.
+	Cache string
+	// CacheMax caps the cache's size in bytes, evicting the least
+	// recently used chunks, never one being read (--cache-max). Zero
+	// means no cap.
+	CacheMax int64
+	// MemoryBytes is the size of the in-memory chunk LRU that every mount
+	// shares (default 64 MiB).
+	MemoryBytes int64
+	// Reader tunes fetching (its LRU and CacheBytes are the agent's).
+	Reader lazyfs.ReaderOptions
+	// Logger receives the agent's log; nil discards.
+	Logger *slog.Logger
+}
+
+// Agent serves the lazy root filesystems of the converted containers on a
+// node (see the package doc). Safe for concurrent use.
+type Agent struct {
+	opts   Options
+	log    *slog.Logger
+	lru    *lazyfs.LRU
+	ownNS  uint64
+	jobs   chan struct{} // bounds the requests being set up
+	cacheS cacheSize
+
+	mu     sync.Mutex
+	stores map[casync.Digest]*nodeStore
+	mounts map[uint64]*mount // by mount namespace
+	closed bool
+	wg     sync.WaitGroup // mounts in a.mounts: Add as one is reserved, Done as it is dropped
+
+	requests, refused, served atomic.Uint64
+}
+
+// nodeStore is the agent's stores for one digest, behind the node cache.
+type nodeStore struct {
+	remote chunkstore.Store
+	cache  *chunkstore.Cache
+}
+
+// mount is one container's filesystem.
+type mount struct {
+	peer   *peer
+	reader *lazyfs.Reader
+	served chan struct{}      // closed when the FUSE server has stopped
+	stop   context.CancelFunc // ends the prefetch
+	conn   uint64             // the FUSE connection's device minor, for abort
+}
+
+// New returns an Agent. It opens no store until an image needs one.
+func New(opts Options) (*Agent, error) {
+	if opts.OpenStore == nil {
+		return nil, errors.New("bootfs-agent: no chunk store given (pass --store URL[,URL...]: the stores the agent may read)")
+	}
+	if opts.Cache == "" {
+		return nil, errors.New("bootfs-agent: no cache directory given (pass --cache DIR)")
+	}
+	if opts.SocketDir == "" {
+		opts.SocketDir = DefaultSocketDir
+	}
+	if opts.MemoryBytes <= 0 {
+		opts.MemoryBytes = 64 << 20
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ns, err := ownMountNS()
+	if err != nil {
+		return nil, fmt.Errorf("bootfs-agent: %w", err)
+	}
+	return &Agent{
+		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), ownNS: ns,
+		jobs:   make(chan struct{}, 4),
+		stores: make(map[casync.Digest]*nodeStore),
+		mounts: make(map[uint64]*mount),
+		cacheS: cacheSize{dir: opts.Cache},
+	}, nil
+}
+
+// Serve listens on the socket and serves requests until ctx ends. The
+// mounts it made go on being served until their containers end; Close
+// waits for that.
+func (a *Agent) Serve(ctx context.Context) error {
+	l, err := a.listen()
+	if err != nil {
+		return err
+	}
+	a.log.Info("listening", "socket", l.Addr().String(), "cache", a.opts.Cache, "stores", strings.Join(a.opts.Stores, ","))
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	if a.opts.CacheMax > 0 {
+		go a.evictEvery(ctx, evictEvery)
+	}
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			a.log.Warn("accept", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		go a.handle(c)
+	}
+}
+
+// evictEvery is how often the agent brings the node cache back under its
+// cap. The Cache evicts as fetches take it over, but one eviction at a
+// time: a burst of fetches during one can leave it over until the next
+// fetch, which on a node whose containers all run may be long. Each
+// eviction walks the cache directory, hence not more often.
+const evictEvery = 30 * time.Second
+
+func (a *Agent) evictEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		stores := slices.Collect(maps.Values(a.stores))
+		a.mu.Unlock()
+		// One directory: one store's eviction covers every digest's.
+		if len(stores) > 0 {
+			if _, err := stores[0].cache.Evict(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("cannot evict cached chunks", "err", err)
+			}
+		}
+	}
+}
+
+// listen makes the socket: the directory if missing, a stale socket of an
+// earlier agent replaced, and mode 0600, as only root may ask.
+func (a *Agent) listen() (*net.UnixListener, error) {
+	if err := os.MkdirAll(a.opts.SocketDir, 0o755); err != nil {
+		return nil, fmt.Errorf("bootfs-agent: socket directory: %w", err)
+	}
+	sock := SocketPath(a.opts.SocketDir)
+	if fi, err := os.Lstat(sock); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("bootfs-agent: %s exists and is not a socket; remove it or pick another --socket-dir", sock)
+		}
+		if c, err := net.Dial("unixpacket", sock); err == nil {
+			err := a.replace(c.(*net.UnixConn), sock)
+			c.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+		os.Remove(sock)
+	}
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("bootfs-agent: listen on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("bootfs-agent: %w", err)
+	}
+	return l, nil
+}
+
+// replace asks the agent on the other end of c, listening on sock, to
+// stop taking requests (SIGTERM, by pidfd), and waits until it has let go
+// of sock. It keeps serving its containers.
+func (a *Agent) replace(c *net.UnixConn, sock string) error {
+	if !a.opts.Replace {
+		return fmt.Errorf("bootfs-agent: another agent is listening on %s (pass --replace to take over from it: it keeps serving its containers until they end)", sock)
+	}
+	old, err := peerOf(c)
+	if err != nil {
+		return fmt.Errorf("bootfs-agent: the agent on %s: %w", sock, err)
+	}
+	defer old.close()
+	if err := unix.PidfdSendSignal(old.pidfd, unix.SIGTERM, nil, 0); err != nil {
+		return fmt.Errorf("bootfs-agent: stop the agent on %s (pid %d): %w", sock, old.pid, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Lstat(sock); errors.Is(err, os.ErrNotExist) {
+			a.log.Info("took over from the running agent; it serves its containers until they end", "pid", old.pid)
+			return nil
+		}
+	}
+	return fmt.Errorf("bootfs-agent: the agent on %s (pid %d) did not let go of it in 10s", sock, old.pid)
+}
+
+// handle serves one connection: one request, one reply.
+func (a *Agent) handle(c *net.UnixConn) {
+	defer c.Close()
+	a.requests.Add(1)
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	reply := func(err error) {
+		var rep Reply
+		if err != nil {
+			a.refused.Add(1)
+			rep.Error = err.Error()
+		}
+		b, _ := json.Marshal(rep)
+		if _, werr := c.Write(b); werr != nil && err == nil {
+			a.log.Warn("cannot answer the caller", "err", werr)
+		}
+	}
+	defer func() {
+		// A bug one container's files reach must not end the agent,
+		// and every other container's filesystem with it.
+		if v := recover(); v != nil {
+			a.log.Error("request failed with a panic", "panic", v)
+			reply(fmt.Errorf("the agent failed on this image (a bug: %v)", v))
+		}
+	}()
+	p, err := peerOf(c)
+	if err != nil {
+		a.log.Warn("refused a caller", "err", err)
+		reply(err)
+		return
+	}
+	log := a.log.With("pid", p.pid)
+	buf := make([]byte, maxMessage)
+	n, err := c.Read(buf)
+	var req Request
+	if err == nil {
+		err = json.Unmarshal(buf[:n], &req)
+	}
+	if err == nil && req.Version != ProtocolVersion {
+		err = fmt.Errorf("protocol version %d, the agent speaks %d (update the agent or the image)", req.Version, ProtocolVersion)
+	}
+	if err != nil {
+		p.close()
+		log.Warn("bad request", "err", err)
+		reply(fmt.Errorf("bad request: %w", err))
+		return
+	}
+	select {
+	case a.jobs <- struct{}{}:
+	case <-time.After(time.Minute):
+		p.close()
+		reply(errors.New("the agent is busy; try again"))
+		return
+	}
+	err = a.mount(p, req, log)
+	<-a.jobs
+	if err != nil {
+		log.Warn("could not mount the caller's image", "err", err)
+		reply(err)
+		return
+	}
+	a.served.Add(1)
+	log.Info("mounted the caller's image as its root")
+	reply(nil)
+}
+
+// mount makes p's image the root of p's mount namespace. It owns p: p
+// is closed on return or, once the image is served, when the mount ends.
+func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
+	if p.uid != 0 {
+		p.close()
+		return fmt.Errorf("the caller runs as uid %d; only a converted image's init, as root, may ask", p.uid)
+	}
+	if p.mntNS == a.ownNS {
+		p.close()
+		return errors.New("the caller shares the agent's mount namespace; the agent mounts only into a container's own")
+	}
+	m := &mount{peer: p, served: make(chan struct{})}
+	a.mu.Lock()
+	switch {
+	case a.closed:
+		err = errors.New("the agent is shutting down")
+	case a.mounts[p.mntNS] != nil:
+		err = errors.New("the caller's mount namespace has its image mounted already")
+	default:
+		a.mounts[p.mntNS] = m
+		a.wg.Add(1) // under mu, so Close never waits before it
+	}
+	a.mu.Unlock()
+	if err != nil {
+		p.close()
+		return err
+	}
+	serving := false
+	defer func() {
+		if !serving {
+			a.drop(m)
+		}
+	}()
+
+	root, err := p.openRoot()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	files, err := readImage(root)
+	if err != nil {
+		return err
+	}
+	idx, err := casync.ReadIndex(bytes.NewReader(files.index))
+	if err != nil {
+		return fmt.Errorf("%s: %w", bootconfig.IndexPath, err)
+	}
+	toc, err := casync.UnmarshalTOC(files.toc)
+	if err != nil {
+		return fmt.Errorf("%s: %w", bootconfig.TOCPath, err)
+	}
+	if s := files.cfg.Store; s != "" && !a.allowed(s) {
+		log.Info("the image names a store the agent does not read; it reads its own", "image_store", s)
+	}
+	mi, err := p.mountInfo()
+	if err != nil {
+		return err
+	}
+	mounts, err := mountinfo.Parse(bytes.NewReader(mi))
+	if err != nil {
+		return err
+	}
+	binds := containerBinds(mounts)
+	upper := -1
+	if req.Upper != "" {
+		if upper, err = resolve(root, req.Upper, unix.O_PATH|unix.O_DIRECTORY); err != nil {
+			return fmt.Errorf("the writable layer %s: %w", req.Upper, err)
+		}
+	} else if upper, err = newTmpfs(); err != nil {
+		return err
+	}
+	defer unix.Close(upper)
+
+	store, err := a.store(idx.Digest())
+	if err != nil {
+		return err
+	}
+	ro := a.opts.Reader
+	ro.LRU = a.lru
+	ro.Logger = log
+	if ro.StoreName == "" {
+		ro.StoreName = strings.Join(a.opts.Stores, ",")
+	}
+	m.reader = lazyfs.NewReader(idx, store.cache, ro)
+	fsys, err := lazyfs.NewFS(toc, m.reader, lazyfs.FSOptions{Logger: log, AllowSuidDev: true})
+	if err != nil {
+		return err
+	}
+	fm, err := newFuseMount(fsys, "bootfs")
+	if err != nil {
+		return err
+	}
+	srv, err := fsys.NewFDServer(fm.dev)
+	if err != nil {
+		unix.Close(fm.mnt)
+		return err
+	}
+	// From here the mount's end is the watcher's: once the last
+	// reference to the superblock goes (the fds below, or the
+	// container's namespace), the server stops.
+	serving = true
+	go func() {
+		srv.Serve()
+		close(m.served)
+	}()
+	go a.watch(m, log)
+	if ids := files.cfg.Prefetch; len(ids) > 0 {
+		// The image's prefetch list, as boot fetches it in its own mode:
+		// into the shared LRU and the node cache, for this mount's reads.
+		ctx, stop := context.WithCancel(context.Background())
+		m.stop = stop
+		go func() {
+			n := lazyfs.PrefetchList(ctx, m.reader, ids, log)
+			log.Debug("prefetched", "chunks", n, "of", len(ids))
+		}()
+	}
+	var st unix.Stat_t // a GETATTR: only once served
+	if err := unix.Fstat(fm.mnt, &st); err == nil {
+		m.conn = uint64(unix.Minor(st.Dev))
+	}
+
+	ovl, err := newOverlay(fm.mnt, upper)
+	unix.Close(fm.mnt)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ovl)
+	return inMountNamespace(p.pidfd, func() error {
+		return pivot(ovl, bootconfig.Dir, binds)
+	})
+}
+
+// allowed reports whether url is on the agent's store list.
+func (a *Agent) allowed(url string) bool {
+	for u := range strings.SplitSeq(url, ",") {
+		if !slices.Contains(a.opts.Stores, strings.TrimSpace(u)) {
+			return false
+		}
+	}
+	return true
+}
+
+// store returns the node's store for digest d, opening it the first time.
+func (a *Agent) store(d casync.Digest) (*nodeStore, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.stores[d]; s != nil {
+		return s, nil
+	}
+	remote, err := a.opts.OpenStore(context.Background(), d)
+	if err != nil {
+		return nil, fmt.Errorf("open the agent's stores: %w", err)
+	}
+	cache, err := chunkstore.NewCache(remote, a.opts.Cache, chunkstore.CacheOptions{Digest: d, MaxBytes: a.opts.CacheMax, Logger: a.log})
+	if err != nil {
+		remote.Close()
+		return nil, fmt.Errorf("open the node cache: %w", err)
+	}
+	s := &nodeStore{remote: remote, cache: cache}
+	a.stores[d] = s
+	return s, nil
+}
+
+// abortAfter is how long the agent waits, once a container's init has
+// exited, for its mount to go with its namespace before it aborts the
+// FUSE connection.
+const abortAfter = 10 * time.Second
+
+// watch drops m when its FUSE server stops, and makes it stop once the
+// caller has exited: its namespace normally goes with it, and the mount
+// with that; if something keeps the namespace alive, the connection is
+// aborted, so no mount or state of a dead container stays in the agent.
+func (a *Agent) watch(m *mount, log *slog.Logger) {
+	exited := make(chan struct{})
+	go func() {
+		waitExit(m.peer.pidfd, m.served)
+		close(exited)
+	}()
+	select {
+	case <-m.served:
+	case <-exited:
+		select {
+		case <-m.served:
+		case <-time.After(abortAfter):
+			log.Warn("the caller exited but its mount lives on; aborting the FUSE connection")
+			if err := abortConnection(m.conn); err != nil {
+				log.Warn("cannot abort the FUSE connection", "err", err)
+			}
+			<-m.served
+		}
+	}
+	a.drop(m)
+	log.Debug("mount ended")
+}
+
+// drop forgets m and lets go of what it holds.
+func (a *Agent) drop(m *mount) {
+	a.mu.Lock()
+	if a.mounts[m.peer.mntNS] == m {
+		delete(a.mounts, m.peer.mntNS)
+	}
+	a.mu.Unlock()
+	if m.stop != nil {
+		m.stop()
+	}
+	if m.reader != nil {
+		m.reader.Close()
+	}
+	m.peer.close()
+	a.wg.Done()
+}
+
+// waitExit returns when the process pidfd names has exited (a pidfd
+// polls readable then) or stop is closed.
+func waitExit(pidfd int, stop <-chan struct{}) {
+	for {
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 1000)
+		if n > 0 || (err != nil && !errors.Is(err, unix.EINTR)) {
+			return
+		}
+		select {
+		case <-stop:
+			return
+		default:
+		}
+	}
+}
+
+// abortConnection aborts the FUSE connection with device minor conn
+// through fusectl, mounting it if needed.
+func abortConnection(conn uint64) error {
+	const dir = "/sys/fs/fuse/connections"
+	name := fmt.Sprintf("%s/%d/abort", dir, conn)
+	if _, err := os.Stat(name); errors.Is(err, os.ErrNotExist) {
+		_ = unix.Mount("fusectl", dir, "fusectl", 0, "")
+	}
+	return os.WriteFile(name, []byte("1"), 0)
+}
+
+// Mounts returns how many containers' filesystems the agent serves.
+func (a *Agent) Mounts() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.mounts)
+}
+
+// Close stops taking requests and waits for the mounts being served to
+// end (their containers' ends), then closes the stores.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.wg.Wait()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	for _, s := range a.stores {
+		errs = append(errs, s.cache.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// containerBinds returns the caller's mounts its new root gets: /proc,
+// /dev, /sys and what Docker mounted (volumes, binds, tmpfs, the /etc
+// files), a parent before its children, each with everything below it;
+// not the root, /.bootfs (the image's own files and cache) nor the
+// agent's socket directory, which the workload has no use for.
+func containerBinds(mounts []mountinfo.Mount) []bindMount {
+	var binds []bindMount
+	for _, m := range mounts {
+		p := path.Clean(m.Point)
+		if p == "/" || !path.IsAbs(p) || under(p, bootconfig.Dir) || under(p, DefaultSocketDir) {
+			continue
+		}
+		binds = append(binds, bindMount{point: p, volume: m.IsNamedVolume()})
+	}
+	slices.SortStableFunc(binds, func(a, b bindMount) int {
+		return strings.Count(a.point, "/") - strings.Count(b.point, "/")
+	})
+	var out []bindMount
+	for _, b := range binds {
+		covered := slices.ContainsFunc(out, func(o bindMount) bool { return under(b.point, o.point) })
+		if !covered {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// under reports whether p is dir or lies below it.
+func under(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, dir+"/")
+}

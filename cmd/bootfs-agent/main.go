@@ -1,0 +1,146 @@
+// Command bootfs-agent is bootfs's node agent: one process per node, run
+// as root on the host, that serves the lazy root filesystem of every
+// converted container, so they run with no privilege:
+//
+//	bootfs-agent --store URL[,URL...] --cache DIR [--cache-max SIZE] [--socket-dir DIR] [--metrics 127.0.0.1:PORT]
+//	docker run -v /run/bootfs:/run/bootfs IMAGE
+//
+// It turns its flags into agent.Options and serves until SIGINT or
+// SIGTERM. Exit codes: 0 success, 1 failure, 2 bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/bootfs/bootfs/boot/agent"
+	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/chunkstore/sshstore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bootfs-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: bootfs-agent --store URL[,URL...] --cache DIR [flags]\n\n"+
+			"Serves the root filesystems of converted containers started with\n"+
+			"docker run -v SOCKET-DIR:/run/bootfs IMAGE (no privilege needed).\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		opts                   agent.Options
+		store, cacheMax, level string
+		metrics, memory        string
+		ssh                    sshstore.ClientOptions
+		sshKeys, caFile        string
+	)
+	fs.StringVar(&opts.SocketDir, "socket-dir", agent.DefaultSocketDir, "make the agent's socket in `DIR`; containers mount DIR at /run/bootfs")
+	fs.StringVar(&store, "store", "", "the chunk stores the agent reads, `URL[,URL...]` in failover order: paths, http(s):// or ssh://; an image's own store is not used (required)")
+	fs.StringVar(&opts.Cache, "cache", "", "the node's chunk cache `DIR` (required)")
+	fs.StringVar(&cacheMax, "cache-max", "0", "cap the cache at `SIZE` bytes (k, m or g suffix), evicting the least recently used chunks; 0 for no cap")
+	fs.StringVar(&memory, "memory", "64m", "`SIZE` of the in-memory chunk cache every mount shares")
+	fs.StringVar(&metrics, "metrics", "", "serve Prometheus /metrics on `ADDR`, a loopback address such as 127.0.0.1:9100")
+	fs.StringVar(&caFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
+	fs.StringVar(&sshKeys, "ssh-key", "", "private key `FILE[,FILE...]` for ssh:// stores")
+	fs.StringVar(&ssh.KnownHostsFile, "ssh-known-hosts", "", "known_hosts `FILE` with the ssh store's host key")
+	fs.BoolVar(&opts.Replace, "replace", false, "take the socket over from a running agent, which stops taking requests and serves its containers until they end (an upgrade that breaks none)")
+	fs.StringVar(&level, "log-level", "info", "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	bad := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "bootfs-agent: %s\n", fmt.Sprintf(format, a...))
+		fs.Usage()
+		return 2
+	}
+	if fs.NArg() != 0 {
+		return bad("unexpected argument %q", fs.Arg(0))
+	}
+	if strings.TrimSpace(store) == "" {
+		return bad("--store is required: the chunk stores the agent may read")
+	}
+	if opts.Cache == "" {
+		return bad("--cache is required: the node's chunk cache directory")
+	}
+	locs, err := chunkstore.ParseURLs(store)
+	if err != nil {
+		return bad("--store: %v", err)
+	}
+	for _, l := range locs {
+		opts.Stores = append(opts.Stores, l.String())
+	}
+	n, err := casync.ParseSize(cacheMax)
+	if err != nil {
+		return bad("--cache-max: %v", err)
+	}
+	opts.CacheMax = int64(n)
+	if n, err = casync.ParseSize(memory); err != nil {
+		return bad("--memory: %v", err)
+	}
+	opts.MemoryBytes = int64(n)
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return bad("bad --log-level %q: %v", level, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	opts.Logger = log
+	ssh.IdentityFiles = sshstore.ParseKeyList(sshKeys)
+	dialers := map[string]chunkstore.Dialer{"ssh": ssh.Dialer()}
+	opts.OpenStore = func(ctx context.Context, d casync.Digest) (chunkstore.Store, error) {
+		return chunkstore.Open(ctx, store, chunkstore.Options{
+			Digest: d, Dialers: dialers, Logger: log, HTTP: chunkstore.HTTPOptions{CAFile: caFile},
+		})
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- a.Serve(ctx) }()
+	if metrics != "" {
+		go func() { errc <- a.ServeMetrics(ctx, metrics) }()
+	}
+	if err := <-errc; err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	// The FUSE servers of running containers live in this process: leave
+	// them only when they end, or on a second signal.
+	if n := a.Mounts(); n > 0 {
+		log.Info("stopped taking requests; serving the running containers until they end (signal again to stop now, failing their reads)", "mounts", n)
+	}
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	closed := make(chan struct{})
+	go func() {
+		a.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		return 0
+	case <-again:
+		log.Warn("stopping with containers still running", "mounts", a.Mounts())
+		return 1
+	}
+}
