@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/bootfs/bootfs/boot/agent"
@@ -34,7 +35,11 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 	// root, and this file, are gone then. The agent reads and checks the
 	// image's files itself, in the container's root.
 	cfgData, cfgErr := os.ReadFile(opts.Config)
-	err = agent.MountRoot(sock, agent.Request{Upper: opts.Upper}, agentTimeout)
+	upper, err := agentUpper(opts.Upper)
+	if err != nil {
+		return 0, true, err
+	}
+	err = agent.MountRoot(sock, agent.Request{Upper: upper}, agentTimeout)
 	if errors.Is(err, agent.ErrNoAgent) {
 		log.Warn("bootfs: the node agent's socket is there but no agent answers; mounting in the container instead", "err", err)
 		return 0, false, nil
@@ -108,4 +113,32 @@ func isMountPoint(dir string) bool {
 		}
 	}
 	return false
+}
+
+// agentUpper returns the writable layer the agent should use: Upper if
+// set, else the boot image's upper volume when Docker mounted one (as it
+// does for the volume the image declares), so that writes live on disk
+// and survive docker restart as in the in-container mode. It prepares the
+// directory as that mode does (an empty work directory, a probe write),
+// so a full or read-only volume fails here with a clear error. Empty
+// means the agent's tmpfs.
+func agentUpper(upper string) (string, error) {
+	if upper == "" {
+		mi, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return "", fmt.Errorf("boot: %w", err)
+		}
+		mounts, err := ParseMountInfo(bytes.NewReader(mi))
+		if err != nil {
+			return "", fmt.Errorf("boot: %w", err)
+		}
+		if !slices.ContainsFunc(mounts, func(m MountInfo) bool { return m.Point == bootconfig.UpperDir }) {
+			return "", nil
+		}
+		upper = bootconfig.UpperDir
+	}
+	if _, _, err := prepareUpper(upper); err != nil {
+		return "", fmt.Errorf("boot: %w", err)
+	}
+	return upper, nil
 }

@@ -26,15 +26,20 @@ import (
 //
 //  1. It checks /dev/fuse and the privilege to mount, and reads the config.
 //  2. It mounts the image read-only with FUSE on Workdir/lower, puts an
-//     overlay with a writable upper over it on Workdir/root, and binds
-//     /dev, /sys and every mount Docker made (volumes, binds, tmpfs, the
-//     /etc files) into it; an empty Docker volume first gets the image's
-//     content at its path, as Docker does.
-//  3. It starts the workload in new PID and mount namespaces (see
-//     WorkloadCommand), then serves the filesystem, forwards every
-//     catchable signal to the workload, reaps children, and logs stats on
-//     SIGUSR1.
-//  4. When the workload ends it writes the stats, unmounts, and returns
+//     overlay over it on Workdir/root whose writable upper is the volume
+//     at Workdir/upper (or Upper), and binds /proc, /dev, /sys and every
+//     mount Docker made (volumes, binds, tmpfs, the /etc files) into it;
+//     an empty Docker volume first gets the image's content at its path,
+//     as Docker does. With a read-only container root, the root is made
+//     read-only too.
+//  3. It makes that root the root of the container's own mount
+//     namespace, the old one detached (see pivotHere), so docker exec and
+//     health checks run in it; it keeps the cache through a descriptor.
+//  4. It starts the workload (see WorkloadCommand), then serves the
+//     filesystem, forwards signals to the workload as the kernel would
+//     deliver them to the container's PID 1 (see asPID1Would), reaps
+//     children, and logs stats on SIGUSR1.
+//  5. When the workload ends it writes the stats and returns
 //     the workload's exit status: its exit code, or 128+n if signal n
 //     killed it.
 //
@@ -82,6 +87,16 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		return 0, err
 	}
 
+	cache := opts.Cache
+	if cache != "" {
+		// Reached through its descriptor once the old root is gone.
+		held, name, err := heldDir(cache)
+		if err != nil {
+			return 0, fmt.Errorf("boot: chunk cache: %w", err)
+		}
+		defer held.Close()
+		cache = name
+	}
 	open := opts.Open
 	if open == nil {
 		open = opener.Open
@@ -90,7 +105,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 		Open: func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
 			return open(ctx, store, opener.Options{
 				Credentials: opts.Credentials, Digest: d, Retry: opts.Retry, Logger: log,
-				Cache: opts.Cache, CacheOptions: chunkstore.CacheOptions{MaxBytes: opts.CacheMax},
+				Cache: cache, CacheOptions: chunkstore.CacheOptions{MaxBytes: opts.CacheMax},
 			})
 		},
 		TOC: opts.TOC, Reader: opts.Reader, Logger: log,
@@ -124,10 +139,17 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if err := r.build(fsys, opts.Upper, mounts); err != nil {
 		return 0, err
 	}
+	if err := r.enter(); err != nil {
+		return 0, err
+	}
 	log.Debug("root ready", "root", r.root, "took", time.Since(start).Round(time.Millisecond))
 
 	img, extraGroups := opts.workloadImage(cfg.Image)
-	w, err := startWorkload(r.root, argv, img, extraGroups)
+	environ := os.Environ()
+	if opts.Caller != nil {
+		environ = withoutSecureTraceback(environ)
+	}
+	w, err := startWorkload(argv, environ, img, extraGroups)
 	if err != nil {
 		return 0, err
 	}
@@ -146,11 +168,6 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	} else {
 		execAt = time.Now()
 		log.Debug("workload started", "pid", w.pid, "start_to_exec", execAt.Sub(start).Round(time.Millisecond))
-		if err := writeExecState(execState{InitPID: os.Getpid(), PID: w.pid, WorkingDir: img.WorkingDir}); err != nil {
-			log.Warn("boot exec will not work", "err", err)
-		} else {
-			defer removeExecState()
-		}
 	}
 
 	filled := make(chan struct{})

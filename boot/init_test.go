@@ -2,6 +2,7 @@ package boot
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -22,18 +23,20 @@ func TestInitOptionsFromEnv(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "empty", env: nil, want: func(o InitOptions) bool {
-			return o.Store == "" && !o.Debug && !o.Background && o.Credentials.SSHKeys == nil
+			return o.Store == "" && o.LogLevel == slog.LevelWarn && !o.Background && o.Credentials.SSHKeys == nil
 		}},
 		{name: "all", env: map[string]string{
 			EnvStore: " http://a,http://b ", EnvCache: "/c", EnvUpper: "/u", EnvLog: "debug", EnvStats: "/s.json",
 			EnvBackground: "1", EnvSSHKey: "/k1, /k2", EnvSSHKnownHosts: "/kh", EnvTimeout: "5s", EnvUser: "alice:wheel",
 			EnvRecord: "/r.list", EnvCAFile: "/ca.pem",
 		}, want: func(o InitOptions) bool {
-			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.Debug && o.Stats == "/s.json" &&
+			return o.Store == "http://a,http://b" && o.Cache == "/c" && o.Upper == "/u" && o.LogLevel == slog.LevelDebug && o.Stats == "/s.json" &&
 				o.Record == "/r.list" && o.Credentials.CAFile == "/ca.pem" &&
 				o.Background && slices.Equal(o.Credentials.SSHKeys, []string{"/k1", "/k2"}) && o.Credentials.SSHKnownHosts == "/kh" &&
 				o.Retry.Timeout == 5*time.Second && o.User == "alice:wheel"
 		}},
+		{name: "stats", env: map[string]string{EnvStats: "/s.json"}, want: func(o InitOptions) bool { return o.LogLevel == slog.LevelInfo }},
+		{name: "info", env: map[string]string{EnvLog: "info"}, want: func(o InitOptions) bool { return o.LogLevel == slog.LevelInfo }},
 		{name: "bad log", env: map[string]string{EnvLog: "trace"}, wantErr: true},
 		{name: "bad background", env: map[string]string{EnvBackground: "yes"}, wantErr: true},
 		{name: "bad timeout", env: map[string]string{EnvTimeout: "-1s"}, wantErr: true},
@@ -61,11 +64,16 @@ func TestInitOptionsFromEnv(t *testing.T) {
 
 func TestWorkloadEnv(t *testing.T) {
 	tests := []struct {
-		name          string
-		env, imageEnv []string
-		home          string
-		want          []string
+		name           string
+		env, imageEnv  []string
+		home, rootHome string
+		want           []string
 	}{
+		{name: "root's home from the boot image's passwd replaced", env: []string{"HOME=/root"}, home: "/home/alice", rootHome: "/root",
+			want: []string{"HOME=/home/alice"}},
+		{name: "root's home kept for root", env: []string{"HOME=/root"}, home: "/root", rootHome: "/root", want: []string{"HOME=/root"}},
+		{name: "image sets root's home", env: []string{"HOME=/root"}, imageEnv: []string{"HOME=/root"}, home: "/home/alice", rootHome: "/root",
+			want: []string{"HOME=/root"}},
 		{name: "runtime default home replaced", env: []string{"PATH=/bin", "HOSTNAME=h", "BOOTFS_STORE=x", "HOME=/"}, home: "/root",
 			want: []string{"PATH=/bin", "HOSTNAME=h", "HOME=/root"}},
 		{name: "home from -e kept", env: []string{"HOME=/elsewhere", "BOOTFS_LOG=debug"}, home: "/root", want: []string{"HOME=/elsewhere"}},
@@ -75,8 +83,8 @@ func TestWorkloadEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := workloadEnv(tt.env, tt.imageEnv, tt.home); !slices.Equal(got, tt.want) {
-				t.Errorf("workloadEnv(%q, %q, %q) = %q, want %q", tt.env, tt.imageEnv, tt.home, got, tt.want)
+			if got := workloadEnv(tt.env, tt.imageEnv, tt.home, tt.rootHome); !slices.Equal(got, tt.want) {
+				t.Errorf("workloadEnv(%q, %q, %q, %q) = %q, want %q", tt.env, tt.imageEnv, tt.home, tt.rootHome, got, tt.want)
 			}
 		})
 	}

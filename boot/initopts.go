@@ -37,8 +37,9 @@ type InitOptions struct {
 	// means no cap.
 	CacheMax int64
 	// Upper is a directory for the overlay's writable layer
-	// (BOOTFS_UPPER). Empty means a tmpfs. It must not be on an overlayfs
-	// (use a volume).
+	// (BOOTFS_UPPER). Empty means Workdir/upper, the boot image's volume
+	// (a tmpfs, with a warning, where no volume is mounted there). It
+	// must not be on an overlayfs (use a volume).
 	Upper string
 	// Stats is a file to write Stats to as JSON at exit and on SIGUSR1
 	// (BOOTFS_STATS).
@@ -85,8 +86,11 @@ type InitOptions struct {
 	Reader lazyfs.ReaderOptions
 	// Logger receives init's log; nil discards.
 	Logger *slog.Logger
-	// Debug is BOOTFS_LOG=debug: the caller builds Logger at debug level.
-	Debug bool
+	// LogLevel is the level the caller builds Logger at (BOOTFS_LOG):
+	// warnings by default, so a normal run prints nothing of boot's own;
+	// info adds the stats line at exit, which BOOTFS_STATS also asks
+	// for; debug logs the start-up steps too.
+	LogLevel slog.Level
 }
 
 // Environment variables boot reads as init. All of them are removed
@@ -122,11 +126,17 @@ func InitOptionsFromEnv(getenv func(string) string) (InitOptions, error) {
 		User:        getenv(EnvUser),
 	}
 	switch v := getenv(EnvLog); v {
-	case "", "info":
+	case "":
+		o.LogLevel = slog.LevelWarn
+		if o.Stats != "" {
+			o.LogLevel = slog.LevelInfo
+		}
+	case "info":
+		o.LogLevel = slog.LevelInfo
 	case "debug":
-		o.Debug = true
+		o.LogLevel = slog.LevelDebug
 	default:
-		return InitOptions{}, fmt.Errorf("boot: %s=%q: want debug or info", EnvLog, v)
+		return InitOptions{}, fmt.Errorf("boot: %s=%q: want info or debug (the default logs only warnings and errors)", EnvLog, v)
 	}
 	switch v := getenv(EnvBackground); v {
 	case "", "0", "false":
@@ -278,10 +288,11 @@ func (o *InitOptions) checkCallerStore(store string) error {
 
 // workloadEnv returns the container's environment for the workload:
 // without BOOTFS_* variables, and with HOME set to the user's home when
-// it is missing, or when it is "/" only because the boot image has no
-// /etc/passwd for the runtime to take it from (imageEnv, the original
-// image's Env, does not set it).
-func workloadEnv(environ, imageEnv []string, home string) []string {
+// it is missing, or when it is only what the runtime gave boot's own
+// user (imageEnv, the original image's Env, does not set it): "/" where
+// the boot image has no /etc/passwd, else rootHome, the home of root,
+// whom Docker starts boot as.
+func workloadEnv(environ, imageEnv []string, home, rootHome string) []string {
 	imageHome := false
 	for _, kv := range imageEnv {
 		if strings.HasPrefix(kv, "HOME=") {
@@ -294,7 +305,7 @@ func workloadEnv(environ, imageEnv []string, home string) []string {
 		if strings.HasPrefix(kv, envPrefix) {
 			continue
 		}
-		if kv == "HOME=/" && !imageHome && home != "/" {
+		if (kv == "HOME=/" || rootHome != "" && kv == "HOME="+rootHome) && !imageHome && kv != "HOME="+home {
 			continue
 		}
 		if strings.HasPrefix(kv, "HOME=") {

@@ -32,7 +32,7 @@ func checkPrivileges() error {
 	if len(missing) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: this is a bootfs image, which mounts its root filesystem with FUSE at start; run it with docker run --privileged --device /dev/fuse ... (missing: %s)",
+	return fmt.Errorf("%w: this is a bootfs image, which mounts its root filesystem with FUSE at start; run it with docker run --privileged --device /dev/fuse ... (missing: %s), or with no privilege at all through the node's bootfs-agent: docker run -v /run/bootfs:/run/bootfs ...",
 		ErrNotPrivileged, strings.Join(missing, " "))
 }
 

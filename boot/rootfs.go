@@ -30,6 +30,9 @@ type rootfs struct {
 	lower  string
 	srv    *fuse.Server
 	mounts []string // to unmount at teardown, in reverse order
+	// entered is set once root is the namespace's root: nothing is left
+	// to unmount, the namespace's end takes it all.
+	entered bool
 }
 
 // build mounts the FUSE tree, the overlay and the binds.
@@ -48,19 +51,22 @@ func (r *rootfs) build(fsys *lazyfs.FS, upper string, mounts []MountInfo) error 
 	r.srv = srv
 
 	if upper == "" {
-		upper = filepath.Join(r.dir, "rw")
-		if err := os.MkdirAll(upper, 0o755); err != nil {
-			return fmt.Errorf("%w: %v", ErrRootfs, err)
-		}
-		if err := r.mount("tmpfs", upper, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
-			return err
+		upper = filepath.Join(r.dir, "upper")
+		if !slices.ContainsFunc(mounts, func(m MountInfo) bool { return m.Point == upper }) {
+			// Not the boot image's volume (an image of an older mkimage,
+			// or a Workdir of a test): a tmpfs, which a restart loses.
+			if err := os.MkdirAll(upper, 0o755); err != nil {
+				return fmt.Errorf("%w: %v", ErrRootfs, err)
+			}
+			r.log.Warn("no volume for the writable layer; writes live in memory and are lost on restart", "path", upper)
+			if err := r.mount("tmpfs", upper, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+				return err
+			}
 		}
 	}
-	up, work := filepath.Join(upper, "upper"), filepath.Join(upper, "work")
-	for _, d := range []string{up, work} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("%w: writable layer: %v", ErrRootfs, err)
-		}
+	up, work, err := prepareUpper(upper)
+	if err != nil {
+		return err
 	}
 	// The upper's root takes the image root's mode and owner, or the
 	// overlay's root would be the upper's (0755 root).
@@ -78,7 +84,9 @@ func (r *rootfs) build(fsys *lazyfs.FS, upper string, mounts []MountInfo) error 
 			return err
 		}
 	}
-	for _, d := range []string{"/dev", "/sys"} {
+	// The container's own /proc, with Docker's masked paths: the
+	// workload and docker exec share its PID namespace.
+	for _, d := range []string{"/proc", "/dev", "/sys"} {
 		if err := r.mount(d, filepath.Join(r.root, d), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return err
 		}
@@ -90,6 +98,23 @@ func (r *rootfs) build(fsys *lazyfs.FS, upper string, mounts []MountInfo) error 
 			return err
 		}
 	}
+	if rootReadOnly(mounts) {
+		// docker run --read-only: so is the workload's root; its
+		// volumes and tmpfs mounts stay as Docker made them.
+		if err := unix.Mount("", r.root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("%w: make the root read-only: %v", ErrRootfs, err)
+		}
+	}
+	return nil
+}
+
+// enter makes the root the root of the container's mount namespace (see
+// pivotHere).
+func (r *rootfs) enter() error {
+	if err := pivotHere(r.root); err != nil {
+		return err
+	}
+	r.entered = true
 	return nil
 }
 
@@ -212,6 +237,12 @@ func (r *rootfs) mount(source, target, fstype string, flags uintptr, data string
 // teardown unmounts everything build mounted: the root's tree at once
 // (lazily), then the FUSE server, so the cache is left complete.
 func (r *rootfs) teardown() {
+	if r.entered {
+		// The mounts are the namespace's now and end with it; the FUSE
+		// connection ends when init exits. Chunks reach the cache
+		// atomically, so it is complete either way.
+		return
+	}
 	for i := len(r.mounts) - 1; i >= 0; i-- {
 		if err := unix.Unmount(r.mounts[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			r.log.Debug("unmount", "path", r.mounts[i], "err", err)
@@ -291,4 +322,112 @@ func byDepth(mounts []MountInfo) {
 	slices.SortStableFunc(mounts, func(a, b MountInfo) int {
 		return strings.Count(a.Point, "/") - strings.Count(b.Point, "/")
 	})
+}
+
+// pivotHere makes root the root of this process's own mount namespace,
+// the container's: pivot_root, then the old root (the boot image, with
+// /.bootfs and the FUSE mount) detached. The runtime's setns for docker
+// exec and health checks then lands in root, as it does in the original
+// image's root. What init still needs of the old root it holds through
+// file descriptors opened before (the FUSE device, the cache directory)
+// or has read into memory (config, index, TOC).
+func pivotHere(root string) error {
+	// pivot_root refuses shared mounts; Docker makes the root private
+	// already, the overlay inherits it. Only these two: a volume's own
+	// propagation (-v ...:rslave) stays as it was asked for.
+	for _, m := range []string{"/", root} {
+		if err := unix.Mount("", m, "", unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("%w: make %s private: %v%s", ErrRootfs, m, err, privilegeHint(err))
+		}
+	}
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("%w: enter %s: %v", ErrRootfs, root, err)
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching
+	// "." then removes it, with no directory needed to hold it.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		// Out of the root again, or the working directory keeps the
+		// overlay, and through it the FUSE mount, busy at teardown.
+		unix.Chdir("/")
+		return fmt.Errorf("%w: pivot_root to %s: %v%s", ErrRootfs, root, err, privilegeHint(err))
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("%w: detach the old root: %v%s", ErrRootfs, err, privilegeHint(err))
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("%w: %v", ErrRootfs, err)
+	}
+	return nil
+}
+
+// heldDir opens dir (made if missing) and returns it with a name that
+// reaches it through the open descriptor, /proc/self/fd/N: the name
+// still works once pivotHere has detached the tree dir was in, as long
+// as the file stays open and /proc is mounted in the new root.
+func heldDir(dir string) (*os.File, string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("boot: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, "", fmt.Errorf("boot: %w", err)
+	}
+	return f, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), nil
+}
+
+// prepareUpper makes the writable layer's upper and work directories in
+// upper, reusing what a previous start of the container left there: the
+// upper is kept, the work directory (overlayfs's scratch space, empty
+// between mounts) is emptied. A volume that is full or read-only fails
+// here, with an error that names it, and not later in the workload.
+func prepareUpper(upper string) (up, work string, err error) {
+	up, work = filepath.Join(upper, "upper"), filepath.Join(upper, "work")
+	fail := func(err error) error {
+		hint := ""
+		switch {
+		case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+			hint = ": the volume is full; free space on it, or give the container another (docker run -v VOLUME:" + upper + ")"
+		case errors.Is(err, unix.EROFS):
+			hint = ": the volume is read-only; mount it read-write, or give the container another (docker run -v VOLUME:" + upper + ")"
+		}
+		return fmt.Errorf("%w: the writable layer's volume at %s: %v%s", ErrRootfs, upper, err, hint)
+	}
+	if err := os.RemoveAll(work); err != nil {
+		return "", "", fail(err)
+	}
+	for _, d := range []string{up, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", "", fail(err)
+		}
+	}
+	// A write that needs a new block: a full volume still takes empty
+	// directories.
+	probe, err := os.CreateTemp(work, "probe")
+	if err != nil {
+		return "", "", fail(err)
+	}
+	defer os.Remove(probe.Name())
+	_, err = probe.Write(make([]byte, 4096))
+	if err == nil {
+		err = probe.Sync()
+	}
+	if cerr := probe.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", "", fail(err)
+	}
+	return up, work, nil
+}
+
+// rootReadOnly reports whether the container's root is mounted read-only
+// (docker run --read-only).
+func rootReadOnly(mounts []MountInfo) bool {
+	ro := false
+	for _, m := range mounts {
+		if m.Point == "/" {
+			ro = m.ReadOnly() // the last mount on / is the one in view
+		}
+	}
+	return ro
 }

@@ -6,11 +6,10 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 // ErrSetuid is wrapped by the errors of what boot refuses to do when a
@@ -117,9 +116,19 @@ func (c *Caller) openFile(name string) (*os.File, error) {
 	return f, err
 }
 
-// writeFileAtomic writes data to name through a temporary file in the
-// same directory and a rename, with the Caller's rights, so readers never
-// see half a file and a setuid boot writes nowhere its Caller could not.
-func writeFileAtomic(name string, data []byte, c *Caller) error {
-	return c.do(func() error { return atomicfile.WriteFile(name, data) })
+// withoutSecureTraceback drops the GOTRACEBACK=none that the Go runtime
+// appends to the environment of a setuid program that has no GOTRACEBACK
+// (so a crash of boot prints no memory): the container's environment did
+// not hold it, and the workload must not get it.
+func withoutSecureTraceback(environ []string) []string {
+	n := len(environ)
+	if n == 0 || environ[n-1] != "GOTRACEBACK=none" {
+		return environ
+	}
+	for _, kv := range environ[:n-1] {
+		if strings.HasPrefix(kv, "GOTRACEBACK=") {
+			return environ
+		}
+	}
+	return environ[:n-1]
 }

@@ -5,11 +5,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/bootfs/bootfs/chunkstore/opener"
+	"github.com/bootfs/bootfs/internal/atomicfile"
 )
 
 func requireRoot(t *testing.T) {
@@ -33,10 +35,10 @@ func TestCallerFiles(t *testing.T) {
 	os.WriteFile(secret, []byte("x"), 0o600)
 	c := &Caller{UID: 1000, GID: 1000}
 
-	if err := writeFileAtomic(filepath.Join(dir, "f"), []byte("no"), c); !errors.Is(err, fs.ErrPermission) {
+	if err := c.do(func() error { return atomicfile.WriteFile(filepath.Join(dir, "f"), []byte("no")) }); !errors.Is(err, fs.ErrPermission) {
 		t.Errorf("write into root's directory as uid 1000: %v, want permission denied", err)
 	}
-	if err := writeFileAtomic(filepath.Join(mine, "f"), []byte("yes"), c); err != nil {
+	if err := c.do(func() error { return atomicfile.WriteFile(filepath.Join(mine, "f"), []byte("yes")) }); err != nil {
 		t.Errorf("write into uid 1000's directory: %v", err)
 	} else if fi, err := os.Stat(filepath.Join(mine, "f")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 1000 {
 		t.Errorf("file written for uid 1000: %v, %v; want owned by 1000", fi, err)
@@ -143,6 +145,26 @@ func TestCallerSpec(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.c.spec(); got != tt.want {
 				t.Errorf("%+v.spec() = %q, want %q", tt.c, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestWithoutSecureTraceback(t *testing.T) {
+	tests := []struct {
+		name     string
+		in, want []string
+	}{
+		{"added by the runtime", []string{"PATH=/bin", "GOTRACEBACK=none"}, []string{"PATH=/bin"}},
+		{"the container's own", []string{"GOTRACEBACK=none", "PATH=/bin"}, []string{"GOTRACEBACK=none", "PATH=/bin"}},
+		{"another value", []string{"GOTRACEBACK=all", "GOTRACEBACK=none"}, []string{"GOTRACEBACK=all", "GOTRACEBACK=none"}},
+		{"none", []string{"PATH=/bin"}, []string{"PATH=/bin"}},
+		{"empty", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := withoutSecureTraceback(tt.in); !slices.Equal(got, tt.want) {
+				t.Errorf("withoutSecureTraceback(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}

@@ -1,9 +1,13 @@
 package boot
 
 import (
+	"bufio"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -48,4 +52,39 @@ func exitOnStop(log *slog.Logger) (stop func()) {
 		signal.Stop(c)
 		close(done)
 	})
+}
+
+// catches reports whether process pid has a handler for sig, from the
+// SigCgt mask of /proc/PID/status.
+func catches(pid int, sig syscall.Signal) (bool, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return false, fmt.Errorf("/proc/%d/status: SigCgt: %w", pid, err)
+			}
+			return mask&(1<<(uint(sig)-1)) != 0, nil
+		}
+	}
+	return false, fmt.Errorf("/proc/%d/status: no SigCgt", pid)
+}
+
+// asPID1Would reports whether the kernel would deliver sig, sent from
+// outside the container, to the workload if it were the container's
+// PID 1, as it is in the original image: only if it has a handler for
+// it (SIGKILL and SIGSTOP are never forwarded: they stop boot itself).
+// When boot is not PID 1 (docker run --init), the workload is not PID 1
+// in the original either, and every signal goes through.
+func asPID1Would(pid int, sig syscall.Signal) bool {
+	if os.Getpid() != 1 {
+		return true
+	}
+	ok, err := catches(pid, sig)
+	return ok || err != nil
 }

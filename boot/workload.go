@@ -44,7 +44,6 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // workloadSpec is what init tells the workload process (see
 // WorkloadCommand) on its fd 3.
 type workloadSpec struct {
-	Root       string   `json:"root"`
 	Argv       []string `json:"argv"`
 	Env        []string `json:"env"`
 	ImageEnv   []string `json:"image_env"`
@@ -65,11 +64,13 @@ type workload struct {
 	stoppedBy atomic.Int32
 }
 
-// startWorkload re-executes this binary as WorkloadCommand in new PID and
-// mount namespaces.
-func startWorkload(root string, argv []string, img bootconfig.Image, extraGroups []int) (*workload, error) {
+// startWorkload re-executes this binary as WorkloadCommand, in init's
+// namespaces and root: docker exec and health checks, which the runtime
+// starts in init's namespaces, then see what the workload sees, its
+// processes too.
+func startWorkload(argv, environ []string, img bootconfig.Image, extraGroups []int) (*workload, error) {
 	spec, err := json.Marshal(workloadSpec{
-		Root: root, Argv: argv, Env: os.Environ(), ImageEnv: img.Env,
+		Argv: argv, Env: environ, ImageEnv: img.Env,
 		User: img.User, WorkingDir: img.WorkingDir, ExtraGroups: extraGroups,
 	})
 	if err != nil {
@@ -91,7 +92,7 @@ func startWorkload(root string, argv []string, img bootconfig.Image, extraGroups
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{specR, execW}
 	cmd.Env = []string{}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	if isTerminal(0) {
 		// docker run -t: the workload leads its own session on the tty.
 		cmd.SysProcAttr.Setsid = true
@@ -190,6 +191,10 @@ func (w *workload) supervise(onUSR1 func(), log *slog.Logger) int {
 		case unix.SIGUSR1:
 			onUSR1()
 		}
+		if !asPID1Would(w.pid, s.(syscall.Signal)) {
+			log.Debug("not forwarding a signal the workload has no handler for, as its PID 1 would not get it", "signal", s)
+			continue
+		}
 		log.Debug("forwarding signal", "signal", s)
 		if err := unix.Kill(w.pid, s.(syscall.Signal)); err != nil && !errors.Is(err, unix.ESRCH) {
 			log.Warn("cannot forward signal to the workload", "signal", s, "err", err)
@@ -222,11 +227,11 @@ func (w *workload) reap(log *slog.Logger) (status int, done bool) {
 	}
 }
 
-// RunWorkload is the workload process that Init starts in new PID and
-// mount namespaces. It reads its spec from fd 3, switches to the
-// workload's root (pivot_root, the old root detached, a fresh /proc),
-// takes the image's user and groups, changes to the working directory and
-// execs the command, looked up in the workload's PATH inside the new root.
+// RunWorkload is the workload process that Init starts in the workload's
+// root, which init has made the container's. It reads its spec from fd 3,
+// takes the image's user and groups (from the root's /etc/passwd and
+// /etc/group), changes to the working directory and execs the command,
+// looked up in the workload's PATH.
 // On success it does not return. On failure it reports the error on fd 4
 // (which exec closes) and returns it; cmd/boot exits with its status.
 func RunWorkload() error {
@@ -263,9 +268,6 @@ func runWorkload(specFile *os.File) error {
 	if len(s.Argv) == 0 {
 		return errors.New("boot: no command to run")
 	}
-	if err := enterRoot(s.Root); err != nil {
-		return err
-	}
 	return execWorkload(s)
 }
 
@@ -278,7 +280,11 @@ func execWorkload(s workloadSpec) error {
 		return err
 	}
 	u.Groups = mergeGroups(u.Groups, s.ExtraGroups)
-	env := workloadEnv(s.Env, s.ImageEnv, u.Home)
+	rootHome := ""
+	if root, err := resolveImageUser("0"); err == nil {
+		rootHome = root.Home
+	}
+	env := workloadEnv(s.Env, s.ImageEnv, u.Home, rootHome)
 	wd := s.WorkingDir
 	if wd == "" {
 		wd = "/"
@@ -305,32 +311,6 @@ func execWorkload(s workloadSpec) error {
 		status = 127
 	}
 	return &ExitError{Status: status, Err: fmt.Errorf("boot: exec %s: %w", s.Argv[0], err)}
-}
-
-// enterRoot makes root the process's root: private mounts, pivot_root,
-// the old root detached, and a /proc of the new PID namespace.
-func enterRoot(root string) error {
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("boot: make mounts private: %w%s", err, privilegeHint(err))
-	}
-	if err := unix.Chdir(root); err != nil {
-		return fmt.Errorf("boot: enter %s: %w", root, err)
-	}
-	// pivot_root(".", ".") stacks the old root on the new one; detaching
-	// "." then removes it, with no directory needed to hold it.
-	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("boot: pivot_root to %s: %w%s", root, err, privilegeHint(err))
-	}
-	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("boot: detach the old root: %w%s", err, privilegeHint(err))
-	}
-	if err := unix.Chdir("/"); err != nil {
-		return fmt.Errorf("boot: %w", err)
-	}
-	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return fmt.Errorf("boot: mount /proc: %w%s", err, privilegeHint(err))
-	}
-	return nil
 }
 
 // lookPath finds the program name names, as a shell does: a name with a

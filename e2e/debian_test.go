@@ -182,8 +182,10 @@ func checkBootImages(t *testing.T, sources ...string) {
 			strings.Join(c.Cmd, " ") != strings.Join(orig.Config.Cmd, " ") || c.User != "" {
 			t.Errorf("%s: Entrypoint %q, Cmd %q, User %q; want [/.bootfs/boot --], %q, \"\"", boot, c.Entrypoint, c.Cmd, c.User, orig.Config.Cmd)
 		}
-		if _, ok := c.Volumes["/.bootfs/cache"]; !ok {
-			t.Errorf("%s: Volumes %v lack /.bootfs/cache", boot, c.Volumes)
+		for _, v := range []string{"/.bootfs/cache", "/.bootfs/upper"} {
+			if _, ok := c.Volumes[v]; !ok {
+				t.Errorf("%s: Volumes %v lack %s", boot, c.Volumes, v)
+			}
 		}
 		if got := c.Labels["org.bootfs.source-image"]; got != orig.ID {
 			t.Errorf("%s: source image label %q, want %s", boot, got, orig.ID)
@@ -201,8 +203,10 @@ func checkBootImages(t *testing.T, sources ...string) {
 }
 
 // checkSecondLayer reads the boot image's second layer from docker save:
-// it holds only the cache directory, the config, the index and the TOC,
-// and is no bigger than those files plus tar headers.
+// it holds only the config, the index, the TOC, empty directories
+// (volumes and mount points) and the image's /etc/passwd and /etc/group
+// (for Docker's user lookups), and is no bigger than those files plus tar
+// headers.
 func checkSecondLayer(t *testing.T, image string) {
 	t.Helper()
 	save := exec.Command("docker", "save", image)
@@ -238,7 +242,7 @@ func checkSecondLayer(t *testing.T, image string) {
 			continue
 		}
 		slices.Sort(names)
-		want := []string{".bootfs/cache/", ".bootfs/config.json", ".bootfs/rootfs.caidx", ".bootfs/rootfs.toc"}
+		want := []string{".bootfs/cache/", ".bootfs/config.json", ".bootfs/lower/", ".bootfs/root/", ".bootfs/rootfs.caidx", ".bootfs/rootfs.toc", ".bootfs/upper/", "etc/", "etc/group", "etc/passwd"}
 		if !slices.Equal(names, want) {
 			t.Errorf("%s layer 2 holds %q, want %q", image, names, want)
 		}

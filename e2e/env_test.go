@@ -92,7 +92,13 @@ func newEnv() (*env, string, error) {
 		return nil, "", err
 	}
 	atExit(func() { os.RemoveAll(tmp) })
-	e := &env{tmp: tmp, prefix: fmt.Sprintf("bootfs-e2e-%d", os.Getpid())}
+	// E2E_PREFIX names what the tests create, where several checkouts
+	// share one engine.
+	prefix := os.Getenv("E2E_PREFIX")
+	if prefix == "" {
+		prefix = "bootfs-e2e"
+	}
+	e := &env{tmp: tmp, prefix: fmt.Sprintf("%s-%d", prefix, os.Getpid())}
 	if e.bin, err = binaries(tmp); err != nil {
 		return nil, "", err
 	}

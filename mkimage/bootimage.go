@@ -57,6 +57,13 @@ type BootImageInput struct {
 	Tags []string
 	// Platform defaults to linux/amd64.
 	Platform Platform
+	// Passwd and Group are the source image's /etc/passwd and
+	// /etc/group, packed at the same paths in layer 2 (nil leaves one
+	// out). Docker resolves user names and groups in the container's
+	// root as it creates a process: docker run --user NAME, docker exec
+	// -u NAME, and the supplementary groups of every exec. boot hides
+	// them from the workload with the rest of the boot image.
+	Passwd, Group []byte
 	// Created is the creation time recorded in the image configuration.
 	// The zero time leaves it out, so that the image ID depends on content
 	// alone.
@@ -96,7 +103,9 @@ type LayerInfo struct {
 //
 //  1. /.bootfs/ and /.bootfs/boot, byte-identical for every image built
 //     from the same boot binary, so a node stores and pulls it once;
-//  2. /.bootfs/cache/, config.json, rootfs.caidx and rootfs.toc.
+//  2. config.json, rootfs.caidx and rootfs.toc; the cache and upper
+//     volumes' directories, and boot's mount points lower/ and root/;
+//     the source's /etc/passwd and /etc/group, if given.
 //
 // Both tars and the archive itself are reproducible: fixed mtimes, owner
 // root with no names, sorted entries, USTAR headers. The boot binary is
@@ -132,6 +141,9 @@ var (
 	layerDir       = strings.TrimPrefix(bootconfig.Dir, "/") + "/"
 	layerBoot      = strings.TrimPrefix(bootconfig.BootPath, "/")
 	layerCache     = strings.TrimPrefix(bootconfig.CacheDir, "/") + "/"
+	layerUpper     = strings.TrimPrefix(bootconfig.UpperDir, "/") + "/"
+	layerLower     = strings.TrimPrefix(bootconfig.LowerDir, "/") + "/"
+	layerRoot      = strings.TrimPrefix(bootconfig.RootDir, "/") + "/"
 	layerConfig    = strings.TrimPrefix(bootconfig.Path, "/")
 	layerIndex     = strings.TrimPrefix(bootconfig.IndexPath, "/")
 	layerTOC       = strings.TrimPrefix(bootconfig.TOCPath, "/")
@@ -277,8 +289,20 @@ func planBootImage(in BootImageInput) (*bootImagePlan, error) {
 	p.layers[1].entries = []tarEntry{
 		{name: layerCache, mode: 0o755, dir: true},
 		{name: layerConfig, mode: 0o644, data: cfgJSON},
+		{name: layerLower, mode: 0o755, dir: true},
+		{name: layerRoot, mode: 0o755, dir: true},
 		{name: layerIndex, mode: 0o644, data: in.Index},
 		{name: layerTOC, mode: 0o644, data: in.TOC},
+		{name: layerUpper, mode: 0o755, dir: true},
+	}
+	if in.Passwd != nil || in.Group != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/", mode: 0o755, dir: true})
+	}
+	if in.Group != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/group", mode: 0o644, data: in.Group})
+	}
+	if in.Passwd != nil {
+		p.layers[1].entries = append(p.layers[1].entries, tarEntry{name: "etc/passwd", mode: 0o644, data: in.Passwd})
 	}
 	for i := range p.layers {
 		if err := p.layers[i].measure(); err != nil {
@@ -360,8 +384,9 @@ type dockerSaveManifest struct {
 }
 
 // imageConfig returns the boot image's configuration: the source image's
-// with boot in front of the entrypoint, and with the user and working
-// directory left to boot (which applies them to the workload only).
+// with boot in front of the entrypoint, the user left to boot (which
+// applies it to the workload only; boot must start as root), and the
+// cache and writable-layer volumes.
 func imageConfig(cfg *BootConfig, pl Platform, created time.Time, diffIDs ...digest.Digest) *dockerspec.DockerOCIImage {
 	src := &cfg.Image
 	img := &dockerspec.DockerOCIImage{}
@@ -386,6 +411,10 @@ func imageConfig(cfg *BootConfig, pl Platform, created time.Time, diffIDs ...dig
 		c.Volumes = map[string]struct{}{}
 	}
 	c.Volumes[bootconfig.CacheDir] = struct{}{}
+	c.Volumes[bootconfig.UpperDir] = struct{}{}
+	// boot starts in it and hands it on to the workload; docker exec
+	// starts there too, as in the original.
+	c.WorkingDir = src.WorkingDir
 	c.Labels = maps.Clone(src.Labels)
 	if c.Labels == nil {
 		c.Labels = map[string]string{}

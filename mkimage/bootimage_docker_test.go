@@ -206,8 +206,8 @@ func TestBootImageDockerLoad(t *testing.T) {
 		{"Cmd", cfg.Cmd, src.Cmd},
 		{"Env", cfg.Env, src.Env},
 		{"User", cfg.User, ""},
-		{"WorkingDir", cfg.WorkingDir, ""},
-		{"Volumes", sortedKeys(cfg.Volumes), []string{"/.bootfs/cache", "/data"}},
+		{"WorkingDir", cfg.WorkingDir, "/w"},
+		{"Volumes", sortedKeys(cfg.Volumes), []string{"/.bootfs/cache", "/.bootfs/upper", "/data"}},
 		{"ExposedPorts", sortedKeys(cfg.ExposedPorts), []string{"80/tcp"}},
 		{"Labels", cfg.Labels, map[string]string{"x": "y", LabelSourceImage: inA.Config.Source, LabelVersion: inA.Config.BootfsVersion}},
 		{"StopSignal", cfg.StopSignal, "SIGQUIT"},
@@ -251,6 +251,9 @@ func TestBootImageDockerLoad(t *testing.T) {
 		{".bootfs/rootfs.toc", 0o644, inA.TOC},
 		{".bootfs/config.json", 0o644, infoA.Config},
 		{".bootfs/cache/", 0o755, nil},
+		{".bootfs/upper/", 0o755, nil},
+		{".bootfs/lower/", 0o755, nil},
+		{".bootfs/root/", 0o755, nil},
 	} {
 		h, ok := files[w.name]
 		if !ok {
@@ -345,11 +348,11 @@ func TestMakeBootImageFromDocker(t *testing.T) {
 	}
 	cfg := got.Config
 	if !slices.Equal(cfg.Entrypoint, []string{"/.bootfs/boot", "--", "/bin/sh"}) || !slices.Equal(cfg.Cmd, []string{"-c", "exit 3"}) ||
-		cfg.User != "" || cfg.WorkingDir != "" || cfg.Labels[LabelSourceImage] != srcInfo.ID || cfg.Labels["x"] != "y" ||
+		cfg.User != "" || cfg.WorkingDir != "/w" || cfg.Labels[LabelSourceImage] != srcInfo.ID || cfg.Labels["x"] != "y" ||
 		!slices.Contains(cfg.Env, "A=1") {
 		t.Errorf("boot image config = %+v", cfg)
 	}
-	if !reflect.DeepEqual(sortedKeys(cfg.Volumes), []string{"/.bootfs/cache", "/data"}) || !reflect.DeepEqual(sortedKeys(cfg.ExposedPorts), []string{"80/tcp"}) {
+	if !reflect.DeepEqual(sortedKeys(cfg.Volumes), []string{"/.bootfs/cache", "/.bootfs/upper", "/data"}) || !reflect.DeepEqual(sortedKeys(cfg.ExposedPorts), []string{"80/tcp"}) {
 		t.Errorf("Volumes %v ExposedPorts %v", cfg.Volumes, cfg.ExposedPorts)
 	}
 	bc, err := LoadBootConfig(info.Config)

@@ -1,6 +1,7 @@
 package mkimage
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"cmp"
@@ -15,8 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
 	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
 )
 
@@ -177,6 +180,9 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 			return BootImageInfo{}, fmt.Errorf("docker: inspect source image %s: %w", sum.SourceID, err)
 		}
 		src = &info
+		if in.Passwd, in.Group, err = userDB(ctx, c, info.ID); err != nil {
+			return BootImageInfo{}, err
+		}
 		in.Platform = Platform{Architecture: info.Architecture, OS: info.Os, Variant: info.Variant}
 		if t, err := time.Parse(time.RFC3339Nano, info.Created); err == nil {
 			in.Created = t
@@ -260,4 +266,51 @@ func localStores(list string) []string {
 		}
 	}
 	return local
+}
+
+// userDB reads /etc/passwd and /etc/group of image id (nil for a file it
+// lacks, or one that is not a regular file) through a container created
+// for it and removed again.
+func userDB(ctx context.Context, c *client.Client, id string) (passwd, group []byte, err error) {
+	created, err := c.ContainerCreate(ctx, &container.Config{
+		Image:      id,
+		Entrypoint: []string{"/bootfs-copy-only"},
+		Labels:     map[string]string{"org.bootfs.mkimage.export": "1"},
+	}, &container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("docker: create a container of %s to read its users: %w", id, err)
+	}
+	defer func() {
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if rmErr := c.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); rmErr != nil {
+			err = errors.Join(err, fmt.Errorf("docker: remove container %s: %w", created.ID[:12], rmErr))
+		}
+	}()
+	read := func(name string) ([]byte, error) {
+		rc, _, err := c.CopyFromContainer(ctx, created.ID, name)
+		if errdefs.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("docker: read %s of %s: %w", name, id, err)
+		}
+		defer rc.Close()
+		tr := tar.NewReader(rc)
+		h, err := tr.Next()
+		if err != nil {
+			return nil, fmt.Errorf("docker: read %s of %s: %w", name, id, err)
+		}
+		if h.Typeflag != tar.TypeReg || h.Size > 16<<20 {
+			return nil, nil
+		}
+		return io.ReadAll(tr)
+	}
+	if passwd, err = read("/etc/passwd"); err != nil {
+		return nil, nil, err
+	}
+	if group, err = read("/etc/group"); err != nil {
+		return nil, nil, err
+	}
+	return passwd, group, nil
 }

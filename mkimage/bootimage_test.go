@@ -154,6 +154,7 @@ func TestBootImageLayers(t *testing.T) {
 	boot := biBootBinary(t, 3000)
 	bootBytes, _ := os.ReadFile(boot)
 	in := biInput(t, boot, bootconfig.Image{Cmd: []string{"sh"}}, strings.Repeat("i", 5000), "the toc")
+	in.Passwd, in.Group = []byte("root:x:0:0:root:/root:/bin/sh\n"), []byte("root:x:0:\nwheel:x:10:root\n")
 	arch, info := biBuild(t, in)
 	_, img, layers := readTar(t, arch).parts(t)
 	if len(layers) != 2 || len(info.Layers) != 2 {
@@ -192,8 +193,14 @@ func TestBootImageLayers(t *testing.T) {
 		{"index layer", layers[1], []entry{
 			{".bootfs/cache/", 0o755, tar.TypeDir, nil},
 			{".bootfs/config.json", 0o644, tar.TypeReg, info.Config},
+			{".bootfs/lower/", 0o755, tar.TypeDir, nil},
+			{".bootfs/root/", 0o755, tar.TypeDir, nil},
 			{".bootfs/rootfs.caidx", 0o644, tar.TypeReg, in.Index},
 			{".bootfs/rootfs.toc", 0o644, tar.TypeReg, in.TOC},
+			{".bootfs/upper/", 0o755, tar.TypeDir, nil},
+			{"etc/", 0o755, tar.TypeDir, nil},
+			{"etc/group", 0o644, tar.TypeReg, in.Group},
+			{"etc/passwd", 0o644, tar.TypeReg, in.Passwd},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -288,20 +295,20 @@ func TestBootImageConfigMapping(t *testing.T) {
 	}{
 		{"entrypoint and cmd",
 			bootconfig.Image{Entrypoint: []string{"/entry.sh", "-x"}, Cmd: []string{"serve"}},
-			[]string{"/.bootfs/boot", "--", "/entry.sh", "-x"}, []string{"/.bootfs/cache"}},
+			[]string{"/.bootfs/boot", "--", "/entry.sh", "-x"}, []string{"/.bootfs/cache", "/.bootfs/upper"}},
 		{"cmd only",
 			bootconfig.Image{Cmd: []string{"/bin/sh", "-c", "echo hi"}},
-			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache"}},
+			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper"}},
 		{"nothing",
 			bootconfig.Image{},
-			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache"}},
+			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper"}},
 		{"volumes, ports, env, labels",
 			bootconfig.Image{Cmd: []string{"db"}, Env: []string{"A=1", "PATH=/bin"}, Volumes: []string{"/var/lib/db", "/data"},
 				ExposedPorts: []string{"5432/tcp"}, Labels: map[string]string{"maintainer": "me"}, StopSignal: "SIGINT", Healthcheck: hc},
-			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/data", "/var/lib/db"}},
-		{"user and workdir go to config.json only",
+			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper", "/data", "/var/lib/db"}},
+		{"user goes to config.json only, workdir to both",
 			bootconfig.Image{Cmd: []string{"id"}, User: "1000:1000", WorkingDir: "/home/u"},
-			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache"}},
+			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			arch, info := biBuild(t, biInput(t, boot, tc.src, "i", "t"))
@@ -313,8 +320,8 @@ func TestBootImageConfigMapping(t *testing.T) {
 			if !slices.Equal(c.Cmd, tc.src.Cmd) || !slices.Equal(c.Env, tc.src.Env) {
 				t.Errorf("Cmd, Env = %q, %q, want %q, %q", c.Cmd, c.Env, tc.src.Cmd, tc.src.Env)
 			}
-			if c.User != "" || c.WorkingDir != "" {
-				t.Errorf("User, WorkingDir = %q, %q, want empty", c.User, c.WorkingDir)
+			if c.User != "" || c.WorkingDir != tc.src.WorkingDir {
+				t.Errorf("User, WorkingDir = %q, %q, want empty, %q", c.User, c.WorkingDir, tc.src.WorkingDir)
 			}
 			if got := sortedKeys(c.Volumes); !reflect.DeepEqual(got, tc.wantVolumes) {
 				t.Errorf("Volumes = %q, want %q", got, tc.wantVolumes)

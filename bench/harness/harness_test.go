@@ -197,11 +197,11 @@ func TestResolve(t *testing.T) {
 // TestReport renders a report from made-up runs and checks the table
 // cells, the goals and the files.
 func TestReport(t *testing.T) {
-	r := &Report{Samples: 3, Images: []string{"python"}, Modes: []string{ModeRegistry, ModeCasync, ModeCold, ModeWarm, ModePrefetch, ModeEstargz, ModeEstargzOpt},
+	r := &Report{Samples: 3, Images: []string{"python"}, Modes: []string{ModeRegistry, ModeCasync, ModeCold, ModeWarm, ModePrefetch, ModeEstargz, ModeEstargzOpt, ModeBootfsRegistry, ModeAgent},
 		Networks: []string{"20ms-100mbit"}, Prefetch: "not available: test",
 		Sizes: []ImageSize{{Image: "python", SaveBytes: 100e6, BootBytes: 9e6, StoreBytes: 40e6}}}
 	add := func(mode string, ready time.Duration, image, store int64, err string) {
-		r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: mode, Ready: ready, ImageBytes: image, StoreBytes: store, Requests: 3, RSS: 20e6, Err: err})
+		r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: mode, Ready: ready, ImageBytes: image, StoreBytes: store, Requests: 3, RSS: 20e6, Err: err, InDocker: ready / 4})
 	}
 	for _, d := range []time.Duration{10, 12, 11} {
 		add(ModeRegistry, d*time.Second, 100e6, 0, "")
@@ -214,17 +214,27 @@ func TestReport(t *testing.T) {
 	add(ModeWarm, time.Second, 0, 0, "")
 	add(ModeEstargz, 4*time.Second, 5e6, 0, "")
 	add(ModeEstargzOpt, 3*time.Second, 6e6, 0, "")
+	add(ModeBootfsRegistry, 3*time.Second, 9e6, 1e6, "")
+	add(ModeAgent, 2600*time.Millisecond, 9e6, 1e6, "")
+	r.Pushes = []PushRow{{Image: "python", Seconds: 1.5, NewChunks: 599, Written: 17e6, Requests: 21, Reads: 40}}
 	r.add(Sample{Image: "python", Network: "20ms-100mbit", Mode: ModePrefetch, Skipped: "not available: test"})
 	r.NodeImage, r.NodeNetwork, r.NodeContainers = "python", "20ms-100mbit", 8
 	r.Node = []NodeRow{{System: ModeRegistry, Ready: 9 * time.Second, Bytes: 66e6, Requests: 5},
 		{System: ModeCold, Ready: 4 * time.Second, Bytes: 20e6, Requests: 200, RSS: 300e6},
-		{System: ModeEstargz, Err: "ctr run: boom"}}
+		{System: ModeEstargz, Err: "ctr run: boom"},
+		{System: ModeAgent, Ready: 3 * time.Second, Bytes: 10.1e6, Requests: 3, RSS: 80e6}}
 	md := r.Markdown([]string{"x-ready.png"})
 	for _, want := range []string{
 		"| python | 11.00 s (10.00–12.00) | 5.00 s, 1 failed | 2.50 s (2.00–3.00) | 1.00 s | n/a |",
 		"| python | 100.0 MB (100.0%), 3 req | 2.0 MB (2.0%), 3 req | 10.0 MB (10.0%), 3 req |",
 		"## Headline: time to ready at 20ms-100mbit",
-		"| python | 11.00 s (10.00–12.00) | 4.00 s (2.8×) | 3.00 s (3.7×) | 2.50 s (4.4×) | n/a | 1.00 s (11.0×) | 0.62× | – |",
+		"| python | 11.00 s (10.00–12.00) | 4.00 s (2.8×) | 3.00 s (3.7×) | 2.50 s (4.4×) | 3.00 s (3.7×) | n/a | 1.00 s (11.0×) | 0.62× | – | 1.20× |",
+		"bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at 20ms-100mbit, python: **missed** (1.20×: 3.00 s against 2.50 s; the boot image was in Docker after 0.75 s pulled against 0.62 s loaded)",
+		"node agent, 8 containers fetch within 1.02× of one container's bytes: **met** (1.010×: 10.1 MB against 10.0 MB)",
+		"node agent, 8 containers' requests within 1.02× of one container's: **met** (1.000×: 3 against 3)",
+		"node agent's RSS for 8 containers ≤ 64 MB + 4 MB per container after the first (96.5 MB): **met** (80.0 MB; the 8 boots of bootfs-cold: 300.0 MB)",
+		"| bootfs-agent | 3.00 s | 10.1 MB | 3 | 80.0 MB |",
+		"| python | 1.50 | 599 | 17.0 MB | 21 | 40 |",
 		"bootfs-cold ≤ 0.8× estargz to ready at 20ms-100mbit, python: **met** (0.62×: 2.50 s against 4.00 s)",
 		"bootfs-cold fetches ≤ estargz's bytes, python: **missed** (10.0 MB against 5.0 MB)",
 		"bootfs-cold's requests within 2× of estargz's, python: **met** (3 against 3)",
@@ -304,6 +314,16 @@ func TestParseAccessLog(t *testing.T) {
 	}
 	if got.Requests != 5 || got.Bytes != 87+529+7012345+4096 {
 		t.Errorf("since(0) = %d requests, %d bytes; want 5, %d", got.Requests, got.Bytes, 87+529+7012345+4096)
+	}
+	// Docker's GETs and HEADs are a pull, the others' boot reading
+	// chunks; the PUT is an upload.
+	a, err := r.accessSince(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := access{Docker: counters{Requests: 3, Bytes: 87 + 529 + 7012345}, Others: counters{Requests: 2, Bytes: 4096}, Uploads: 1}
+	if a != want {
+		t.Errorf("accessSince(0) = %+v; want %+v", a, want)
 	}
 	mark := int64(strings.Index(log, "127.0.0.1 - - [04/Dec/2026:20:15:01 +0000] \"GET /v2/bootfs-bench/busybox/blobs/sha256:0c1e HTTP/1.1\" 206"))
 	if got, _ := r.since(mark); got.Requests != 2 || got.Bytes != 4096 {

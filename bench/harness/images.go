@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/bootfs/bootfs/casync"
@@ -30,6 +31,9 @@ type image struct {
 	// index is the bootfs caidx (with index.toc), casIndex casync make's.
 	index, casIndex string
 	conv            mkimage.Summary // mkimage --json
+	// ociStore is the store URL of its boot image in the registry
+	// (mkimage --push into ociRepo), "" when there is none.
+	ociStore string
 	// estargz says the registry holds its eStargz conversions, tags
 	// estargz and estargz-opt.
 	estargz bool
@@ -204,6 +208,16 @@ func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
 	}
 	if im.storeBytes, err = indexStoreBytes(im.index, h.storeDir()); err != nil {
 		return nil, err
+	}
+
+	if h.registry != nil && slices.Contains(h.opts.Modes, ModeBootfsRegistry) {
+		if err := h.pushBoot(ctx, im); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			h.logf("%s: mkimage --push: %v", w.Name, err)
+			h.report.Notes = append(h.report.Notes, fmt.Sprintf("%s: no boot image in the registry: %s", w.Name, oneLine(err.Error())))
+		}
 	}
 
 	if h.needCasync() {

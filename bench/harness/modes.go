@@ -29,6 +29,10 @@ type Sample struct {
 	// ImageBytes were received by docker load; StoreBytes and Requests
 	// were served by the chunk store.
 	ImageBytes, StoreBytes, Requests int64
+	// InDocker is the time from the start until the boot image was in
+	// Docker (loaded or pulled), for the bootfs modes that start
+	// without it; the rest of Ready is docker run.
+	InDocker time.Duration `json:",omitempty"`
 	// RSS is the peak resident set of the FUSE process (boot or casync);
 	// 0 where there is none.
 	RSS int64
@@ -195,8 +199,10 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 	if name == "" {
 		name = h.container
 	}
-	docker(context.Background(), "rm", "-f", name)
-	defer docker(context.Background(), "rm", "-f", name)
+	// -v: the anonymous cache volume of a boot image run without one
+	// (through the agent) goes with its container.
+	docker(context.Background(), "rm", "-f", "-v", name)
+	defer docker(context.Background(), "rm", "-f", "-v", name)
 	args := []string{"run", "--name", name, "--pull", "never", "--network", "host"}
 	if w.Stdin != "" {
 		args = append(args, "-i")

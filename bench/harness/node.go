@@ -63,6 +63,7 @@ func (h *harness) extraNode(ctx context.Context) error {
 		{ModeRegistry, h.nodeRegistry},
 		{ModeEstargz, h.nodeEstargz},
 		{ModeCold, h.nodeBootfs},
+		{ModeAgent, h.nodeAgent},
 	}
 	for _, s := range systems {
 		if ctx.Err() != nil {

@@ -56,16 +56,23 @@ const (
 	ModeEstargz    = "estargz"
 	ModeEstargzOpt = "estargz-optimized"
 	ModeCold       = "bootfs-cold"
-	ModePrefetch   = "bootfs-prefetch"
-	ModeWarm       = "bootfs-warm"
-	ModeCasync     = "casync-mount"
+	// ModeBootfsRegistry is bootfs cold with the registry as its store:
+	// the boot image pulled from the registry (mkimage --push), its
+	// chunks read from the same repository.
+	ModeBootfsRegistry = "bootfs-registry"
+	// ModeAgent is bootfs cold through the node agent: bootfs-agent
+	// serves the container's filesystem, which runs unprivileged.
+	ModeAgent    = "bootfs-agent"
+	ModePrefetch = "bootfs-prefetch"
+	ModeWarm     = "bootfs-warm"
+	ModeCasync   = "casync-mount"
 	// ModeSaveLoad is a pull without a registry: docker save's archive
 	// over one HTTP stream into docker load. Not run unless asked.
 	ModeSaveLoad = "save-load"
 )
 
 // AllModes lists the modes in report order.
-var AllModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
+var AllModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModeBootfsRegistry, ModeAgent, ModePrefetch, ModeWarm, ModeCasync, ModeSaveLoad}
 
 // DefaultModes are the modes a run without MODES runs: all but save-load,
 // which the registry pull replaces as the baseline.

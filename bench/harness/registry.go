@@ -100,28 +100,48 @@ func (r *registry) mark() int64 {
 	return fi.Size()
 }
 
-// accessLine is the combined log format's request, status and size:
-// 127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 200 1234 "referer" "agent".
-var accessLine = regexp.MustCompile(`"(GET|HEAD) (\S+) [^"]*" (\d{3}) (\d+|-)`)
+// accessLine is the combined log format's request, status, size and
+// user agent: 127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 200 1234 "referer" "agent".
+var accessLine = regexp.MustCompile(`"([A-Z]+) (\S+) [^"]*" (\d{3}) (\d+|-)(?: "[^"]*" "([^"]*)")?`)
+
+// access is what the registry's log says it served: the GET and HEAD
+// requests of Docker (its user agent starts with docker/: an image pull)
+// and of every other client (boot reading chunks, ctr-remote, the
+// snapshotter), and the other requests (a push's POST, PATCH and PUT).
+type access struct {
+	Docker, Others counters
+	Uploads        int64
+}
+
+// reads is every GET and HEAD, whoever sent it.
+func (a access) reads() counters {
+	return counters{Requests: a.Docker.Requests + a.Others.Requests, Bytes: a.Docker.Bytes + a.Others.Bytes}
+}
 
 // since returns the GET and HEAD requests and body bytes the registry
-// served after mark. The log is written as each response ends, so it
-// waits a moment for the last lines.
+// served after mark.
 func (r *registry) since(mark int64) (counters, error) {
+	a, err := r.accessSince(mark)
+	return a.reads(), err
+}
+
+// accessSince returns what the registry served after mark. The log is
+// written as each response ends, so it waits a moment for the last lines.
+func (r *registry) accessSince(mark int64) (access, error) {
 	time.Sleep(200 * time.Millisecond)
 	f, err := os.Open(r.log)
 	if err != nil {
-		return counters{}, err
+		return access{}, err
 	}
 	defer f.Close()
 	if _, err := f.Seek(mark, 0); err != nil {
-		return counters{}, err
+		return access{}, err
 	}
 	return parseAccessLog(f)
 }
 
-func parseAccessLog(f *os.File) (counters, error) {
-	var c counters
+func parseAccessLog(f *os.File) (access, error) {
+	var a access
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -129,12 +149,20 @@ func parseAccessLog(f *os.File) (counters, error) {
 		if m == nil {
 			continue // the registry's own log lines
 		}
+		if m[1] != http.MethodGet && m[1] != http.MethodHead {
+			a.Uploads++
+			continue
+		}
+		c := &a.Others
+		if strings.HasPrefix(m[5], "docker/") {
+			c = &a.Docker
+		}
 		c.Requests++
 		if n, err := strconv.ParseInt(m[4], 10, 64); err == nil {
 			c.Bytes += n
 		}
 	}
-	return c, sc.Err()
+	return a, sc.Err()
 }
 
 // push tags the local image tag as repo:tag of the registry and pushes it

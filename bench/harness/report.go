@@ -43,6 +43,9 @@ type Report struct {
 	FUSE        []FUSERow
 	PgVersion   []PgVersionRow
 
+	// Pushes are the mkimage --push of each image (bootfs-registry).
+	Pushes []PushRow `json:",omitempty"`
+
 	NodeImage, NodeNetwork string
 	NodeContainers         int
 	Node                   []NodeRow
@@ -98,13 +101,14 @@ type cell struct {
 	skipped                    string
 	ready, readyMin, readyMax  time.Duration
 	fetched, requests, peakRSS int64
-	store                      int64 // chunk bytes alone (median)
+	store                      int64         // chunk bytes alone (median)
+	image                      time.Duration // until the boot image was in Docker (median)
 }
 
 func (r *Report) cell(img, net, mode string) cell {
 	var c cell
-	var ready []time.Duration
 	var fetched, reqs, store []int64
+	var ready, inDocker []time.Duration
 	for _, s := range r.Runs {
 		if s.Image != img || s.Mode != mode || (net != "" && s.Network != net) {
 			continue
@@ -117,6 +121,7 @@ func (r *Report) cell(img, net, mode string) cell {
 		default:
 			c.ok = append(c.ok, s)
 			ready = append(ready, s.Ready)
+			inDocker = append(inDocker, s.InDocker)
 			fetched = append(fetched, s.Fetched())
 			store = append(store, s.StoreBytes)
 			reqs = append(reqs, s.Requests)
@@ -126,7 +131,7 @@ func (r *Report) cell(img, net, mode string) cell {
 	if len(ready) > 0 {
 		c.ready = median(ready)
 		c.readyMin, c.readyMax = slices.Min(ready), slices.Max(ready)
-		c.fetched, c.requests, c.store = median(fetched), median(reqs), median(store)
+		c.fetched, c.requests, c.store, c.image = median(fetched), median(reqs), median(store), median(inDocker)
 	}
 	return c
 }
@@ -232,7 +237,7 @@ func (r *Report) Markdown(charts []string) string {
 		p("\n")
 	}
 
-	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
+	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), the node agent (bootfs-agent), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
 	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeRegistry || m == ModeSaveLoad })
 	for _, m := range fuseModes {
 		p(" %s |", m)
@@ -296,8 +301,14 @@ func (r *Report) Markdown(charts []string) string {
 			p("| %s | %s | %s | %d | %.1f%% of %s | %s |\n", v.System, secs(v.Took), mb(v.Bytes), v.Requests, pct(v.Bytes, v.ImageStore), mb(v.ImageStore), mb(v.RSS))
 		}
 	}
+	if len(r.Pushes) > 0 {
+		p("\n## Pushing to the registry store\n\n`mkimage --push` of each image into the harness's registry over loopback, in this order (setup, not timed in any start): a later image finds the chunks of the base it shares with an earlier one (all but busybox are Debian minbase) and uploads only its own. New chunks and their stored bytes are mkimage's, packed into blobs of about 8 MiB; upload requests (POST, PATCH, PUT) and reads (GET, HEAD) are the registry's log.\n\n| image | seconds | new chunks | written | upload requests | reads |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, x := range r.Pushes {
+			p("| %s | %.2f | %d | %s | %d | %d |\n", x.Image, x.Seconds, x.NewChunks, mb(x.Written), x.Requests, x.Reads)
+		}
+	}
 	if len(r.Node) > 0 {
-		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs loads the boot image once and runs them all on one empty cache volume, shared as on a node. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs: every container's boot).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
+		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs (bootfs-cold) loads the boot image once and runs them all on one empty cache volume, shared as on a node; the node agent (bootfs-agent) loads it once and runs them all unprivileged through one agent started with an empty cache. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs-cold: every container's boot; bootfs-agent: the agent).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
 			r.NodeContainers, r.NodeImage, r.NodeNetwork, r.NodeContainers)
 		for _, n := range r.Node {
 			if n.Err != "" {
@@ -370,7 +381,11 @@ func mbps(n int64, d time.Duration) float64 {
 // its columns: the baseline, the lazy-pull peer and bootfs.
 const headlineNet = "20ms-100mbit"
 
-var headlineModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModePrefetch, ModeWarm}
+var headlineModes = []string{ModeRegistry, ModeEstargz, ModeEstargzOpt, ModeCold, ModeBootfsRegistry, ModePrefetch, ModeWarm}
+
+// headlineRatios are the headline's last columns: the first mode's time
+// as a share of the second's.
+var headlineRatios = [][2]string{{ModeCold, ModeEstargz}, {ModePrefetch, ModeEstargzOpt}, {ModeBootfsRegistry, ModeCold}}
 
 // headline writes the report's first table: time to ready on the
 // headline network, each cell with how many times faster than the
@@ -380,11 +395,11 @@ func (r *Report) headline(p func(string, ...any), chart bool) {
 		return
 	}
 	p("## Headline: time to ready at %s\n\n", headlineNet)
-	p("The baseline is **registry-pull**: `docker pull` of the original image from a registry on the same link, then `docker run` until ready. Each cell is the median time to ready with how many times faster than the baseline; the last two columns are bootfs's time as a share of eStargz's (below 1 is faster).\n\n| image |")
+	p("The baseline is **registry-pull**: `docker pull` of the original image from a registry on the same link, then `docker run` until ready. Each cell is the median time to ready with how many times faster than the baseline; the last three are bootfs's time as a share of eStargz's (below 1 is faster), and bootfs with the registry as its store (bootfs-registry: the boot image pulled from the registry, the chunks read from the same repository) as a share of bootfs with the chunk server (bootfs-cold).\n\n| image |")
 	for _, m := range headlineModes {
 		p(" %s |", m)
 	}
-	p(" cold ÷ estargz | prefetch ÷ estargz-optimized |\n| --- |%s\n", strings.Repeat(" ---: |", len(headlineModes)+2))
+	p(" cold ÷ estargz | prefetch ÷ estargz-optimized | registry store ÷ chunk server |\n| --- |%s\n", strings.Repeat(" ---: |", len(headlineModes)+len(headlineRatios)))
 	for _, img := range r.Images {
 		base := r.cell(img, headlineNet, ModeRegistry)
 		p("| %s |", img)
@@ -396,7 +411,7 @@ func (r *Report) headline(p func(string, ...any), chart bool) {
 			}
 			p(" %s (%.1f×) |", secs(c.ready), base.ready.Seconds()/c.ready.Seconds())
 		}
-		for _, pair := range [][2]string{{ModeCold, ModeEstargz}, {ModePrefetch, ModeEstargzOpt}} {
+		for _, pair := range headlineRatios {
 			a, b := r.cell(img, headlineNet, pair[0]), r.cell(img, headlineNet, pair[1])
 			if len(a.ok) == 0 || len(b.ok) == 0 {
 				p(" – |")
@@ -448,6 +463,19 @@ func (r *Report) Goals() []string {
 			g = append(g, fmt.Sprintf("%s's requests within 2× of %s's, %s: %s (%d against %d)", t.bootfs, t.peer, img, mark(b.requests <= 2*e.requests), b.requests, e.requests))
 		}
 	}
+	for _, img := range r.Images {
+		o, c := r.cell(img, slow, ModeBootfsRegistry), r.cell(img, slow, ModeCold)
+		if len(o.ok) == 0 || len(c.ok) == 0 {
+			if slices.Contains(r.Modes, ModeBootfsRegistry) {
+				g = append(g, fmt.Sprintf("bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at %s, %s: not measured", slow, img))
+			}
+			continue
+		}
+		x := o.ready.Seconds() / c.ready.Seconds()
+		g = append(g, fmt.Sprintf("bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at %s, %s: %s (%.2f×: %s against %s; the boot image was in Docker after %s pulled against %s loaded)",
+			slow, img, mark(x <= 1.1), x, secs(o.ready), secs(c.ready), secs(o.image), secs(c.image)))
+	}
+	g = append(g, r.nodeGoals(mark)...)
 	if n, err := network(slow); err == nil && n.BitsPerSecond > 0 {
 		for _, img := range r.Images {
 			cold, warm := r.cell(img, slow, ModeCold), r.cell(img, slow, ModeWarm)
@@ -492,13 +520,53 @@ func (r *Report) Goals() []string {
 	}
 	var peak int64
 	for _, s := range r.Runs {
-		if s.Err == "" && (s.Mode == ModeCold || s.Mode == ModeWarm || s.Mode == ModePrefetch) {
+		if s.Err == "" && (s.Mode == ModeCold || s.Mode == ModeWarm || s.Mode == ModePrefetch || s.Mode == ModeBootfsRegistry) {
 			peak = max(peak, s.RSS)
 		}
 	}
 	if peak > 0 {
 		g = append(g, fmt.Sprintf("boot's RSS ≤ 64 MB: %s (highest peak over all runs: %s)", mark(peak <= 64<<20), mb(peak)))
 	}
+	return g
+}
+
+// agentRSSGoal is the node agent's RSS goal for n containers (issue
+// 21): 64 MB, and 4 MB for every container after the first.
+func agentRSSGoal(n int) int64 { return 64<<20 + int64(max(n-1, 0))*4<<20 }
+
+// nodeGoals checks the node agent in the node scenario: what the store
+// sent within 1.02× of one container's (the bootfs-agent runs on the
+// same image and network), and its RSS against agentRSSGoal, beside the
+// sum of the boots of bootfs-cold.
+func (r *Report) nodeGoals(mark func(bool) string) []string {
+	var agent, cold *NodeRow
+	for i := range r.Node {
+		switch n := &r.Node[i]; {
+		case n.Err != "":
+		case n.System == ModeAgent:
+			agent = n
+		case n.System == ModeCold:
+			cold = n
+		}
+	}
+	if agent == nil {
+		return nil
+	}
+	var g []string
+	one := r.cell(r.NodeImage, r.NodeNetwork, ModeAgent)
+	if len(one.ok) == 0 {
+		g = append(g, fmt.Sprintf("node agent, %d containers fetch within 1.02× of one container's bytes and requests: not measured (no bootfs-agent run of %s on %s)", r.NodeContainers, r.NodeImage, r.NodeNetwork))
+	} else {
+		xb, xr := float64(agent.Bytes)/float64(max(one.fetched, 1)), float64(agent.Requests)/float64(max(one.requests, 1))
+		g = append(g, fmt.Sprintf("node agent, %d containers fetch within 1.02× of one container's bytes: %s (%.3f×: %s against %s)", r.NodeContainers, mark(xb <= 1.02), xb, mb(agent.Bytes), mb(one.fetched)))
+		g = append(g, fmt.Sprintf("node agent, %d containers' requests within 1.02× of one container's: %s (%.3f×: %d against %d)", r.NodeContainers, mark(xr <= 1.02), xr, agent.Requests, one.requests))
+	}
+	boots := "bootfs-cold not measured"
+	if cold != nil && cold.RSS > 0 {
+		boots = fmt.Sprintf("the %d boots of bootfs-cold: %s", r.NodeContainers, mb(cold.RSS))
+	}
+	goal := agentRSSGoal(r.NodeContainers)
+	g = append(g, fmt.Sprintf("node agent's RSS for %d containers ≤ 64 MB + 4 MB per container after the first (%s): %s (%s; %s)", r.NodeContainers, mb(goal), mark(agent.RSS > 0 && agent.RSS <= goal), mb(agent.RSS), boots))
 	return g
 }
 
@@ -561,6 +629,8 @@ var palette = []color.Color{
 	color.RGBA{0xcc, 0x79, 0xa7, 0xff}, // estargz
 	color.RGBA{0xd5, 0x5e, 0x00, 0xff}, // estargz optimized
 	color.RGBA{0x00, 0x72, 0xb2, 0xff}, // bootfs cold
+	color.RGBA{0x00, 0x3f, 0x7f, 0xff}, // bootfs registry store
+	color.RGBA{0x7f, 0x3f, 0xbf, 0xff}, // bootfs agent
 	color.RGBA{0x00, 0x9e, 0x73, 0xff}, // prefetch
 	color.RGBA{0x56, 0xb4, 0xe9, 0xff}, // warm
 	color.RGBA{0xe6, 0x9f, 0x00, 0xff}, // casync

@@ -50,7 +50,7 @@ func (h *harness) casStoreDir() string { return filepath.Join(h.opts.Work, "casy
 func (h *harness) tarDir() string      { return filepath.Join(h.opts.Work, "tars") }
 
 func (h *harness) needRegistry() bool {
-	return slices.Contains(h.opts.Modes, ModeRegistry) || h.needEstargz()
+	return slices.Contains(h.opts.Modes, ModeRegistry) || slices.Contains(h.opts.Modes, ModeBootfsRegistry) || h.needEstargz()
 }
 
 func (h *harness) needEstargz() bool {
@@ -344,6 +344,9 @@ func (s Sample) summary() string {
 	if s.RSS > 0 {
 		rss = fmt.Sprintf(", peak RSS %.1f MB", float64(s.RSS)/1e6)
 	}
+	if s.InDocker > 0 {
+		rss += fmt.Sprintf(", boot image in Docker after %v", s.InDocker.Round(time.Millisecond))
+	}
 	return fmt.Sprintf("%s: ready in %v, fetched %.2f MB in %d request(s)%s", s.Mode, s.Ready.Round(time.Millisecond), float64(s.Fetched())/1e6, s.Requests, rss)
 }
 
@@ -362,6 +365,10 @@ func (h *harness) runMode(ctx context.Context, j job, m string) Sample {
 		err = h.runEstargz(ctx, j, m, &s)
 	case ModeCold, ModeWarm, ModePrefetch:
 		err = h.runBootfs(ctx, j, m, &s)
+	case ModeBootfsRegistry:
+		err = h.runBootfsRegistry(ctx, j, &s)
+	case ModeAgent:
+		err = h.runBootfsAgent(ctx, j, &s)
 	}
 	var skip errSkipped
 	switch {
@@ -455,6 +462,7 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 			return err
 		}
 		s.Requests = 1
+		s.InDocker = time.Since(start)
 	}
 	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
 	d, merr := st.fetched(h)

@@ -425,7 +425,26 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		m.conn = uint64(unix.Minor(st.Dev))
 	}
 
-	ovl, err := newOverlay(fm.mnt, upper)
+	// An upper on one of the container's volumes is a mount of its
+	// namespace, which overlayfs clones only from within that namespace
+	// ("failed to clone upperpath" in the agent's own). A detached clone
+	// of it, made there, serves from anywhere, as the tmpfs and FUSE
+	// mounts do, and the overlay's options then name no path of the
+	// container's (such as /.bootfs/upper) for the workload to see.
+	var ovl int
+	if req.Upper != "" {
+		err = inMountNamespace(p.pidfd, func() error {
+			clone, err := unix.OpenTree(upper, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+			if err != nil {
+				return fmt.Errorf("the writable layer %s: %w", req.Upper, err)
+			}
+			defer unix.Close(clone)
+			ovl, err = newOverlay(fm.mnt, clone)
+			return err
+		})
+	} else {
+		ovl, err = newOverlay(fm.mnt, upper)
+	}
 	unix.Close(fm.mnt)
 	if err != nil {
 		return err

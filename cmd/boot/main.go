@@ -2,7 +2,6 @@
 // and fetches its chunks lazily.
 //
 //	boot -- CMD [ARG...]    (as /.bootfs/boot, the init of a converted image)
-//	boot exec -- CMD [ARG...]   (docker exec CONTAINER /.bootfs/boot exec -- CMD)
 //	boot mount [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE] [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
 //
 // Each subcommand turns its flags into options for one call into package
@@ -48,7 +47,7 @@ func main() {
 	}
 	if caller != nil {
 		// Started setuid root by a non-root user: only the init of a
-		// container run with --user, and boot exec into it.
+		// container run with --user.
 		os.Exit(runSetuid(args, caller, os.Stderr))
 	}
 	if len(args) > 0 && (args[0] == "--" || args[0] == boot.WorkloadCommand) {
@@ -74,11 +73,6 @@ commands:
           BOOTFS_CA_FILE, BOOTFS_SSH_KEY, BOOTFS_SSH_KNOWN_HOSTS,
           BOOTFS_REGISTRY_AUTH, BOOTFS_REGISTRY_PLAIN_HTTP and
           BOOTFS_TIMEOUT (see below)
-  exec -- CMD [ARG...]
-          run CMD inside the workload of a running converted image:
-          docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD; CMD gets
-          the workload's root, mount and PID namespaces, user, groups,
-          environment and working directory; exits with CMD's status
   mount   [--store URL] [--cache DIR] [--cache-max SIZE] [--toc FILE] [--stats FILE]
           [--record FILE] [--ca-file FILE] INDEX MOUNTPOINT
           mount the archive of INDEX read-only on MOUNTPOINT, fetching chunks
@@ -96,7 +90,8 @@ a mounted volume:
                              node's cache volume there)
   BOOTFS_CACHE_MAX=SIZE      cap the cache (such as 2g), across every container
                              sharing it; least recently used chunks go first
-  BOOTFS_UPPER=DIR           the overlay's writable layer (default a tmpfs)
+  BOOTFS_UPPER=DIR           the overlay's writable layer (default the
+                             boot image's volume at /.bootfs/upper)
   BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
   BOOTFS_RECORD=FILE         the image files the workload read, one absolute
                              path a line in first-read order (Go-quoted if
@@ -113,20 +108,24 @@ a mounted volume:
   BOOTFS_SSH_KEY=FILE[,...]  private keys for ssh:// stores
   BOOTFS_SSH_KNOWN_HOSTS=FILE  the ssh store's host key
   BOOTFS_TIMEOUT=DURATION    bound on each chunk fetch (default 30s)
-  BOOTFS_LOG=debug           log more
+  BOOTFS_LOG=info|debug      info: the stats line at exit (BOOTFS_STATS
+                             prints it too); debug: the start-up steps
+                             too; by default only warnings and errors
 
 docker run --user UID[:GID] works: /.bootfs/boot is setuid root, becomes
 root to mount the image, and runs the workload as UID with the primary
 group (when Docker gives gid 0, as it does for --user UID and for
 --user UID:0 alike, the one the image's /etc/passwd gives UID), the
 supplementary groups and the HOME of the image's /etc/passwd and
-/etc/group, plus any --group-add. docker run --user NAME fails in Docker
-before boot runs (the boot image has no /etc/passwd to find NAME in): use
---user UID, or -e BOOTFS_USER=NAME. Started setuid by a non-root user,
-boot refuses every command but the init (as PID 1) and exec, refuses
-BOOTFS_USER, BOOTFS_UPPER and a BOOTFS_CACHE other than /.bootfs/cache,
-reads and writes the files the other variables name with that user's
-rights, and lets exec enter only a workload of that same uid.
+/etc/group, plus any --group-add; so does --user NAME (Docker finds NAME
+in the copy of the image's /etc/passwd that the boot image holds).
+Started setuid by a non-root user, boot refuses every command but the
+init (as PID 1), refuses BOOTFS_USER, BOOTFS_UPPER and a BOOTFS_CACHE
+other than /.bootfs/cache, and reads and writes the files the other
+variables name with that user's rights.
+
+docker exec CONTAINER CMD runs CMD in the workload's root, as with the
+original image: boot makes it the container's root.
 `
 
 // errUsage marks errors that exit with status 2.
@@ -151,8 +150,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	case "mount":
 		err = mount(ctx, args[1:], stderr)
-	case "exec":
-		return execCmd(args[1:], nil, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -234,7 +231,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // runSetuid runs what a setuid-root boot started by caller may run: the
-// init (as root, with the workload as caller) and exec.
+// init (as root, with the workload as caller).
 func runSetuid(args []string, caller *boot.Caller, stderr io.Writer) int {
 	switch {
 	case len(args) > 0 && args[0] == "--" && os.Getpid() != 1:
@@ -246,37 +243,14 @@ func runSetuid(args []string, caller *boot.Caller, stderr io.Writer) int {
 			return 1
 		}
 		return initCmd(context.Background(), args[1:], caller, stderr)
-	case len(args) > 0 && args[0] == "exec":
-		return execCmd(args[1:], caller, stderr)
 	}
 	cmd := "no command"
 	if len(args) > 0 {
 		cmd = fmt.Sprintf("%q", args[0])
 	}
-	fmt.Fprintf(stderr, "%v (uid %d): refusing %s: only the init of a container (boot -- CMD) and boot exec run setuid; run other commands as root\n",
+	fmt.Fprintf(stderr, "%v (uid %d): refusing %s: only the init of a container (boot -- CMD) runs setuid; run other commands as root\n",
 		boot.ErrSetuid, caller.UID, cmd)
 	return 1
-}
-
-// execCmd is `boot exec -- CMD...`.
-func execCmd(args []string, caller *boot.Caller, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	}
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintf(stderr, "usage: boot exec -- CMD [ARG...]\n\nrun in a bootfs container: docker exec [-it] CONTAINER /.bootfs/boot exec -- CMD\n")
-		return 2
-	}
-	code, err := boot.Exec(args, boot.ExecOptions{Caller: caller})
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		var ee *boot.ExitError
-		if errors.As(err, &ee) {
-			return ee.Status
-		}
-		return 126
-	}
-	return code
 }
 
 // initCmd is `boot -- CMD...`: the options come from the environment.
@@ -294,11 +268,7 @@ func initCmd(ctx context.Context, argv []string, caller *boot.Caller, stderr io.
 		return 1
 	}
 	defer closeFiles()
-	level := slog.LevelInfo
-	if opts.Debug {
-		level = slog.LevelDebug
-	}
-	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: opts.LogLevel}))
 	if wd, err := os.Getwd(); err == nil && wd != "/" {
 		// docker run -w: the boot image has no WORKDIR of its own.
 		opts.WorkingDir = wd

@@ -26,6 +26,16 @@ const (
 	IndexPath = "/.bootfs/rootfs.caidx"
 	TOCPath   = "/.bootfs/rootfs.toc"
 	CacheDir  = "/.bootfs/cache"
+	// UpperDir holds the overlay's writable layer: the boot image
+	// declares it a volume, so the container's writes live on disk,
+	// survive a restart and go with the container, as Docker's own
+	// writable layer does.
+	UpperDir = "/.bootfs/upper"
+	// LowerDir and RootDir are boot's mount points for the image and for
+	// the workload's root. The boot image holds them, so boot makes no
+	// directory on a read-only container root (docker run --read-only).
+	LowerDir = "/.bootfs/lower"
+	RootDir  = "/.bootfs/root"
 )
 
 // ErrInvalid is wrapped by every error Load and Validate return.
