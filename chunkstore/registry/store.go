@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/bootfs/bootfs/casync"
@@ -144,6 +145,11 @@ func New(ctx context.Context, u string, opts Options) (*Store, error) {
 		packOf: map[v1.Hash]int{}, chunks: map[casync.ChunkID]loc{},
 		spooled: map[casync.ChunkID]loc{},
 	}
+	if opts.Write {
+		if err := s.checkPush(ctx); err != nil {
+			return nil, fmt.Errorf("open %s for writing: %w", u, err)
+		}
+	}
 	// Read the chunk map(s) now: a repository, tag or map that is not
 	// there is a clear error at open, not an EIO at the first read.
 	if err := s.index(ctx); err != nil {
@@ -155,6 +161,40 @@ func New(ctx context.Context, u string, opts Options) (*Store, error) {
 func (s *Store) String() string { return s.url }
 
 // blobURL is the v2 API URL of a blob of the repository.
+// checkPush asks the registry for a blob upload and cancels it: a token
+// server that grants an anonymous client only pull access says so here,
+// with an error naming the credentials to give, rather than at the
+// first upload or, when every blob is there already, at a manifest PUT
+// that the token refresh sends again with its body spent.
+func (s *Store) checkPush(ctx context.Context) error {
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/uploads/", s.repo.Scheme(), s.repo.RegistryStr(), s.repo.RepositoryStr())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.web.Do(req)
+	if err != nil {
+		return explain(err, s.opts.AuthFile)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return explain(&transport.Error{StatusCode: resp.StatusCode}, s.opts.AuthFile)
+	case resp.StatusCode >= 300:
+		return fmt.Errorf("start a blob upload to %s: %s", s.repo, resp.Status)
+	}
+	// Cancel the upload; a registry that keeps it a while is harmless.
+	if loc, err := resp.Location(); err == nil {
+		if del, err := http.NewRequestWithContext(ctx, http.MethodDelete, loc.String(), nil); err == nil {
+			if r, err := s.web.Do(del); err == nil {
+				r.Body.Close()
+			}
+		}
+	}
+	return nil
+}
+
 func (s *Store) blobURL(d v1.Hash) string {
 	return fmt.Sprintf("%s://%s/v2/%s/blobs/%s", s.repo.Scheme(), s.repo.RegistryStr(), s.repo.RepositoryStr(), d)
 }
