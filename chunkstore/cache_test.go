@@ -351,35 +351,7 @@ func countingServer(t *testing.T, store chunkstore.Store) (*httptest.Server, *sy
 // readAllThroughCache reads every id with 8 goroutines through a cache of
 // url in dir, each goroutine starting at a different place.
 func readAllThroughCache(url, dir string, ids []casync.ChunkID) error {
-	h, err := chunkstore.NewHTTP(url, chunkstore.HTTPOptions{})
-	if err != nil {
-		return err
-	}
-	c, err := chunkstore.NewCache(h, dir, chunkstore.CacheOptions{})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for g := range 8 {
-		wg.Go(func() {
-			for k := range ids {
-				id := ids[(k+g*len(ids)/8)%len(ids)]
-				data, err := c.GetChunk(context.Background(), id)
-				if err == nil && casync.SHA512_256.Sum(data) != id {
-					err = fmt.Errorf("chunk %s: wrong data", id)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return readThroughCappedCache(url, dir, 0, ids)
 }
 
 // TestCacheMultiProcess: two processes (this test binary, re-executed) of

@@ -38,13 +38,7 @@ func gc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	sum, err := chunkstore.GC(ctx, c.dir, int64(limit), !yes, chunkstore.MaintenanceOptions{
 		Logger: log,
-		Report: func(ci chunkstore.ChunkInfo, _ error, removed bool) {
-			what := "would remove"
-			if removed {
-				what = "removed"
-			}
-			fmt.Fprintf(stdout, "%s\t%s\n", what, ci.Path)
-		},
+		Report: listRemoved(stdout),
 	})
 	if err != nil {
 		return err

@@ -430,13 +430,7 @@ func prune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	sum, err := chunkstore.Prune(ctx, c.dir, keep, !yes, chunkstore.MaintenanceOptions{
 		Digest: d, Jobs: c.jobs, Logger: log,
-		Report: func(ci chunkstore.ChunkInfo, _ error, removed bool) {
-			what := "would remove"
-			if removed {
-				what = "removed"
-			}
-			fmt.Fprintf(stdout, "%s\t%s\n", what, ci.Path)
-		},
+		Report: listRemoved(stdout),
 	})
 	if err != nil {
 		return err
@@ -449,4 +443,16 @@ func prune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			sum.Unreferenced, sum.Chunks, sum.UnreferencedBytes, sum.Bytes)
 	}
 	return nil
+}
+
+// listRemoved reports each chunk that prune or gc removed, or in a dry
+// run would remove, on a line of its own.
+func listRemoved(stdout io.Writer) func(chunkstore.ChunkInfo, error, bool) {
+	return func(ci chunkstore.ChunkInfo, _ error, removed bool) {
+		what := "would remove"
+		if removed {
+			what = "removed"
+		}
+		fmt.Fprintf(stdout, "%s\t%s\n", what, ci.Path)
+	}
 }
