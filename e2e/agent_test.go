@@ -23,32 +23,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bootfs/bootfs/internal/testenv"
 )
 
 // agent is a bootfs-agent the test started as a host process.
 type agent struct {
 	sockDir, cache, metrics string
 	cmd                     *exec.Cmd
-	log                     *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer safe for the agent's writes and the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	log                     *testenv.SyncBuffer
 }
 
 // startAgent starts bootfs-agent reading store, with a fresh cache and
@@ -62,7 +45,7 @@ func startAgent(t *testing.T, e *env, store string, extra ...string) *agent {
 // startAgentIn starts bootfs-agent with its socket and cache in dir.
 func startAgentIn(t *testing.T, e *env, dir, store string, extra ...string) *agent {
 	t.Helper()
-	a := &agent{sockDir: filepath.Join(dir, "sock"), cache: filepath.Join(dir, "cache"), log: &syncBuffer{}}
+	a := &agent{sockDir: filepath.Join(dir, "sock"), cache: filepath.Join(dir, "cache"), log: &testenv.SyncBuffer{}}
 	a.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"--socket-dir", a.sockDir, "--store", store, "--cache", a.cache, "--metrics", a.metrics, "--log-level", "debug"}, extra...)
 	a.cmd = exec.Command(filepath.Join(e.bin, "bootfs-agent"), args...)

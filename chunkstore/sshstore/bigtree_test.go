@@ -138,7 +138,7 @@ func TestCasyncMountBigTreeOverSSH(t *testing.T) {
 	}
 	cmd := exec.Command("casync", "mount", "--store=127.0.0.1:"+bf.store, bf.index, mnt)
 	cmd.Env = append(os.Environ(), bf.env...)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,14 +1,12 @@
 package sshstore
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,24 +24,6 @@ func writeKey(t testing.TB, dir, name string) (string, ssh.PublicKey) {
 	return testenv.WriteSSHKey(t, dir, name)
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // fixture is a running server with a client key, an authorized_keys file
 // and a known_hosts file that trusts the server.
 type fixture struct {
@@ -56,7 +36,7 @@ type fixture struct {
 	clientKey  string // file
 	knownHosts string // file
 	authKeys   string // file
-	logs       *syncBuffer
+	logs       *testenv.SyncBuffer
 }
 
 // startServer serves store on a fresh loopback port.
@@ -83,7 +63,7 @@ func startServerWith(t testing.TB, store chunkstore.Store, opts ServerOptions, w
 // wrapped by wrap, if not nil.
 func startServerWrapped(t testing.TB, store chunkstore.Store, opts ServerOptions, write bool, tweak func(*Server), wrap func(net.Listener) net.Listener) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), logs: &syncBuffer{}}
+	f := &fixture{dir: t.TempDir(), logs: &testenv.SyncBuffer{}}
 	f.hostKey, f.hostPub = writeKey(t, f.dir, "host_key")
 	var clientPub ssh.PublicKey
 	f.clientKey, clientPub = writeKey(t, f.dir, "id_ed25519")

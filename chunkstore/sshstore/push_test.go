@@ -181,7 +181,7 @@ type rawSession struct {
 	sess   *ssh.Session
 	stdin  io.WriteCloser
 	stdout io.Reader
-	stderr syncBuffer
+	stderr testenv.SyncBuffer
 }
 
 // startRaw starts cmd on c and sends first.

@@ -24,7 +24,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -56,7 +55,7 @@ type Registry struct {
 	// CAFile is the certificate to trust with TLS.
 	CAFile string
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *testenv.SyncBuffer
 }
 
 // Start starts a registry and stops it when the test ends.
@@ -64,7 +63,7 @@ func Start(t testing.TB, c Config) *Registry {
 	t.Helper()
 	bin := testenv.LookPath(t, Binary)
 	dir := t.TempDir()
-	r := &Registry{Dir: dir, ConfigFile: filepath.Join(dir, "config.yml"), Storage: filepath.Join(dir, "storage"), log: &syncBuffer{}}
+	r := &Registry{Dir: dir, ConfigFile: filepath.Join(dir, "config.yml"), Storage: filepath.Join(dir, "storage"), log: &testenv.SyncBuffer{}}
 	port := FreePort(t)
 	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
 	var cfg strings.Builder
@@ -192,29 +191,6 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
 }
 
 // startTokenServer serves distribution's token protocol on a free port:
