@@ -409,7 +409,6 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		srv.Serve()
 		close(m.served)
 	}()
-	go a.watch(m, log)
 	if ids := files.cfg.Prefetch; len(ids) > 0 {
 		// The image's prefetch list, as boot fetches it in its own mode:
 		// into the shared LRU and the node cache, for this mount's reads.
@@ -423,7 +422,11 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	var st unix.Stat_t // a GETATTR: only once served
 	if err := unix.Fstat(fm.mnt, &st); err == nil {
 		m.conn = uint64(unix.Minor(st.Dev))
+	} else {
+		log.Warn("cannot name the mount's FUSE connection; it is not aborted if the container's namespace lingers", "err", err)
 	}
+	// The watcher reads m.stop and m.conn: start it once both are set.
+	go a.watch(m, log)
 
 	// An upper on one of the container's volumes is a mount of its
 	// namespace, which overlayfs clones only from within that namespace
