@@ -85,6 +85,27 @@ type Network struct {
 	// with no proxy.
 	RTT           time.Duration
 	BitsPerSecond int64
+	// Images and Modes, when set, are the only cells run on this
+	// network: a slow network measures what its goals need and no more,
+	// so that a default run stays within its time.
+	Images, Modes []string
+	// SlowModes are modes run on this network only for SlowImages: casync
+	// mount of a big image at 20 ms takes minutes and shows no more than
+	// the small images and the faster networks show.
+	SlowModes, SlowImages []string
+}
+
+// Runs reports whether the cell of img in mode is run on n.
+func (n Network) Runs(img, mode string) bool {
+	switch {
+	case n.Images != nil && !slices.Contains(n.Images, img):
+		return false
+	case n.Modes != nil && !slices.Contains(n.Modes, mode):
+		return false
+	case slices.Contains(n.SlowModes, mode) && !slices.Contains(n.SlowImages, img):
+		return false
+	}
+	return true
 }
 
 // Shaped reports whether the network needs a proxy.
@@ -97,7 +118,12 @@ func (n Network) Options() shaper.Options { return shaper.Symmetric(n.RTT, n.Bit
 var Networks = []Network{
 	{Name: "loopback"},
 	{Name: "2ms-1gbit", RTT: 2 * time.Millisecond, BitsPerSecond: 1_000_000_000},
-	{Name: "20ms-100mbit", RTT: 20 * time.Millisecond, BitsPerSecond: 100_000_000},
+	{Name: "20ms-100mbit", RTT: 20 * time.Millisecond, BitsPerSecond: 100_000_000,
+		SlowModes: []string{ModeCasync}, SlowImages: []string{"debian-min", "python", "busybox"}},
+	// A far registry (issue 20): bootfs cold against the registry pull,
+	// postgres only.
+	{Name: "100ms-100mbit", RTT: 100 * time.Millisecond, BitsPerSecond: 100_000_000,
+		Images: []string{"postgres"}, Modes: []string{ModeRegistry, ModeCold}},
 }
 
 // Workload is an image and what to run in it.

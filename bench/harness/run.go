@@ -295,6 +295,9 @@ func (h *harness) sample(ctx context.Context) int {
 	for _, im := range h.images {
 		for _, n := range h.opts.Networks {
 			nw, _ := network(n)
+			if nw.Images != nil && !slices.Contains(nw.Images, im.wl.Name) {
+				continue
+			}
 			jobs = append(jobs, job{im, nw})
 		}
 	}
@@ -312,12 +315,12 @@ func (h *harness) sample(ctx context.Context) int {
 				if ctx.Err() != nil {
 					return failed
 				}
-				if m == ModeCasync && s >= h.opts.CasyncSamples {
+				if m == ModeCasync && s >= h.opts.CasyncSamples || !j.net.Runs(j.im.wl.Name, m) {
 					continue
 				}
 				h.logf("sample %d/%d, job %d/%d: %s on %s, %s", s+1, h.opts.Samples, i+1, len(jobs), j.im.wl.Name, j.net.Name, m)
 				got := h.runMode(ctx, j, m)
-				if m == ModeCold && slices.Contains(h.opts.Modes, ModeWarm) {
+				if m == ModeCold && slices.Contains(h.opts.Modes, ModeWarm) && j.net.Runs(j.im.wl.Name, ModeWarm) {
 					h.logf("  %s", got.summary())
 					h.report.add(got)
 					got = h.runMode(ctx, j, ModeWarm)
