@@ -135,11 +135,12 @@ func (h *harness) runBootfsAgent(ctx context.Context, j job, s *Sample) error {
 		return err
 	}
 	start := time.Now()
-	if s.ImageBytes, err = load(ctx, st.tarURL+"/"+j.im.bootTar); err != nil {
+	got, err := h.pullBoot(ctx, j.net, j.im, j.im.boot, "boot")
+	if err != nil {
 		st.end()
 		return err
 	}
-	s.Requests = 1
+	s.ImageBytes, s.Requests = got.Bytes, got.Requests
 	s.InDocker = time.Since(start)
 	s.Ready, _, err = h.runContainer(ctx, j.im.wl, st.container("", j.im.boot), start)
 	s.RSS = st.end()
@@ -163,11 +164,12 @@ func (h *harness) nodeAgent(ctx context.Context, im *image, n Network, row *Node
 		return err
 	}
 	start := time.Now()
-	if row.Bytes, err = load(ctx, st.tarURL+"/"+im.bootTar); err != nil {
+	got, err := h.pullBoot(ctx, n, im, im.boot, "boot")
+	if err != nil {
 		st.end()
 		return err
 	}
-	row.Requests = 1
+	row.Bytes, row.Requests = got.Bytes, got.Requests
 	row.Ready, _, err = atOnce(func(i int) (time.Duration, int64, error) {
 		return h.runContainer(ctx, im.wl, st.container(h.nodeName(i), im.boot), start)
 	})

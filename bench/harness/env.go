@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,8 +26,12 @@ import (
 )
 
 // prefix names every container, image and volume the harness makes, so
-// that it never touches anyone else's.
-const prefix = "bootfs-bench"
+// that it never touches anyone else's: bootfs-bench, or BENCH_PREFIX so
+// that two runs on one engine keep out of each other's way.
+var prefix = cmp.Or(os.Getenv("BENCH_PREFIX"), "bootfs-bench")
+
+// validPrefix is what Docker takes as the first part of a repository.
+var validPrefix = regexp.MustCompile(`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`)
 
 // cleanups is a stack of undo functions, run in reverse at the end of Run
 // whatever happened, Ctrl-C included.

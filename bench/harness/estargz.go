@@ -24,7 +24,7 @@ import (
 
 // ctrNamespace is the private containerd's namespace for everything the
 // harness makes in it.
-const ctrNamespace = prefix
+var ctrNamespace = prefix
 
 // estargzCompression is the gzip level of the converted layers: docker
 // push's (gzip's default), so that bytes compare with the registry pull.

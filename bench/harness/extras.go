@@ -419,7 +419,8 @@ func (h *harness) extraPgVersion(ctx context.Context) error {
 	// bootfs-registry removes every boot image before its pull; this
 	// measures the store, not the image's arrival.
 	if _, err := docker(ctx, "image", "inspect", im.boot); err != nil {
-		if _, err := load(ctx, h.tarURL+"/"+im.bootTar); err != nil {
+		lo, _ := network("loopback")
+		if _, err := h.pullBoot(ctx, lo, h.images[i], im.boot, "boot"); err != nil {
 			return err
 		}
 	}

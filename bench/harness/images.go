@@ -206,6 +206,11 @@ func (h *harness) prepare(ctx context.Context, w Workload) (*image, error) {
 	if im.bootSize, err = h.save(ctx, im.boot, im.bootTar); err != nil {
 		return nil, err
 	}
+	if h.registry != nil {
+		if err := h.push(ctx, im.boot, im.repo(), "boot"); err != nil {
+			return nil, err
+		}
+	}
 	if im.storeBytes, err = indexStoreBytes(im.index, h.storeDir()); err != nil {
 		return nil, err
 	}

@@ -169,10 +169,11 @@ func (h *harness) nodeBootfs(ctx context.Context, im *image, n Network, row *Nod
 		return err
 	}
 	start := time.Now()
-	if row.Bytes, err = load(ctx, st.tarURL+"/"+im.bootTar); err != nil {
+	got, err := h.pullBoot(ctx, n, im, im.boot, "boot")
+	if err != nil {
 		return err
 	}
-	row.Requests = 1
+	row.Bytes, row.Requests = got.Bytes, got.Requests
 	row.Ready, row.RSS, err = atOnce(func(i int) (time.Duration, int64, error) {
 		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i), im.boot), start)
 	})

@@ -15,7 +15,7 @@ import (
 // boot image (tagged with the image's name) and the chunks of all, so
 // that an image finds the chunks of a base it shares with another there,
 // as in one team's repository (a registry store is one repository).
-const ociRepo = prefix + "/boot"
+var ociRepo = prefix + "/boot"
 
 // PushRow is one image's mkimage --push to the harness's registry, into
 // ociRepo, over
@@ -82,8 +82,8 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 	pulled := ref(host, ociRepo, j.im.wl.Name)
 	store := "oci://" + host + strings.TrimPrefix(j.im.ociStore, "oci://"+h.registry.addr)
 	// The node has no boot image at all: every boot image shares its
-	// first layer (boot), which a pull would skip. The other modes load
-	// theirs again when they start cold.
+	// first layer (boot), which a pull would skip. The other modes pull
+	// theirs again when they start cold (pullBoot).
 	for _, im := range h.images {
 		for _, t := range []string{ref(host, ociRepo, im.wl.Name), im.boot, im.prefetch} {
 			if err := removeImage(ctx, t); err != nil {

@@ -201,6 +201,9 @@ var AllExtras = []string{"convert", "dedup", "chunkers", "fuse", "pgversion", "n
 
 // resolve fills in defaults and checks the selection.
 func (o *Options) resolve() error {
+	if !validPrefix.MatchString(prefix) {
+		return fmt.Errorf("BENCH_PREFIX %q: use lowercase letters, digits and single '.', '_' or '-' between them, as Docker repository names do", prefix)
+	}
 	if o.Samples <= 0 {
 		o.Samples = 2
 	}

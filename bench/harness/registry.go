@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -201,6 +202,41 @@ func (h *harness) pullCold(ctx context.Context, im *image, n Network) (pulled st
 		return pulled, 0, time.Time{}, err
 	}
 	return pulled, mark, start, nil
+}
+
+// pullBoot brings the boot image tag to the node as a user's node gets
+// it: docker pull of its registry tag rtag (im's repository) through
+// network n, tagged back as tag, from a node with no boot image at all:
+// every boot image shares its first layer (boot), which a pull would
+// otherwise skip. It returns what the registry sent for the pull.
+func (h *harness) pullBoot(ctx context.Context, n Network, im *image, tag, rtag string) (counters, error) {
+	if h.registry == nil {
+		return counters{}, errors.New("no registry to pull the boot image from")
+	}
+	host, err := h.url(n, "http://"+h.registry.addr)
+	if err != nil {
+		return counters{}, err
+	}
+	pulled := ref(strings.TrimPrefix(host, "http://"), im.repo(), rtag)
+	for _, other := range h.images {
+		for _, t := range []string{other.boot, other.prefetch, ref(strings.TrimPrefix(host, "http://"), ociRepo, other.wl.Name), pulled} {
+			if err := removeImage(ctx, t); err != nil {
+				return counters{}, err
+			}
+		}
+	}
+	mark := h.registry.mark()
+	if _, err := docker(ctx, "pull", "-q", pulled); err != nil {
+		return counters{}, err
+	}
+	got, err := h.registry.since(mark)
+	if err != nil {
+		return counters{}, err
+	}
+	if _, err := docker(ctx, "tag", pulled, tag); err != nil {
+		return counters{}, err
+	}
+	return got, removeImage(ctx, pulled)
 }
 
 // runRegistryPull: from a node without the image, docker pull through the

@@ -472,7 +472,7 @@ func (r *Report) Goals() []string {
 			continue
 		}
 		x := o.ready.Seconds() / c.ready.Seconds()
-		g = append(g, fmt.Sprintf("bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at %s, %s: %s (%.2f×: %s against %s; the boot image was in Docker after %s pulled against %s loaded)",
+		g = append(g, fmt.Sprintf("bootfs with the registry as its store within 1.1× of bootfs with the chunk server to ready at %s, %s: %s (%.2f×: %s against %s; the boot image was in Docker after %s against %s)",
 			slow, img, mark(x <= 1.1), x, secs(o.ready), secs(c.ready), secs(o.image), secs(c.image)))
 	}
 	g = append(g, r.nodeGoals(mark)...)

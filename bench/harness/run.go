@@ -50,7 +50,12 @@ func (h *harness) casStoreDir() string { return filepath.Join(h.opts.Work, "casy
 func (h *harness) tarDir() string      { return filepath.Join(h.opts.Work, "tars") }
 
 func (h *harness) needRegistry() bool {
-	return slices.Contains(h.opts.Modes, ModeRegistry) || slices.Contains(h.opts.Modes, ModeBootfsRegistry) || h.needEstargz()
+	for _, m := range h.opts.Modes {
+		if m != ModeCasync && m != ModeSaveLoad {
+			return true // every boot image is pulled from it too
+		}
+	}
+	return slices.Contains(h.opts.Extras, "node") || slices.Contains(h.opts.Extras, "pgversion")
 }
 
 func (h *harness) needEstargz() bool {
@@ -271,8 +276,10 @@ func (h *harness) preparePrefetch(ctx context.Context, im *image) error {
 		return err
 	}
 	im.prefetchTar = im.wl.Name + "-prefetch.tar"
-	_, err = h.save(ctx, im.prefetch, im.prefetchTar)
-	return err
+	if _, err = h.save(ctx, im.prefetch, im.prefetchTar); err != nil {
+		return err
+	}
+	return h.push(ctx, im.prefetch, im.repo(), "prefetch")
 }
 
 // job is one (image, network) pair's runs within a sample: every mode,
@@ -444,7 +451,7 @@ func (h *harness) runCasyncMode(ctx context.Context, j job, s *Sample) error {
 // volume, then load the boot image over HTTP and run it; warm runs it
 // again with the image and the cache left from cold.
 func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) error {
-	tag, tar := j.im.boot, j.im.bootTar
+	tag, rtag := j.im.boot, "boot"
 	if m == ModePrefetch {
 		if h.prefetch != "" {
 			return errSkipped(h.prefetch)
@@ -452,7 +459,7 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		if j.im.prefetchTar == "" {
 			return errSkipped("no prefetch image (see the notes)")
 		}
-		tag, tar = j.im.prefetch, j.im.prefetchTar
+		tag, rtag = j.im.prefetch, "prefetch"
 	}
 	docker(context.Background(), "rm", "-f", h.container)
 	st, err := h.startBootfs(ctx, j.net, tag, m != ModeWarm)
@@ -461,10 +468,11 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 	}
 	start := time.Now()
 	if m != ModeWarm {
-		if s.ImageBytes, err = load(ctx, st.tarURL+"/"+tar); err != nil {
+		got, err := h.pullBoot(ctx, j.net, j.im, tag, rtag)
+		if err != nil {
 			return err
 		}
-		s.Requests = 1
+		s.ImageBytes, s.Requests = got.Bytes, got.Requests
 		s.InDocker = time.Since(start)
 	}
 	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
@@ -481,8 +489,8 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 // containers reach the store and the image archive, and the store's
 // counters before.
 type bootfsStart struct {
-	storeURL, tarURL string
-	before           counters
+	storeURL string
+	before   counters
 }
 
 // startBootfs readies a start of the boot image tag over network n: with
@@ -501,9 +509,6 @@ func (h *harness) startBootfs(ctx context.Context, n Network, tag string, cold b
 	var st bootfsStart
 	var err error
 	if st.storeURL, err = h.url(n, h.store.url); err != nil {
-		return bootfsStart{}, err
-	}
-	if st.tarURL, err = h.url(n, h.tarURL); err != nil {
 		return bootfsStart{}, err
 	}
 	if err := dropCaches(); err != nil {
