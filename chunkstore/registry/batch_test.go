@@ -137,7 +137,7 @@ func layout(t *testing.T, r *registrytest.Registry, cs []storetest.Chunk) map[ca
 // front starts a server that passes every request to r, after serve had
 // its say: serve returns true when it answered the request itself. It
 // returns the store URL u as seen through it.
-func front(t *testing.T, r *registrytest.Registry, u string, serve func(w http.ResponseWriter, req *http.Request) bool) string {
+func front(t testing.TB, r *registrytest.Registry, u string, serve func(w http.ResponseWriter, req *http.Request) bool) string {
 	t.Helper()
 	target, _ := url.Parse("http://" + r.Host)
 	proxy := httputil.NewSingleHostReverseProxy(target)
