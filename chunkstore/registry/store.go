@@ -262,11 +262,18 @@ func (s *Store) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	data, err := casync.DecompressChunk(nil, frame)
+	return s.decode(nil, id, frame)
+}
+
+// decode decompresses frame, appending to dst, and verifies it against
+// id. Every failure wraps *casync.ChecksumError: a frame that does not
+// decompress is as corrupt as one that hashes wrong.
+func (s *Store) decode(dst []byte, id casync.ChunkID, frame []byte) ([]byte, error) {
+	data, err := casync.DecompressChunk(dst, frame)
 	if err != nil {
 		return nil, fmt.Errorf("get chunk %s from %s: %w (%w)", id, s.url, &casync.ChecksumError{Want: id, Got: s.opts.Digest.Sum(frame)}, err)
 	}
-	if err := casync.VerifyChunk(s.opts.Digest, id, data); err != nil {
+	if err := casync.VerifyChunk(s.opts.Digest, id, data[len(dst):]); err != nil {
 		return nil, fmt.Errorf("get chunk %s from %s: %w", id, s.url, err)
 	}
 	return data, nil
@@ -318,36 +325,72 @@ func (s *Store) getFrame(ctx context.Context, id casync.ChunkID) ([]byte, error)
 	return frame, nil
 }
 
-// readRange reads n bytes at off of pack p. A registry that answers a
-// Range request with the whole blob is read up to the range and no
-// further; anything else that does not match the range is an error.
+// readRange reads n bytes at off of pack p with one Range request.
 func (s *Store) readRange(ctx context.Context, p pack, off, n int64) ([]byte, error) {
+	r, err := s.getRange(ctx, p, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	frame := make([]byte, n)
+	if err := r.read(frame, off); err != nil {
+		return nil, err
+	}
+	return frame, nil
+}
+
+// packReply is the body of a ranged GET of a pack: the pack's bytes from
+// pos up to end, read in order. A registry that answers a Range request
+// with the whole blob gives a packReply of all of it.
+type packReply struct {
+	body     io.ReadCloser
+	p        pack
+	pos, end int64
+	asked    string // the Range asked for, for messages
+	got      string // what the reply says it holds, for messages
+	err      error  // sticky: after a failed read the position is unknown
+}
+
+// getRange sends a GET of bytes off to off+n-1 of pack p. The reply may
+// hold more or fewer bytes than asked for (read checks each read against
+// what it holds), but never bytes of another blob: a whole-blob reply of
+// the wrong size, or a Content-Range of another size, is an error.
+func (s *Store) getRange(ctx context.Context, p pack, off, n int64) (*packReply, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.blobURL(p.Digest), nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	asked := fmt.Sprintf("bytes=%d-%d", off, off+n-1)
+	req.Header.Set("Range", asked)
 	resp, err := s.web.Do(req)
 	if err != nil {
 		return nil, explain(err, s.opts.AuthFile)
 	}
-	defer resp.Body.Close()
+	r := &packReply{body: resp.Body, p: p, asked: asked}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-		start, end, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if err != nil || start != off || end != off+n-1 {
-			return nil, fmt.Errorf("pack %s: asked for bytes %d-%d, got Content-Range %q", p.Digest, off, off+n-1, resp.Header.Get("Content-Range"))
+		cr := resp.Header.Get("Content-Range")
+		start, end, total, err := parseContentRange(cr)
+		if err != nil || start > end || end >= p.Size || total >= 0 && total != p.Size {
+			resp.Body.Close()
+			return nil, fmt.Errorf("pack %s of %d bytes: asked for %s, got Content-Range %q", p.Digest, p.Size, asked, cr)
 		}
+		r.pos, r.end, r.got = start, end+1, "Content-Range "+strconv.Quote(cr)
+		return r, nil
 	case http.StatusOK:
 		if resp.ContentLength >= 0 && resp.ContentLength != p.Size {
+			resp.Body.Close()
 			return nil, fmt.Errorf("pack %s: the registry ignored Range and sent %d bytes, but the pack has %d", p.Digest, resp.ContentLength, p.Size)
 		}
 		if !s.warnedRange.Swap(true) {
 			s.opts.Logger.Warn("registry ignores Range requests: every chunk read downloads its pack up to the chunk", "store", s.url)
 		}
-		if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
-			return nil, fmt.Errorf("pack %s: %w", p.Digest, err)
-		}
+		r.pos, r.end, r.got = 0, p.Size, "the whole blob"
+		return r, nil
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	switch resp.StatusCode {
 	case http.StatusNotFound:
 		return nil, fmt.Errorf("pack %s is not in the repository (garbage-collected or lost from the registry's storage?): %w", p.Digest, chunkstore.ErrNotFound)
 	case http.StatusUnauthorized, http.StatusForbidden:
@@ -355,31 +398,68 @@ func (s *Store) readRange(ctx context.Context, p pack, off, n int64) ([]byte, er
 	default:
 		return nil, fmt.Errorf("pack %s: %s", p.Digest, resp.Status)
 	}
-	frame := make([]byte, n)
-	if _, err := io.ReadFull(resp.Body, frame); err != nil {
-		return nil, fmt.Errorf("pack %s: short read of bytes %d-%d: %w", p.Digest, off, off+n-1, err)
-	}
-	return frame, nil
 }
 
-// parseContentRange parses "bytes START-END/TOTAL".
-func parseContentRange(v string) (start, end int64, err error) {
+// read fills dst with the pack's bytes at off, skipping what lies
+// before. off must not be behind what was read already.
+func (r *packReply) read(dst []byte, off int64) error {
+	if r.err != nil {
+		return r.err
+	}
+	n := int64(len(dst))
+	if off < r.pos || off+n > r.end {
+		return fmt.Errorf("pack %s: bytes %d-%d are not in the reply (asked for %s, got %s)", r.p.Digest, off, off+n-1, r.asked, r.got)
+	}
+	if _, err := io.CopyN(io.Discard, r.body, off-r.pos); err != nil {
+		r.err = fmt.Errorf("pack %s: short reply to %s: ends before byte %d: %w", r.p.Digest, r.asked, off, eofIsUnexpected(err))
+		return r.err
+	}
+	if _, err := io.ReadFull(r.body, dst); err != nil {
+		r.err = fmt.Errorf("pack %s: short reply to %s: ends inside bytes %d-%d: %w", r.p.Digest, r.asked, off, off+n-1, eofIsUnexpected(err))
+		return r.err
+	}
+	r.pos = off + n
+	return nil
+}
+
+func (r *packReply) Close() error { return r.body.Close() }
+
+func eofIsUnexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// parseContentRange parses "bytes START-END/TOTAL"; total is -1 when
+// the reply gives it as "*".
+func parseContentRange(v string) (start, end, total int64, err error) {
+	bad := fmt.Errorf("bad Content-Range %q", v)
 	r, ok := strings.CutPrefix(v, "bytes ")
 	if !ok {
-		return 0, 0, fmt.Errorf("bad Content-Range %q", v)
+		return 0, 0, 0, bad
 	}
-	r, _, _ = strings.Cut(r, "/")
+	r, t, ok := strings.Cut(r, "/")
+	if !ok {
+		return 0, 0, 0, bad
+	}
 	a, b, ok := strings.Cut(r, "-")
 	if !ok {
-		return 0, 0, fmt.Errorf("bad Content-Range %q", v)
+		return 0, 0, 0, bad
 	}
-	if start, err = strconv.ParseInt(a, 10, 64); err != nil {
-		return 0, 0, err
+	if start, err = strconv.ParseInt(a, 10, 64); err != nil || start < 0 {
+		return 0, 0, 0, bad
 	}
 	if end, err = strconv.ParseInt(b, 10, 64); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, bad
 	}
-	return start, end, nil
+	total = -1
+	if t != "*" {
+		if total, err = strconv.ParseInt(t, 10, 64); err != nil {
+			return 0, 0, 0, bad
+		}
+	}
+	return start, end, total, nil
 }
 
 // HasChunk reports whether the chunk map(s) or the spool hold id.
