@@ -336,6 +336,7 @@ func firstDiff(want, got string) string {
 }
 
 var (
+	rootReady = regexp.MustCompile(`msg="root ready".*`)
 	ptsNumber = regexp.MustCompile(`/dev/pts/\d+`)
 	pidColumn = regexp.MustCompile(`(?m)^\s*\d+\s+`)
 )
@@ -693,5 +694,95 @@ func TestDropInNoNewPrivileges(t *testing.T) {
 	got = e.run(t, true, append(flags, "--user", "0", "-e", "BOOTFS_USER=alice"), p.boot, "sh", "-c", "id; echo $HOME")
 	if got.code != 0 || got.stdout != want.stdout {
 		t.Errorf("with --user 0 -e BOOTFS_USER=alice: exit %d, %q (stderr %q); want the original's %q", got.code, got.stdout, got.stderr, want.stdout)
+	}
+}
+
+// TestDropInEarlyExec measures the window at the start of a container in
+// which a docker exec lands in the boot image rather than the workload's
+// root (README, Limits): it starts a container and fires a docker exec
+// every 10 ms from the start on, on the original and on the converted
+// image, and reports how many failed and when. It asserts no timing;
+// only that an exec gets either Docker's refusal of a container that is
+// not running yet, the boot image (the command not found), or the whole
+// workload's root, never a root half built, and that every exec after
+// the window succeeds.
+func TestDropInEarlyExec(t *testing.T) {
+	e := setup(t)
+	want := e.run(t, false, nil, e.bb, "cat", "/etc/os-release", "/data/hello").stdout
+	for _, tc := range []struct {
+		name  string
+		image string
+		flags []string
+	}{
+		{"original", e.bb, nil},
+		// BOOTFS_LOG=debug: boot logs when the root is the container's,
+		// timed from its own start.
+		{"converted", e.bbBoot, append(slices.Clone(e.runFlags), "-v", nodeCache(e)+":/.bootfs/cache", "-e", "BOOTFS_LOG=debug")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("%s-early-exec-%s", e.prefix, tc.name)
+			args := append([]string{"create", "--name", name, "--pull", "never", "--network", "host"}, tc.flags...)
+			args = append(args, tc.image, "sleep", "600")
+			t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", name).Run() })
+			if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+				t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+			type result struct {
+				at   time.Duration // after docker start began
+				out  string
+				code int
+			}
+			const n, every = 60, 10 * time.Millisecond
+			results := make([]result, n)
+			var wg sync.WaitGroup
+			start := time.Now()
+			startCmd := exec.Command("docker", "start", name)
+			if err := startCmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+					at := time.Since(start)
+					out, err := exec.Command("docker", "exec", name, "cat", "/etc/os-release", "/data/hello").CombinedOutput()
+					code := 0
+					if ee, ok := err.(*exec.ExitError); ok {
+						code = ee.ExitCode()
+					} else if err != nil {
+						code = -1
+					}
+					results[i] = result{at, string(out), code}
+				}()
+			}
+			if err := startCmd.Wait(); err != nil {
+				t.Fatalf("docker start: %v", err)
+			}
+			running := time.Since(start)
+			wg.Wait()
+			var notRunning, inBoot int
+			var window time.Duration
+			for i, r := range results {
+				switch {
+				case r.code == 0 && r.out == want:
+				case strings.Contains(r.out, "is not running"):
+					notRunning++
+				case strings.Contains(r.out, "executable file not found"):
+					inBoot++
+					window = r.at
+				default:
+					t.Errorf("exec %d, %v after docker start began: exit %d: %q; want the workload's files, Docker's \"is not running\", or the boot image's \"executable file not found\"", i, r.at, r.code, r.out)
+				}
+			}
+			t.Logf("%s: docker start returned after %v; of %d execs (one every %v from the start), %d were refused (not running yet), %d landed in the boot image (the last one started %v after the start began), %d ran in the workload's root",
+				tc.name, running.Round(time.Millisecond), n, every, notRunning, inBoot, window.Round(time.Millisecond), n-notRunning-inBoot)
+			if logs, _ := exec.Command("docker", "logs", name).CombinedOutput(); tc.image == e.bbBoot {
+				t.Logf("boot: %s", rootReady.FindString(string(logs)))
+			}
+			if last := results[n-1]; last.code != 0 || last.out != want {
+				t.Errorf("the last exec, %v after the start: exit %d: %q; want the workload's files", last.at, last.code, last.out)
+			}
+		})
 	}
 }
