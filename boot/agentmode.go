@@ -58,7 +58,10 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 	if err != nil {
 		return 0, true, fmt.Errorf("boot: %s: %w", opts.Config, err)
 	}
-	img, extraGroups := opts.workloadImage(cfg.Image)
+	img, extraGroups, err := opts.workloadImage(cfg.Image)
+	if err != nil {
+		return 0, true, err
+	}
 	err = execWorkload(workloadSpec{
 		Argv: argv, Env: os.Environ(), ImageEnv: img.Env,
 		User: img.User, WorkingDir: img.WorkingDir, ExtraGroups: extraGroups,

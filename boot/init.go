@@ -51,6 +51,9 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("boot: no command to run: the image has no Entrypoint or Cmd; pass one after the image name")
 	}
+	if err := checkRoot(); err != nil {
+		return 0, err
+	}
 	if status, done, err := initViaAgent(argv, opts); done {
 		return status, err
 	}
@@ -144,7 +147,10 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 	log.Debug("root ready", "root", r.root, "took", time.Since(start).Round(time.Millisecond))
 
-	img, extraGroups := opts.workloadImage(cfg.Image)
+	img, extraGroups, err := opts.workloadImage(cfg.Image)
+	if err != nil {
+		return 0, err
+	}
 	environ := os.Environ()
 	if opts.Caller != nil {
 		environ = withoutSecureTraceback(environ)
@@ -228,24 +234,37 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 // workloadImage returns the image configuration the workload runs with:
 // img with the user and working directory the options override, and the
 // supplementary groups to add.
-func (opts InitOptions) workloadImage(img bootconfig.Image) (bootconfig.Image, []int) {
+//
+// The user is the one Docker started boot as, with the groups it gave:
+// the boot image's USER is the original's, so Docker resolved the image's
+// USER, or --user, as it would have for the original's workload. That is
+// the Caller when boot runs setuid; started as root (an image without a
+// USER, or --user 0 or root[:GROUP]), it is root with the gid and groups
+// Docker gave, unless BOOTFS_USER names another user.
+func (opts InitOptions) workloadImage(img bootconfig.Image) (bootconfig.Image, []int, error) {
+	c := opts.Caller
+	if c == nil && opts.User == "" {
+		var err error
+		if c, err = startedAs(); err != nil {
+			return img, nil, err
+		}
+	}
 	var extraGroups []int
-	switch {
-	case opts.Caller != nil:
-		img.User = opts.Caller.spec()
+	if c != nil {
+		img.User = c.spec()
 		// Docker lists the gid it gave among the groups too.
-		for _, g := range opts.Caller.Groups {
-			if g != opts.Caller.GID {
+		for _, g := range c.Groups {
+			if g != c.GID {
 				extraGroups = append(extraGroups, g)
 			}
 		}
-	case opts.User != "":
+	} else {
 		img.User = opts.User
 	}
 	if opts.WorkingDir != "" {
 		img.WorkingDir = opts.WorkingDir
 	}
-	return img, extraGroups
+	return img, extraGroups, nil
 }
 
 // loadConfig reads config.json and checks the index and TOC against the

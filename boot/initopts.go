@@ -51,15 +51,15 @@ type InitOptions struct {
 	// Background fetches the whole image into the cache after the
 	// workload starts, at low priority (BOOTFS_BACKGROUND=1).
 	Background bool
-	// User overrides the image's User (BOOTFS_USER): name or uid, with
-	// an optional :group, resolved in the image's /etc/passwd and
-	// /etc/group. docker run --user UID[:GID] works too (see Caller); a
-	// --user NAME fails in Docker before boot runs, as the boot image has
-	// no /etc/passwd.
+	// User is the workload's user when boot starts as root
+	// (BOOTFS_USER): name or uid, with an optional :group, resolved in
+	// the image's /etc/passwd and /etc/group. Empty means the user Docker
+	// started boot as (see InitOptions.workloadImage).
 	User string
 	// Caller is who started boot, if a non-root user did and boot runs
-	// setuid root (docker run --user; see SetuidCaller). The workload then
-	// runs as Caller, and ConfineToCaller must have checked the options.
+	// setuid root (the image's USER or docker run --user; see
+	// SetuidCaller). The workload then runs as Caller, and
+	// ConfineToCaller must have checked the options.
 	Caller *Caller
 	// confined records that ConfineToCaller accepted the options.
 	confined bool

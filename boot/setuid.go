@@ -17,18 +17,23 @@ import (
 var ErrSetuid = errors.New("boot: started setuid root by a non-root user")
 
 // Caller is the non-root user who started boot when it runs setuid
-// root. mkimage installs /.bootfs/boot setuid root, so that
-// `docker run --user UID[:GID]`, which starts the container's init as
-// that user, still lets boot mount the image: boot becomes root for its
-// own work and runs the workload as the Caller.
+// root. mkimage installs /.bootfs/boot setuid root and gives the boot
+// image the original image's USER, so that Docker starts the container's
+// init as the user it would start the original's workload as (the
+// image's USER, or docker run --user UID[:GID] or NAME) and runs docker
+// exec and health checks as that user too. boot becomes root for its own
+// work (the mounts) and runs the workload as the Caller, with the ids
+// Docker gave.
 //
 // Everything a Caller names is used with the Caller's rights, never
 // root's: see InitOptions.ConfineToCaller.
 type Caller struct {
 	// UID and GID are the real ids Docker gave. Docker gives gid 0 when
-	// --user names no group, as the boot image has no /etc/passwd.
+	// --user names no group and the image's /etc/passwd (the copy the
+	// boot image holds) does not list the uid.
 	UID, GID int
-	// Groups are the supplementary groups Docker gave (--group-add).
+	// Groups are the supplementary groups Docker gave: those of the
+	// image's /etc/group, and any --group-add.
 	Groups []int
 }
 
@@ -39,23 +44,104 @@ func SetuidCaller() (*Caller, error) {
 	if ruid == 0 || euid != 0 {
 		return nil, nil
 	}
-	rgid, _, _ := unix.Getresgid()
+	return startedAs()
+}
+
+// startedAs returns the real ids and supplementary groups this process
+// was started with: the user Docker started the container's init as.
+func startedAs() (*Caller, error) {
 	groups, err := unix.Getgroups()
 	if err != nil {
 		return nil, fmt.Errorf("boot: supplementary groups: %w", err)
 	}
-	return &Caller{UID: ruid, GID: rgid, Groups: groups}, nil
+	return &Caller{UID: unix.Getuid(), GID: unix.Getgid(), Groups: groups}, nil
+}
+
+// ErrNotRoot is wrapped by the error Init returns when boot runs as a
+// user other than root and its setuid bit gave it no root either.
+var ErrNotRoot = errors.New("boot: started as a user other than root, and /.bootfs/boot's setuid bit gave it no root")
+
+// checkRoot fails, wrapping ErrNotRoot, unless the effective uid is 0:
+// boot starts as the image's USER (or --user), and its setuid bit makes
+// it root, unless the container has no_new_privs (docker run
+// --security-opt no-new-privileges) or its root is mounted nosuid.
+func checkRoot() error {
+	if unix.Geteuid() == 0 {
+		return nil
+	}
+	why := "the container's root filesystem is mounted nosuid, or /.bootfs/boot lost its setuid bit"
+	if noNewPrivs() {
+		why = "the container has no_new_privs (docker run --security-opt no-new-privileges), which ignores setuid bits"
+	}
+	return fmt.Errorf("%w (uid %d): %s. Drop that, or start the container as root with the workload's user in BOOTFS_USER: docker run --user 0 -e BOOTFS_USER=USER ... (docker exec then needs -u USER)",
+		ErrNotRoot, unix.Getuid(), why)
+}
+
+// noNewPrivs reports whether this process has no_new_privs set.
+func noNewPrivs() bool {
+	v, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+	return err == nil && v == 1
+}
+
+// dockerInit is where Docker puts its init (tini) for docker run --init.
+const dockerInit = "/sbin/docker-init"
+
+// CheckInit fails, wrapping ErrSetuid, unless boot runs as a container's
+// init: PID 1 of the container, or the child of Docker's --init
+// (/sbin/docker-init as PID 1, which runs as the same user). Anything
+// else that reaches /.bootfs/boot (a docker exec in the first moments of
+// a start, whose parent is outside the container) gets no root from it.
+func (c *Caller) CheckInit() error {
+	return c.checkInit(os.Getpid(), os.Getppid(), func() (string, error) { return c.readlink("/proc/1/exe") })
+}
+
+// checkInit is CheckInit with this process's pid and ppid, and a readlink
+// of /proc/1/exe.
+func (c *Caller) checkInit(pid, ppid int, pid1Exe func() (string, error)) error {
+	if pid == 1 {
+		return nil
+	}
+	if ppid == 1 {
+		if exe, err := pid1Exe(); err == nil && exe == dockerInit {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (uid %d): boot -- CMD runs setuid only as a container's init: PID 1, or the child of docker run --init's %s (this is pid %d, its parent %d)",
+		ErrSetuid, c.UID, dockerInit, pid, ppid)
+}
+
+// readlink reads the symbolic link name with the Caller's rights: root
+// without CAP_SYS_PTRACE may not read /proc/1/exe of an init that runs
+// as the Caller, the Caller may.
+func (c *Caller) readlink(name string) (string, error) {
+	var s string
+	err := c.do(func() error {
+		var err error
+		s, err = os.Readlink(name)
+		return err
+	})
+	return s, err
 }
 
 // BecomeRoot sets the real, effective and saved uid and gid of every
 // thread to 0, so that what init starts (the workload process, helpers)
 // runs as root and not as a setuid program. The supplementary groups
 // stay the Caller's. The capabilities a setuid-root exec granted stay.
-func BecomeRoot() error {
+//
+// Under docker run --init (boot is not PID 1), the saved uid stays the
+// Caller's: Docker's init runs as the Caller and forwards signals to
+// boot (docker stop), which the kernel allows only to a sender whose uid
+// is the target's real or saved uid. Everything boot starts runs with
+// all three 0 all the same, as exec makes the saved uid the effective.
+func (c *Caller) BecomeRoot() error {
+	saved := 0
+	if os.Getpid() != 1 {
+		saved = c.UID
+	}
 	if err := syscall.Setresgid(0, 0, 0); err != nil {
 		return fmt.Errorf("boot: become root: set gid 0: %w", err)
 	}
-	if err := syscall.Setresuid(0, 0, 0); err != nil {
+	if err := syscall.Setresuid(0, 0, saved); err != nil {
 		return fmt.Errorf("boot: become root: set uid 0: %w", err)
 	}
 	return nil

@@ -2,8 +2,10 @@ package boot
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/bootfs/bootfs/chunkstore/opener"
 	"github.com/bootfs/bootfs/internal/atomicfile"
+	"github.com/bootfs/bootfs/internal/bootconfig"
 )
 
 func requireRoot(t *testing.T) {
@@ -165,6 +168,89 @@ func TestWithoutSecureTraceback(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := withoutSecureTraceback(tt.in); !slices.Equal(got, tt.want) {
 				t.Errorf("withoutSecureTraceback(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCheckInit: a setuid boot makes itself root only as a container's
+// init: PID 1, or the child of docker run --init's init.
+func TestCheckInit(t *testing.T) {
+	exe := func(s string, err error) func() (string, error) { return func() (string, error) { return s, err } }
+	tests := []struct {
+		name      string
+		pid, ppid int
+		pid1Exe   func() (string, error)
+		ok        bool
+	}{
+		{name: "PID 1", pid: 1, ppid: 0, pid1Exe: exe("", errors.New("not asked")), ok: true},
+		{name: "under --init", pid: 7, ppid: 1, pid1Exe: exe("/sbin/docker-init", nil), ok: true},
+		{name: "docker exec", pid: 12, ppid: 0, pid1Exe: exe("/sbin/docker-init", nil)},
+		{name: "child of another PID 1", pid: 7, ppid: 1, pid1Exe: exe("/bin/sh", nil)},
+		{name: "PID 1 unreadable", pid: 7, ppid: 1, pid1Exe: exe("", fs.ErrPermission)},
+		{name: "grandchild", pid: 9, ppid: 7, pid1Exe: exe("/sbin/docker-init", nil)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Caller{UID: 999, GID: 999}
+			err := c.checkInit(tt.pid, tt.ppid, tt.pid1Exe)
+			if tt.ok != (err == nil) || err != nil && (!errors.Is(err, ErrSetuid) || !strings.Contains(err.Error(), "uid 999")) {
+				t.Errorf("checkInit(pid %d, ppid %d) = %v, want ok %v (or an ErrSetuid naming uid 999)", tt.pid, tt.ppid, err, tt.ok)
+			}
+		})
+	}
+}
+
+// TestCallerReadlink: boot, root without CAP_SYS_PTRACE, reads
+// /proc/1/exe of an init that runs as the Caller with the Caller's
+// rights; here a child of the test as uid 1000 stands in for the init.
+// (The test runs with CAP_SYS_PTRACE, which the container lacks, so it
+// cannot show that root's own rights would be refused: the drop-in
+// suite's --init rows do.)
+func TestCallerReadlink(t *testing.T) {
+	requireRoot(t)
+	cmd := exec.Command("/bin/sleep", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+	if err := cmd.Start(); err != nil {
+		t.Skipf("start a process as uid 1000: %v", err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	c := &Caller{UID: 1000, GID: 1000}
+	got, err := c.readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid))
+	if err != nil || !strings.HasSuffix(got, "sleep") {
+		t.Errorf("readlink of uid 1000's /proc/PID/exe as uid 1000 = %q, %v; want its sleep binary", got, err)
+	}
+}
+
+// TestWorkloadImageUser: the workload runs as the user Docker started
+// boot as, never the config's USER in its place: Docker resolved the
+// boot image's USER (the original's) or --user already. A root start is
+// --user 0 (or an image without USER) and runs as root, unless
+// BOOTFS_USER says otherwise.
+func TestWorkloadImageUser(t *testing.T) {
+	self, err := startedAs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := bootconfig.Image{User: "postgres", WorkingDir: "/var/lib/postgresql"}
+	tests := []struct {
+		name       string
+		opts       InitOptions
+		wantUser   string
+		wantGroups []int
+	}{
+		{name: "image USER, started as it", opts: InitOptions{Caller: &Caller{UID: 999, GID: 105, Groups: []int{105, 110}}},
+			wantUser: "999:105", wantGroups: []int{110}},
+		{name: "--user UID", opts: InitOptions{Caller: &Caller{UID: 1000, GID: 0}}, wantUser: "1000"},
+		{name: "--user 0", opts: InitOptions{}, wantUser: self.spec(), wantGroups: slices.DeleteFunc(slices.Clone(self.Groups), func(g int) bool { return g == self.GID })},
+		{name: "BOOTFS_USER as root", opts: InitOptions{User: "alice:wheel"}, wantUser: "alice:wheel"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, groups, err := tt.opts.workloadImage(img)
+			if err != nil || got.User != tt.wantUser || !slices.Equal(groups, tt.wantGroups) || got.WorkingDir != img.WorkingDir {
+				t.Errorf("workloadImage(%+v) = user %q, groups %v, workdir %q, %v; want %q, %v, %q",
+					tt.opts, got.User, groups, got.WorkingDir, err, tt.wantUser, tt.wantGroups, img.WorkingDir)
 			}
 		})
 	}

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -154,6 +155,48 @@ func TestAgentSameOutput(t *testing.T) {
 		})
 	}
 	a.waitMounts(t, 0)
+}
+
+// TestAgentUserImage: an image with a USER runs through the agent as
+// with the original: the workload, docker exec and health checks as the
+// USER (the setuid boot asks the agent as root), --user 0 as root.
+func TestAgentUserImage(t *testing.T) {
+	e := setup(t)
+	p := userPair(t, e)
+	a := startAgent(t, e, e.storeURL)
+	for _, flags := range [][]string{nil, {"--user", "0"}, {"--user", "nobody"}, {"--init"}} {
+		// The workload is PID 1 (Docker's init under --init, whose
+		// command line names boot's path in front of the workload's).
+		pid1 := "cat /proc/1/cmdline | tr '\\0' ' '; echo"
+		if slices.Contains(flags, "--init") {
+			pid1 = "cat /proc/1/comm"
+		}
+		args := []string{"sh", "-c", "id; echo $HOME; pwd; " + pid1}
+		want := e.run(t, false, flags, p.orig, args...)
+		got := e.run(t, false, a.flags(flags...), p.boot, args...)
+		if got.stdout != want.stdout || got.code != want.code {
+			t.Errorf("docker run %v: got (exit %d):\n%s\nstderr: %s\nwant (exit %d):\n%s", flags, got.code, got.stdout, got.stderr, want.code, want.stdout)
+		}
+	}
+	health := []string{"--health-cmd", "test $(id -u) = 1000", "--health-interval", "1s", "--health-retries", "1"}
+	name := e.prefix + "-agent-user"
+	startDetached(t, name, a.flags(health...), p.boot, "sh", "-c", "echo ready; exec sleep 600")
+	waitLog(t, name, "ready")
+	out, err := exec.Command("docker", "exec", name, "sh", "-c", "id; touch /home/alice/x && echo wrote").CombinedOutput()
+	if want := "uid=1000(alice) gid=1000(alice) groups=10(wheel),29(audio),1000(alice)\nwrote\n"; err != nil || string(out) != want {
+		t.Errorf("docker exec without -u: %v: %q, want %q", err, out, want)
+	}
+	var status string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", name).Output()
+		if status = strings.TrimSpace(string(out)); status == "healthy" || status == "unhealthy" {
+			break
+		}
+	}
+	if status != "healthy" {
+		out, _ := exec.Command("docker", "inspect", "-f", "{{json .State.Health}}", name).Output()
+		t.Errorf("health (a check that runs as uid 1000) = %q, want healthy: %s", status, out)
+	}
 }
 
 // TestAgentExec: docker exec lands in the image's root and sees the

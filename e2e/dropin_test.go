@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -30,6 +31,8 @@ type scenario struct {
 	name string
 	// debian runs it on the postgres image instead of busybox.
 	debian bool
+	// user runs it on the busybox image with USER alice.
+	user bool
 	// origFlags are docker run flags the original side gets on top of the
 	// scenario's own: the reference a converted container is compared
 	// with where the two differ by design (the reason is in the row).
@@ -333,6 +336,7 @@ func firstDiff(want, got string) string {
 }
 
 var (
+	rootReady = regexp.MustCompile(`msg="root ready".*`)
 	ptsNumber = regexp.MustCompile(`/dev/pts/\d+`)
 	pidColumn = regexp.MustCompile(`(?m)^\s*\d+\s+`)
 )
@@ -527,18 +531,50 @@ var dropinScenarios = []scenario{
 		s.docker("run", "--rm", "--read-only", "--tmpfs", "/tmp", "IMAGE", "sh", "-c", "echo ok > /tmp/f && cat /tmp/f")
 	}},
 
+	// The image's USER (alice): the workload, docker exec and health
+	// checks run as it, as with the original.
+	{name: "exec and health check as the image's USER", user: true, run: func(s *side) {
+		s.do(step{args: []string{"run", "--rm", "IMAGE", "sh", "-c", "id; echo $HOME; pwd; touch /root/x"}, stderr: true})
+		s.start("c", "ready", []string{"--health-cmd", "test $(id -u) = 1000", "--health-interval", "1s", "--health-retries", "2"}, sleeper...)
+		s.do(step{args: []string{"exec", "@c", "sh", "-c", "id; echo $HOME; pwd; touch /home/alice/mine && ls -ln /home/alice/mine"}, stderr: true, norm: normalizeLs})
+		s.do(step{args: []string{"exec", "@c", "sh", "-c", "touch /root/x"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "0", "@c", "sh", "-c", "id; echo $HOME"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "nobody", "@c", "id"}, stderr: true})
+		s.waitHealth("c")
+		s.do(step{args: []string{"exec", "@c", "ps", "-o", "user,args"}, norm: normalizeProcs})
+	}, origFlags: []string{"--init"}},
+	{name: "--user over the image's USER", user: true, run: func(s *side) {
+		for _, u := range []string{"0", "root", "root:wheel", "0:29", "1000:29", "4242", "nobody", "alice"} {
+			s.do(step{args: []string{"run", "--rm", "-u", u, "IMAGE", "sh", "-c", "id; echo $HOME"}, stderr: true})
+		}
+		s.do(step{args: []string{"run", "--rm", "-u", "0", "--group-add", "29", "IMAGE", "id"}, stderr: true})
+		s.do(step{args: []string{"run", "--rm", "--group-add", "wheel", "IMAGE", "id"}, stderr: true})
+		s.start("root", "ready", []string{"-u", "0"}, sleeper...)
+		s.do(step{args: []string{"exec", "@root", "id"}, stderr: true})
+	}},
+	// docker run --init puts tini in front of the setuid boot, both as
+	// the image's USER: boot accepts being the child of Docker's init.
+	{name: "--init with the image's USER", user: true, run: func(s *side) {
+		s.do(step{args: []string{"run", "--rm", "--init", "IMAGE", "sh", "-c", "id; exit 4"}, stderr: true})
+		s.do(step{args: []string{"run", "--rm", "--init", "-u", "0", "IMAGE", "id"}, stderr: true})
+		s.start("c", "ready", []string{"--init"}, "sh", "-c", "trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+		s.do(step{args: []string{"exec", "@c", "id"}, stderr: true})
+		s.stop("c", 10*time.Second)
+		s.note("logs:\n%s", strings.TrimSpace(s.logs("c")))
+	}},
+
 	// The postgres image (USER postgres, HEALTHCHECK pg_isready).
 	{name: "postgres", debian: true, run: func(s *side) {
 		s.start("db", "ready to accept connections", nil)
 		s.waitHealth("db")
 		s.do(step{args: []string{"exec", "@db", "pg_isready"}, stderr: true})
-		// Without -u, exec runs as the boot image's user, root (README,
-		// Limits); the image's user with it.
-		s.docker("exec", "-u", "postgres", "@db", "id")
-		s.do(step{args: []string{"exec", "-u", "postgres", "@db", "psql", "-Atc", "create table t (x int); insert into t values (1), (2), (3)"}, stderr: true})
+		// Without -u, exec runs as the image's user, postgres.
+		s.docker("exec", "@db", "id")
+		s.do(step{args: []string{"exec", "@db", "psql", "-Atc", "create table t (x int); insert into t values (1), (2), (3)"}, stderr: true})
 		s.docker("restart", "@db")
 		s.waitHealth("db")
-		s.do(step{args: []string{"exec", "-u", "postgres", "@db", "psql", "-Atc", "select sum(x) from t"}, stderr: true})
+		s.do(step{args: []string{"exec", "@db", "psql", "-Atc", "select sum(x) from t"}, stderr: true})
+		s.do(step{args: []string{"exec", "-u", "root", "@db", "id"}, stderr: true})
 		s.stop("db", 20*time.Second)
 	}},
 	{name: "debian exec", debian: true, run: func(s *side) {
@@ -559,15 +595,48 @@ func TestDropIn(t *testing.T) {
 	for _, sc := range dropinScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			p := bb
-			if sc.debian {
+			switch {
+			case sc.debian:
 				if pg == nil {
 					pg = postgresPair(t, e)
 				}
 				p = *pg
+			case sc.user:
+				p = *userPair(t, e)
 			}
 			differential(t, e, p, sc)
 		})
 	}
+}
+
+// userPair makes the busybox image with USER alice (uid 1000, in the
+// groups wheel and audio) and WORKDIR /home/alice, and converts it.
+// The agent's tests use it too; it is made once.
+func userPair(t *testing.T, e *env) *pair {
+	t.Helper()
+	userPairMu.Lock()
+	defer userPairMu.Unlock()
+	if userPairMade == nil {
+		userPairMade = makeUserPair(t, e)
+	}
+	return userPairMade
+}
+
+var (
+	userPairMu   sync.Mutex
+	userPairMade *pair
+)
+
+func makeUserPair(t *testing.T, e *env) *pair {
+	t.Helper()
+	orig, boot := e.prefix+"/bb:user", e.prefix+"/bb:user-boot"
+	if err := dockerImport(filepath.Join(e.tmp, "bb"), orig, `CMD ["/bin/sh"]`, "USER alice", "WORKDIR /home/alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.convert(orig, boot, e.store); err != nil {
+		t.Fatal(err)
+	}
+	return &pair{orig, boot}
 }
 
 // postgresPair makes the postgres image: Debian bookworm's postgresql
@@ -607,4 +676,113 @@ func postgresPair(t *testing.T, e *env) *pair {
 		t.Fatalf("warming the cache with a run of %s: exit %d: %s", boot, warm.code, warm.stderr)
 	}
 	return &pair{orig, boot}
+}
+
+// TestDropInNoNewPrivileges: with no_new_privs the setuid bit gives the
+// boot of a USER image no root; it says so and how to run it instead,
+// and that way works.
+func TestDropInNoNewPrivileges(t *testing.T) {
+	e := setup(t)
+	p := userPair(t, e)
+	flags := []string{"--security-opt", "no-new-privileges", "-v", nodeCache(e) + ":/.bootfs/cache"}
+	got := e.run(t, true, flags, p.boot, "id")
+	if got.code == 0 || !strings.Contains(got.stderr, "no-new-privileges") || !strings.Contains(got.stderr, "--user 0 -e BOOTFS_USER=USER") {
+		t.Errorf("docker run --security-opt no-new-privileges of a USER image: exit %d, %q; stderr %q; want a failure naming no-new-privileges and --user 0 -e BOOTFS_USER=USER",
+			got.code, got.stdout, got.stderr)
+	}
+	want := e.run(t, false, []string{"--security-opt", "no-new-privileges"}, p.orig, "sh", "-c", "id; echo $HOME")
+	got = e.run(t, true, append(flags, "--user", "0", "-e", "BOOTFS_USER=alice"), p.boot, "sh", "-c", "id; echo $HOME")
+	if got.code != 0 || got.stdout != want.stdout {
+		t.Errorf("with --user 0 -e BOOTFS_USER=alice: exit %d, %q (stderr %q); want the original's %q", got.code, got.stdout, got.stderr, want.stdout)
+	}
+}
+
+// TestDropInEarlyExec measures the window at the start of a container in
+// which a docker exec lands in the boot image rather than the workload's
+// root (README, Limits): it starts a container and fires a docker exec
+// every 10 ms from the start on, on the original and on the converted
+// image, and reports how many failed and when. It asserts no timing;
+// only that an exec gets either Docker's refusal of a container that is
+// not running yet, the boot image (the command not found), or the whole
+// workload's root, never a root half built, and that every exec after
+// the window succeeds.
+func TestDropInEarlyExec(t *testing.T) {
+	e := setup(t)
+	want := e.run(t, false, nil, e.bb, "cat", "/etc/os-release", "/data/hello").stdout
+	for _, tc := range []struct {
+		name  string
+		image string
+		flags []string
+	}{
+		{"original", e.bb, nil},
+		// BOOTFS_LOG=debug: boot logs when the root is the container's,
+		// timed from its own start.
+		{"converted", e.bbBoot, append(slices.Clone(e.runFlags), "-v", nodeCache(e)+":/.bootfs/cache", "-e", "BOOTFS_LOG=debug")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("%s-early-exec-%s", e.prefix, tc.name)
+			args := append([]string{"create", "--name", name, "--pull", "never", "--network", "host"}, tc.flags...)
+			args = append(args, tc.image, "sleep", "600")
+			t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", name).Run() })
+			if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+				t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+			type result struct {
+				at   time.Duration // after docker start began
+				out  string
+				code int
+			}
+			const n, every = 60, 10 * time.Millisecond
+			results := make([]result, n)
+			var wg sync.WaitGroup
+			start := time.Now()
+			startCmd := exec.Command("docker", "start", name)
+			if err := startCmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+					at := time.Since(start)
+					out, err := exec.Command("docker", "exec", name, "cat", "/etc/os-release", "/data/hello").CombinedOutput()
+					code := 0
+					if ee, ok := err.(*exec.ExitError); ok {
+						code = ee.ExitCode()
+					} else if err != nil {
+						code = -1
+					}
+					results[i] = result{at, string(out), code}
+				}()
+			}
+			if err := startCmd.Wait(); err != nil {
+				t.Fatalf("docker start: %v", err)
+			}
+			running := time.Since(start)
+			wg.Wait()
+			var notRunning, inBoot int
+			var window time.Duration
+			for i, r := range results {
+				switch {
+				case r.code == 0 && r.out == want:
+				case strings.Contains(r.out, "is not running"):
+					notRunning++
+				case strings.Contains(r.out, "executable file not found"):
+					inBoot++
+					window = r.at
+				default:
+					t.Errorf("exec %d, %v after docker start began: exit %d: %q; want the workload's files, Docker's \"is not running\", or the boot image's \"executable file not found\"", i, r.at, r.code, r.out)
+				}
+			}
+			t.Logf("%s: docker start returned after %v; of %d execs (one every %v from the start), %d were refused (not running yet), %d landed in the boot image (the last one started %v after the start began), %d ran in the workload's root",
+				tc.name, running.Round(time.Millisecond), n, every, notRunning, inBoot, window.Round(time.Millisecond), n-notRunning-inBoot)
+			if logs, _ := exec.Command("docker", "logs", name).CombinedOutput(); tc.image == e.bbBoot {
+				t.Logf("boot: %s", rootReady.FindString(string(logs)))
+			}
+			if last := results[n-1]; last.code != 0 || last.out != want {
+				t.Errorf("the last exec, %v after the start: exit %d: %q; want the workload's files", last.at, last.code, last.out)
+			}
+		})
+	}
 }

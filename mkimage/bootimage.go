@@ -41,8 +41,8 @@ type Platform struct {
 type BootImageInput struct {
 	// BootBinary is the path of the static boot binary, packed as
 	// /.bootfs/boot with mode 04755: setuid root, so that a container
-	// started with `docker run --user UID` still has an init that can
-	// mount (boot runs the workload as that real uid).
+	// started as the image's USER, or with `docker run --user`, still has
+	// an init that can mount (boot runs the workload as the real uid).
 	BootBinary string
 	// Index and TOC are the caidx and TOC of the converted archive,
 	// packed as /.bootfs/rootfs.caidx and /.bootfs/rootfs.toc.
@@ -384,9 +384,11 @@ type dockerSaveManifest struct {
 }
 
 // imageConfig returns the boot image's configuration: the source image's
-// with boot in front of the entrypoint, the user left to boot (which
-// applies it to the workload only; boot must start as root), and the
-// cache and writable-layer volumes.
+// with boot in front of the entrypoint, and the cache and writable-layer
+// volumes. The USER is the source's too: Docker starts boot, and runs
+// docker exec and health checks, as that user, as it would for the
+// original; boot is setuid root, mounts, and runs the workload as the
+// user Docker started it as.
 func imageConfig(cfg *BootConfig, pl Platform, created time.Time, diffIDs ...digest.Digest) *dockerspec.DockerOCIImage {
 	src := &cfg.Image
 	img := &dockerspec.DockerOCIImage{}
@@ -404,6 +406,7 @@ func imageConfig(cfg *BootConfig, pl Platform, created time.Time, diffIDs ...dig
 	c.Entrypoint = append(append([]string{}, bootEntrypoint...), src.Entrypoint...)
 	c.Cmd = src.Cmd
 	c.Env = src.Env
+	c.User = src.User
 	c.StopSignal = src.StopSignal
 	c.ExposedPorts = set(src.ExposedPorts)
 	c.Volumes = set(src.Volumes)

@@ -205,7 +205,7 @@ func TestBootImageDockerLoad(t *testing.T) {
 		{"Entrypoint", cfg.Entrypoint, []string{"/.bootfs/boot", "--", "/bin/sh"}},
 		{"Cmd", cfg.Cmd, src.Cmd},
 		{"Env", cfg.Env, src.Env},
-		{"User", cfg.User, ""},
+		{"User", cfg.User, src.User},
 		{"WorkingDir", cfg.WorkingDir, "/w"},
 		{"Volumes", sortedKeys(cfg.Volumes), []string{"/.bootfs/cache", "/.bootfs/upper", "/data"}},
 		{"ExposedPorts", sortedKeys(cfg.ExposedPorts), []string{"80/tcp"}},
@@ -348,7 +348,7 @@ func TestMakeBootImageFromDocker(t *testing.T) {
 	}
 	cfg := got.Config
 	if !slices.Equal(cfg.Entrypoint, []string{"/.bootfs/boot", "--", "/bin/sh"}) || !slices.Equal(cfg.Cmd, []string{"-c", "exit 3"}) ||
-		cfg.User != "" || cfg.WorkingDir != "/w" || cfg.Labels[LabelSourceImage] != srcInfo.ID || cfg.Labels["x"] != "y" ||
+		cfg.User != "1000" || cfg.WorkingDir != "/w" || cfg.Labels[LabelSourceImage] != srcInfo.ID || cfg.Labels["x"] != "y" ||
 		!slices.Contains(cfg.Env, "A=1") {
 		t.Errorf("boot image config = %+v", cfg)
 	}

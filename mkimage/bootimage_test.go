@@ -306,7 +306,7 @@ func TestBootImageConfigMapping(t *testing.T) {
 			bootconfig.Image{Cmd: []string{"db"}, Env: []string{"A=1", "PATH=/bin"}, Volumes: []string{"/var/lib/db", "/data"},
 				ExposedPorts: []string{"5432/tcp"}, Labels: map[string]string{"maintainer": "me"}, StopSignal: "SIGINT", Healthcheck: hc},
 			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper", "/data", "/var/lib/db"}},
-		{"user goes to config.json only, workdir to both",
+		{"user and workdir go to both",
 			bootconfig.Image{Cmd: []string{"id"}, User: "1000:1000", WorkingDir: "/home/u"},
 			[]string{"/.bootfs/boot", "--"}, []string{"/.bootfs/cache", "/.bootfs/upper"}},
 	} {
@@ -320,8 +320,10 @@ func TestBootImageConfigMapping(t *testing.T) {
 			if !slices.Equal(c.Cmd, tc.src.Cmd) || !slices.Equal(c.Env, tc.src.Env) {
 				t.Errorf("Cmd, Env = %q, %q, want %q, %q", c.Cmd, c.Env, tc.src.Cmd, tc.src.Env)
 			}
-			if c.User != "" || c.WorkingDir != tc.src.WorkingDir {
-				t.Errorf("User, WorkingDir = %q, %q, want empty, %q", c.User, c.WorkingDir, tc.src.WorkingDir)
+			// Docker starts boot, docker exec and health checks as the
+			// original's USER; boot is setuid root for its mounts.
+			if c.User != tc.src.User || c.WorkingDir != tc.src.WorkingDir {
+				t.Errorf("User, WorkingDir = %q, %q, want %q, %q", c.User, c.WorkingDir, tc.src.User, tc.src.WorkingDir)
 			}
 			if got := sortedKeys(c.Volumes); !reflect.DeepEqual(got, tc.wantVolumes) {
 				t.Errorf("Volumes = %q, want %q", got, tc.wantVolumes)

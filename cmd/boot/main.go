@@ -112,17 +112,23 @@ a mounted volume:
                              prints it too); debug: the start-up steps
                              too; by default only warnings and errors
 
-docker run --user UID[:GID] works: /.bootfs/boot is setuid root, becomes
-root to mount the image, and runs the workload as UID with the primary
+The boot image has the original's USER, so Docker starts boot as the
+user it would start the original's workload as (the image's USER, or
+--user UID[:GID] or NAME, which Docker finds in the copy of the image's
+/etc/passwd that the boot image holds), and docker exec and health checks
+run as that user too. /.bootfs/boot is setuid root: it becomes root to
+mount the image and runs the workload as that user, with the primary
 group (when Docker gives gid 0, as it does for --user UID and for
 --user UID:0 alike, the one the image's /etc/passwd gives UID), the
 supplementary groups and the HOME of the image's /etc/passwd and
-/etc/group, plus any --group-add; so does --user NAME (Docker finds NAME
-in the copy of the image's /etc/passwd that the boot image holds).
+/etc/group, plus any --group-add. --user 0 runs the workload as root.
 Started setuid by a non-root user, boot refuses every command but the
-init (as PID 1), refuses BOOTFS_USER, BOOTFS_UPPER and a BOOTFS_CACHE
-other than /.bootfs/cache, and reads and writes the files the other
-variables name with that user's rights.
+init (as PID 1, or as the child of docker run --init's docker-init),
+refuses BOOTFS_USER, BOOTFS_UPPER, BOOTFS_REGISTRY_AUTH and a
+BOOTFS_CACHE other than /.bootfs/cache, and reads and writes the files
+the other variables name with that user's rights; start the container
+with --user 0 -e BOOTFS_USER=USER to use them. With no-new-privileges
+the setuid bit does nothing and boot, started as a user, cannot run.
 
 docker exec CONTAINER CMD runs CMD in the workload's root, as with the
 original image: boot makes it the container's root.
@@ -233,12 +239,12 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 // runSetuid runs what a setuid-root boot started by caller may run: the
 // init (as root, with the workload as caller).
 func runSetuid(args []string, caller *boot.Caller, stderr io.Writer) int {
-	switch {
-	case len(args) > 0 && args[0] == "--" && os.Getpid() != 1:
-		fmt.Fprintf(stderr, "%v (uid %d): boot -- CMD runs setuid only as a container's init (PID 1)\n", boot.ErrSetuid, caller.UID)
-		return 1
-	case len(args) > 0 && args[0] == "--":
-		if err := boot.BecomeRoot(); err != nil {
+	if len(args) > 0 && args[0] == "--" {
+		if err := caller.CheckInit(); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if err := caller.BecomeRoot(); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
