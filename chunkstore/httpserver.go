@@ -577,6 +577,7 @@ func WriteStatsMetrics(w io.Writer, prefix string, st Stats) {
 		v          uint64
 	}{
 		{"requests", "Store operations.", st.Requests},
+		{"batches", "Batch reads (each of whose chunks is a request too).", st.Batches},
 		{"hits", "Chunks found.", st.Hits},
 		{"misses", "Chunks not found.", st.Misses},
 		{"bytes", "Uncompressed chunk bytes read or written.", st.Bytes},
