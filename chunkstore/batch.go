@@ -52,6 +52,10 @@ const (
 	BatchBytes  = 16 << 20
 )
 
+// batchParallel is how many GetChunk calls a decorator has in flight for
+// a GetChunks call to a store that is not a BatchGetter.
+const batchParallel = 16
+
 // GetChunks gets ids from s: in one call if s is a BatchGetter, else with
 // up to parallel GetChunk calls at once. Either way fn is called once for
 // every index of ids, never concurrently, as BatchGetter.GetChunks says.

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/bootfs/bootfs/casync"
 )
 
@@ -69,8 +67,10 @@ type Cache struct {
 	dir    string
 	opts   CacheOptions
 	log    *slog.Logger
-	flight singleflight.Group
 	stats  counters
+
+	flightMu sync.Mutex
+	flights  map[casync.ChunkID]*flight // fetches under way in this process
 
 	node     *node // what the processes sharing dir share
 	evicting atomic.Bool
@@ -83,6 +83,7 @@ type Cache struct {
 var (
 	_ FrameWriteStore = (*Cache)(nil)
 	_ BatchHaser      = (*Cache)(nil)
+	_ BatchGetter     = (*Cache)(nil)
 	_ StatsReporter   = (*Cache)(nil)
 )
 
@@ -94,7 +95,7 @@ func NewCache(remote Store, dir string, opts CacheOptions) (*Cache, error) {
 	if opts.LockWait <= 0 {
 		opts.LockWait = 30 * time.Second
 	}
-	c := &Cache{remote: remote, dir: dir, opts: opts, log: logger(opts.Logger), pins: make(map[casync.ChunkID]int)}
+	c := &Cache{remote: remote, dir: dir, opts: opts, log: logger(opts.Logger), pins: make(map[casync.ChunkID]int), flights: make(map[casync.ChunkID]*flight)}
 	n, err := openNode(dir, opts.MaxBytes > 0, c.log)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk cache %s with a size cap: %w", dir, err)
@@ -116,21 +117,193 @@ func (c *Cache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 		c.stats.hits.Add(1)
 		return data, nil
 	}
-	ch := c.flight.DoChan(string(id[:]), func() (any, error) {
-		return c.fetch(context.WithoutCancel(ctx), id)
-	})
+	ready := make(chan *flight, 1)
+	if f, lead := c.join(id, ready); lead {
+		go func() {
+			data, err := c.fetch(context.WithoutCancel(ctx), id)
+			c.land(f, data, err)
+		}()
+	}
 	select {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("get chunk %s: %w", id, ctx.Err())
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	case f := <-ready:
+		if f.err != nil {
+			return nil, f.err
 		}
-		data := r.Val.([]byte)
-		if r.Shared {
-			data = slices.Clone(data)
+		if f.shared {
+			return slices.Clone(f.data), nil
 		}
-		return data, nil
+		return f.data, nil
+	}
+}
+
+// flight is one fetch of a chunk from the remote, which every GetChunk and
+// GetChunks call of this process that misses the chunk meanwhile waits
+// for, instead of fetching it again.
+type flight struct {
+	id      casync.ChunkID
+	data    []byte
+	err     error
+	shared  bool             // more than one waiter: each copies data
+	waiters []chan<- *flight // each told once, with room to spare
+}
+
+// join adds ready to the waiters of the fetch of id, and starts that
+// fetch's flight if there is none: then lead is true, and the caller must
+// fetch the chunk and land the flight.
+func (c *Cache) join(id casync.ChunkID, ready chan<- *flight) (f *flight, lead bool) {
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	if f := c.flights[id]; f != nil {
+		f.waiters = append(f.waiters, ready)
+		return f, false
+	}
+	f = &flight{id: id, waiters: []chan<- *flight{ready}}
+	c.flights[id] = f
+	return f, true
+}
+
+// land ends the flight f with its outcome and tells its waiters.
+func (c *Cache) land(f *flight, data []byte, err error) {
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	delete(c.flights, f.id)
+	f.data, f.err, f.shared = data, err, len(f.waiters) > 1
+	for _, w := range f.waiters {
+		w <- f
+	}
+}
+
+// GetChunks gets the chunks that are cached from the cache directory and
+// the others from the remote, in one GetChunks call for those no fetch of
+// this process is already getting; a chunk another call is fetching is
+// waited for instead. Each chunk fetched is written to the cache once,
+// as the remote sent its frame. A repeated ID is fetched once and
+// answered at each of its indexes. The fetch runs on without the
+// caller's cancellation, as GetChunk's does.
+func (c *Cache) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	missed := make(map[casync.ChunkID][]int)
+	var order []casync.ChunkID
+	for i, id := range ids {
+		if err := ctxErr(ctx, "get", id); err != nil {
+			fn(Got{Index: i, Err: err})
+			continue
+		}
+		if at, ok := missed[id]; ok {
+			missed[id] = append(at, i)
+			continue
+		}
+		if data, ok := c.readCached(nil, id); ok {
+			c.stats.hits.Add(1)
+			fn(Got{Index: i, Data: data})
+			continue
+		}
+		missed[id] = []int{i}
+		order = append(order, id)
+	}
+	if len(order) == 0 {
+		return
+	}
+	ready := make(chan *flight, len(order))
+	var lead []*flight
+	for _, id := range order {
+		if f, ok := c.join(id, ready); ok {
+			lead = append(lead, f)
+		}
+	}
+	if len(lead) > 0 {
+		go c.fetchAll(context.WithoutCancel(ctx), lead)
+	}
+	for range order {
+		select {
+		case <-ctx.Done():
+			for _, id := range order {
+				for _, i := range missed[id] {
+					fn(Got{Index: i, Err: fmt.Errorf("get chunk %s: %w", id, ctx.Err())})
+				}
+			}
+			return
+		case f := <-ready:
+			for _, i := range missed[f.id] {
+				// fn keeps neither, so the flight's data is lent, not copied.
+				fn(Got{Index: i, Data: f.data, Err: f.err})
+			}
+			delete(missed, f.id)
+		}
+	}
+}
+
+// fetchAll fetches the chunks of the flights lead, which this process
+// fetches nowhere else, and lands each flight: in one GetChunks call to
+// the remote, except for those another process sharing the directory is
+// fetching, which are waited for (see fetch).
+func (c *Cache) fetchAll(ctx context.Context, lead []*flight) {
+	var ask []*flight
+	var release []func()
+	var others sync.WaitGroup
+	for _, f := range lead {
+		// An earlier flight, or another process, may have cached it since.
+		if data, ok := c.readCached(nil, f.id); ok {
+			c.stats.hits.Add(1)
+			c.land(f, data, nil)
+			continue
+		}
+		rel, busy := c.node.tryLockFetch(f.id)
+		if busy {
+			others.Go(func() {
+				data, err := c.fetch(ctx, f.id)
+				c.land(f, data, err)
+			})
+			continue
+		}
+		if rel != nil {
+			// The last holder may have cached it just before we locked.
+			if data, ok := c.readCached(nil, f.id); ok {
+				rel()
+				c.stats.hits.Add(1)
+				c.land(f, data, nil)
+				continue
+			}
+		}
+		ask = append(ask, f)
+		release = append(release, rel)
+	}
+	defer others.Wait()
+	if len(ask) == 0 {
+		return
+	}
+	c.stats.misses.Add(uint64(len(ask)))
+	ids := make([]casync.ChunkID, len(ask))
+	for k, f := range ask {
+		ids[k] = f.id
+	}
+	landed := make([]bool, len(ask))
+	GetChunks(ctx, c.remote, ids, batchParallel, func(g Got) {
+		if g.Index < 0 || g.Index >= len(ask) || landed[g.Index] {
+			return
+		}
+		landed[g.Index] = true
+		f := ask[g.Index]
+		if g.Err == nil {
+			frame := g.Frame
+			if frame == nil {
+				frame = casync.CompressChunk(nil, g.Data)
+			}
+			c.save(f.id, frame)
+		}
+		if rel := release[g.Index]; rel != nil {
+			rel()
+		}
+		c.land(f, slices.Clone(g.Data), g.Err)
+	})
+	for k, ok := range landed {
+		if !ok { // a remote that broke the contract
+			if rel := release[k]; rel != nil {
+				rel()
+			}
+			c.land(ask[k], nil, fmt.Errorf("get chunk %s from %s: the store gave no answer for it", ids[k], Name(c.remote)))
+		}
 	}
 }
 

@@ -280,6 +280,21 @@ func (n *node) lockFetch(ctx context.Context, id casync.ChunkID, deadline time.T
 	}
 }
 
+// tryLockFetch takes the fetch lock of chunk id without waiting. It
+// returns the lock's release (nil if there is no lock directory), or busy
+// if another process holds the lock: that process is fetching the chunk.
+func (n *node) tryLockFetch(id casync.ChunkID) (release func(), busy bool) {
+	if n.fetch == "" {
+		return nil, false
+	}
+	release, ok, err := lockFile(filepath.Join(n.fetch, id.String()), false)
+	if err != nil {
+		n.log.Debug("cannot take the chunk's fetch lock; fetching without it", "id", id, "err", err)
+		return nil, false
+	}
+	return release, !ok
+}
+
 // evictTo removes the least recently used chunk files (by mtime) until the
 // directory holds at most target bytes, skipping those pinned says are in
 // use, and returns what it removed. Only one process evicts at a time:

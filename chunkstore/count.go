@@ -20,6 +20,7 @@ var (
 	_ FrameWriteStore = (*Counted)(nil)
 	_ FrameStore      = (*Counted)(nil)
 	_ BatchHaser      = (*Counted)(nil)
+	_ BatchGetter     = (*Counted)(nil)
 	_ Syncer          = (*Counted)(nil)
 	_ Committer       = (*Counted)(nil)
 	_ StatsReporter   = (*Counted)(nil)
@@ -50,6 +51,20 @@ func (c *Counted) GetFrame(ctx context.Context, id casync.ChunkID) ([]byte, erro
 	c.c.done(true, err)
 	c.c.wireBytes.Add(uint64(len(frame)))
 	return frame, err
+}
+
+// GetChunks gets the chunks from the wrapped store, in one call if it is
+// a BatchGetter: each chunk counts as a request, as a GetChunk would,
+// and the call as one batch.
+func (c *Counted) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	c.c.batches.Add(1)
+	c.c.requests.Add(uint64(len(ids)))
+	GetChunks(ctx, c.s, ids, batchParallel, func(g Got) {
+		c.c.done(true, g.Err)
+		c.c.bytes.Add(uint64(len(g.Data)))
+		c.c.wireBytes.Add(uint64(len(g.Frame)))
+		fn(g)
+	})
 }
 
 // HasChunk asks the wrapped store.

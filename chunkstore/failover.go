@@ -32,6 +32,7 @@ var (
 	_ FrameWriteStore = (*Failover)(nil)
 	_ FrameStore      = (*Failover)(nil)
 	_ BatchHaser      = (*Failover)(nil)
+	_ BatchGetter     = (*Failover)(nil)
 	_ Syncer          = (*Failover)(nil)
 )
 
@@ -124,6 +125,69 @@ func (f *Failover) get(ctx context.Context, id casync.ChunkID, get func(Store) (
 		errs = append(errs, err)
 	}
 	return nil, f.fail(id, errs)
+}
+
+// GetChunks gets the chunks from the stores in order, each in one call if
+// it is a BatchGetter: it asks the next store only for the chunks the ones
+// before could not give (missing, corrupt or failed). A store that fails
+// a chunk for a transient reason is skipped for a while, as for GetChunk.
+func (f *Failover) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	todo := make([]int, len(ids))
+	for i := range todo {
+		todo[i] = i
+	}
+	errs := make([][]error, len(ids))
+	for _, i := range f.order() {
+		if len(todo) == 0 {
+			return
+		}
+		sub := make([]casync.ChunkID, len(todo))
+		for k, pos := range todo {
+			sub[k] = ids[pos]
+		}
+		var left []int
+		answered := make([]bool, len(sub))
+		gave, down := false, false
+		GetChunks(ctx, f.stores[i], sub, batchParallel, func(g Got) {
+			if g.Index < 0 || g.Index >= len(sub) || answered[g.Index] {
+				return
+			}
+			answered[g.Index] = true
+			pos := todo[g.Index]
+			if g.Err == nil {
+				gave = true
+				g.Index = pos
+				fn(g)
+				return
+			}
+			down = down || transient(ctx, g.Err)
+			errs[pos] = append(errs[pos], g.Err)
+			left = append(left, pos)
+		})
+		for k, ok := range answered {
+			if !ok { // a store that broke the contract
+				errs[todo[k]] = append(errs[todo[k]], fmt.Errorf("get chunk %s from %s: the store gave no answer for it", sub[k], Name(f.stores[i])))
+				left = append(left, todo[k])
+			}
+		}
+		if ctx.Err() != nil {
+			f.hung(ctx, i)
+			for _, pos := range left {
+				fn(Got{Index: pos, Err: fmt.Errorf("get chunk %s: %w", ids[pos], ctx.Err())})
+			}
+			return
+		}
+		switch {
+		case down:
+			f.markDown(i)
+		case gave || len(left) > 0:
+			f.markUp(i)
+		}
+		todo = left
+	}
+	for _, pos := range todo {
+		fn(Got{Index: pos, Err: f.fail(ids[pos], errs[pos])})
+	}
 }
 
 // fail combines the errors of every store. It wraps ErrNotFound only if

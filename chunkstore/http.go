@@ -13,7 +13,11 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bootfs/bootfs/casync"
 )
@@ -54,9 +58,27 @@ type HTTP struct {
 	base   string // no trailing slash
 	opts   HTTPOptions
 	client *http.Client
+	// batch is what the server's last reply said of batch reads:
+	// batchUnknown before the first, then batchYes or batchNo.
+	batch atomic.Int32
+	// h2c is the client over HTTP/2 without TLS (nil for https, or
+	// with HTTPOptions.Transport), used once useH2C is set: when the
+	// server said it speaks it (BatchHeader).
+	h2c    *http.Client
+	useH2C atomic.Bool
 }
 
-var _ FrameWriteStore = (*HTTP)(nil)
+// What an HTTP client knows of its server's batch reads.
+const (
+	batchUnknown = iota
+	batchYes
+	batchNo
+)
+
+var (
+	_ FrameWriteStore = (*HTTP)(nil)
+	_ BatchGetter     = (*HTTP)(nil)
+)
 
 // NewHTTP returns a client of the store at baseURL, an http:// or https://
 // URL.
@@ -79,14 +101,30 @@ func NewHTTP(baseURL string, opts HTTPOptions) (*HTTP, error) {
 			return nil, err
 		}
 		rt = t
+		if u.Scheme == "http" {
+			// Used once the server says it speaks h2c: every request
+			// in flight then shares one connection.
+			h2 := t.Clone()
+			h2.Protocols = new(http.Protocols)
+			h2.Protocols.SetUnencryptedHTTP2(true)
+			// For HTTP/2 this bounds the dials under way, not the
+			// connections: requests that arrive together wait for one
+			// connection instead of each dialing its own.
+			h2.MaxConnsPerHost = 1
+			s.h2c = newClient(h2)
+		}
 	}
-	s.client = &http.Client{
+	s.client = newClient(rt)
+	return s, nil
+}
+
+func newClient(rt http.RoundTripper) *http.Client {
+	return &http.Client{
 		Transport: rt,
 		// A chunk store never redirects; following one would hide a
 		// misconfigured base URL.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	return s, nil
 }
 
 func newTransport(opts HTTPOptions) (*http.Transport, error) {
@@ -174,6 +212,236 @@ func (s *HTTP) get(ctx context.Context, id casync.ChunkID) ([]byte, error) {
 		return nil, fmt.Errorf("fetch chunk %s from %s: %s: %w (is the chunk store the one mkimage wrote to?)", id, s.base, res.statusText(), ErrNotFound)
 	}
 	return nil, res.err(fmt.Errorf("fetch chunk %s from %s: %s%s", id, s.base, res.statusText(), hint(res.status, false)))
+}
+
+// GetChunks gets the chunks in batch reads (POST /batch) from a server
+// that said it has them (BatchHeader, in any earlier reply), and else with
+// up to MaxConns GETs at once, which every casync or desync store
+// answers; before the first reply it GETs the first chunk alone, and
+// learns from the answer. Each chunk is verified against its ID, and
+// passed on with its frame as the server sent it. A batch reply that
+// breaks off or breaks the protocol fails the chunks it has not answered
+// with an error that Retry retries; a frame that is not its chunk fails
+// that chunk alone, as a GET of it would.
+func (s *HTTP) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	// Each ID is asked for once; every index of it gets the answer.
+	var uniq []casync.ChunkID
+	var at [][]int
+	seen := make(map[casync.ChunkID]int, len(ids))
+	for i, id := range ids {
+		k, ok := seen[id]
+		if !ok {
+			k = len(uniq)
+			seen[id] = k
+			uniq = append(uniq, id)
+			at = append(at, nil)
+		}
+		at[k] = append(at[k], i)
+	}
+	deliver := func(k int, g Got) {
+		for _, i := range at[k] {
+			g.Index = i
+			fn(g)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		for k, id := range uniq {
+			deliver(k, Got{Err: fmt.Errorf("fetch chunk %s from %s: %w", id, s.base, err)})
+		}
+		return
+	}
+	first := 0
+	if s.batch.Load() == batchUnknown && len(uniq) > 0 {
+		deliver(0, s.getGot(ctx, uniq[0]))
+		first = 1
+	}
+	for start := first; start < len(uniq); start += BatchChunks {
+		end := min(start+BatchChunks, len(uniq))
+		s.getRun(ctx, uniq[start:end], func(k int, g Got) { deliver(start+k, g) })
+	}
+}
+
+// getRun gets ids (at most BatchChunks, no repeats) in batch reads if the
+// server has them, else one GET each.
+func (s *HTTP) getRun(ctx context.Context, ids []casync.ChunkID, deliver func(int, Got)) {
+	done := make([]bool, len(ids))
+	mark := func(k int, g Got) {
+		done[k] = true
+		deliver(k, g)
+	}
+	for s.batch.Load() == batchYes {
+		var ask []int // positions in ids not yet answered
+		for k, ok := range done {
+			if !ok {
+				ask = append(ask, k)
+			}
+		}
+		if len(ask) == 0 {
+			return
+		}
+		sub := make([]casync.ChunkID, len(ask))
+		for j, k := range ask {
+			sub[j] = ids[k]
+		}
+		n, err := s.postBatch(ctx, sub, func(j int, g Got) { mark(ask[j], g) })
+		if errors.Is(err, errNoBatch) {
+			break // the server has no batch reads after all: GET the rest
+		}
+		if err == nil && n == 0 {
+			err = fmt.Errorf("%w: the reply answered none of the %d chunks asked for", ErrBadBatch, len(sub))
+		}
+		if err != nil {
+			for j, k := range ask {
+				if !done[k] {
+					mark(k, Got{Err: fmt.Errorf("fetch chunk %s from %s in a batch: %w", sub[j], s.base, err)})
+				}
+			}
+			return
+		}
+		// A reply that stopped short (the server bounds a reply's bytes)
+		// but answered some: ask for the rest.
+	}
+	var rest []int
+	for k, ok := range done {
+		if !ok {
+			rest = append(rest, k)
+		}
+	}
+	var mu sync.Mutex
+	g := new(errgroup.Group)
+	g.SetLimit(s.parallel())
+	for _, k := range rest {
+		g.Go(func() error {
+			got := s.getGot(ctx, ids[k])
+			mu.Lock()
+			defer mu.Unlock()
+			mark(k, got)
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// parallel is how many GETs a batch read has in flight at once.
+func (s *HTTP) parallel() int {
+	if s.opts.MaxConns > 0 {
+		return s.opts.MaxConns
+	}
+	return defaultHTTPMaxConns
+}
+
+// getGot GETs one chunk as GetChunks passes it on.
+func (s *HTTP) getGot(ctx context.Context, id casync.ChunkID) Got {
+	frame, err := s.get(ctx, id)
+	if err != nil {
+		return Got{Err: err}
+	}
+	data, err := decodeFrame(nil, s.opts.Digest, id, frame)
+	if err != nil {
+		return Got{Err: s.corrupt(id, err)}
+	}
+	return Got{Data: data, Frame: frame}
+}
+
+// errNoBatch is postBatch's error when the server answers that it has no
+// batch reads.
+var errNoBatch = errors.New("the server has no batch reads")
+
+// postBatch sends one batch read of ids and passes each chunk the reply
+// answers to deliver, with its position in ids. It returns how many the
+// reply answered and, if it broke off, why; the chunks it did not answer
+// are the caller's.
+func (s *HTTP) postBatch(ctx context.Context, ids []casync.ChunkID, deliver func(int, Got)) (int, error) {
+	body := appendBatchRequest(make([]byte, 0, 32*len(ids)), ids)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+batchPath, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if s.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
+	}
+	resp, err := s.httpClient().Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		switch {
+		case untrusted(err):
+			return 0, Permanent(fmt.Errorf("POST: %w (the server's certificate is not trusted here; give its CA certificate with mkimage --ca-file, boot mount --ca-file or BOOTFS_CA_FILE)", err))
+		case ctx.Err() != nil:
+			return 0, ctx.Err()
+		}
+		return 0, fmt.Errorf("POST: %w (is the chunk server running and reachable?)", err)
+	}
+	defer resp.Body.Close()
+	s.learn(resp.Header)
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		res := response{status: resp.StatusCode, msg: strings.TrimSpace(strings.ToValidUTF8(string(msg), "?"))}
+		if i := strings.IndexByte(res.msg, '\n'); i >= 0 {
+			res.msg = res.msg[:i]
+		}
+		switch resp.StatusCode {
+		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
+			s.batch.Store(batchNo)
+			return 0, errNoBatch
+		}
+		return 0, res.err(fmt.Errorf("POST %s: %s%s", s.base+batchPath, res.statusText(), hint(res.status, false)))
+	}
+	n, err := readBatch(resp.Body, s.opts.Digest, ids, func(k int, data, frame []byte, err error) {
+		id := ids[k]
+		switch {
+		case err == nil:
+			deliver(k, Got{Data: data, Frame: frame})
+		case errors.Is(err, ErrNotFound):
+			deliver(k, Got{Err: fmt.Errorf("fetch chunk %s from %s: %w (is the chunk store the one mkimage wrote to?)", id, s.base, err)})
+		case isCorrupt(err):
+			deliver(k, Got{Err: s.corrupt(id, err)})
+		default:
+			deliver(k, Got{Err: fmt.Errorf("fetch chunk %s from %s: %w (see the server's log)", id, s.base, err)})
+		}
+	})
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		// Let the connection be reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
+	}
+	return n, err
+}
+
+// httpClient is the client to send the next request with: over h2c once
+// the server said it speaks it.
+func (s *HTTP) httpClient() *http.Client {
+	if s.h2c != nil && s.useH2C.Load() {
+		return s.h2c
+	}
+	return s.client
+}
+
+// learn notes what a reply of the server says of its batch reads and of
+// h2c.
+func (s *HTTP) learn(h http.Header) {
+	state, h2c := int32(batchNo), false
+	for _, v := range h.Values(BatchHeader) {
+		for _, ext := range strings.Split(v, ",") {
+			switch strings.TrimSpace(ext) {
+			case "batch":
+				state = batchYes
+			case "h2c":
+				h2c = true
+			}
+		}
+	}
+	if s.batch.Load() != state {
+		s.batch.Store(state)
+	}
+	if s.h2c != nil && s.useH2C.Load() != h2c {
+		s.useH2C.Store(h2c)
+	}
 }
 
 // HasChunk asks the server with HEAD.
@@ -307,7 +575,7 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	resp, err := s.client.Do(req)
+	resp, err := s.httpClient().Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -316,6 +584,7 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 		return response{}, err
 	}
 	defer resp.Body.Close()
+	s.learn(resp.Header)
 	res := response{status: resp.StatusCode}
 	if resp.StatusCode != http.StatusOK || method != http.MethodGet {
 		// Read a little of the body for the message, and let the
@@ -345,6 +614,9 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 // Close closes idle connections.
 func (s *HTTP) Close() error {
 	s.client.CloseIdleConnections()
+	if s.h2c != nil {
+		s.h2c.CloseIdleConnections()
+	}
 	return nil
 }
 

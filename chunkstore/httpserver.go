@@ -80,7 +80,12 @@ const (
 //	HEAD /<4 hex>/<64 hex>.cacnk   200, 404, or 400
 //	PUT  /<4 hex>/<64 hex>.cacnk   201; 400 for a frame that is not the id;
 //	                               401 without the write token
+//	POST /batch                    many chunks in one reply (see batchwire.go);
+//	                               400 or 413 for a bad or too big request
 //	GET  /metrics                  counters in Prometheus text format
+//
+// Every answer carries "Bootfs-Chunkstore: batch" (BatchHeader), from
+// which a client learns that it may read in batches.
 //
 // Any other path is a 400: the handler maps a request to a chunk ID and
 // never to a file name, so nothing outside the store can be reached.
@@ -88,15 +93,16 @@ const (
 // an error in the log, never its bytes) and before it is stored. Frames
 // are served as stored, not recompressed, when the store is a FrameStore.
 type Handler struct {
-	store     Store
-	opts      HandlerOptions
-	log       *slog.Logger
-	slots     chan struct{}
-	perClient int
-	rate      int
-	putBytes  *semaphore.Weighted
-	maxPut    int64
-	putWait   time.Duration
+	store      Store
+	opts       HandlerOptions
+	extensions string // BatchHeader's value
+	log        *slog.Logger
+	slots      chan struct{}
+	perClient  int
+	rate       int
+	putBytes   *semaphore.Weighted
+	maxPut     int64
+	putWait    time.Duration
 
 	clientsMu sync.Mutex
 	clients   map[string]*clientSlots
@@ -104,6 +110,7 @@ type Handler struct {
 	inFlight                 atomic.Int64
 	sentBytes, receivedBytes atomic.Uint64
 	corrupt                  atomic.Uint64
+	batchChunks              atomic.Uint64
 	mu                       sync.Mutex
 	requests                 map[requestKey]uint64
 }
@@ -143,17 +150,18 @@ func NewHTTPHandler(store Store, opts HandlerOptions) *Handler {
 		putWait = DefaultPutWait
 	}
 	return &Handler{
-		store:     store,
-		opts:      opts,
-		log:       logger(opts.Logger),
-		slots:     make(chan struct{}, n),
-		perClient: min(per, n),
-		rate:      rate,
-		putBytes:  semaphore.NewWeighted(maxPut),
-		maxPut:    maxPut,
-		putWait:   putWait,
-		clients:   make(map[string]*clientSlots),
-		requests:  make(map[requestKey]uint64),
+		store:      store,
+		opts:       opts,
+		extensions: "batch",
+		log:        logger(opts.Logger),
+		slots:      make(chan struct{}, n),
+		perClient:  min(per, n),
+		rate:       rate,
+		putBytes:   semaphore.NewWeighted(maxPut),
+		maxPut:     maxPut,
+		putWait:    putWait,
+		clients:    make(map[string]*clientSlots),
+		requests:   make(map[requestKey]uint64),
 	}
 }
 
@@ -225,7 +233,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	h.sentBytes.Add(uint64(w.bytes))
 	method := r.Method
 	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodPut:
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost:
 	default:
 		method = "other"
 	}
@@ -237,6 +245,18 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w *statusWriter, r *http.Request) {
+	// Every answer says the server reads in batches: a client learns it
+	// from its first reply.
+	w.Header().Set(BatchHeader, h.extensions)
+	if r.URL.Path == batchPath && r.URL.RawPath == "" {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h.batch(w, r)
+		return
+	}
 	if r.URL.Path == "/metrics" && r.URL.RawPath == "" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -278,6 +298,17 @@ func (h *Handler) serve(w *statusWriter, r *http.Request) {
 // the server's, waiting for each as long as the request lives. When the
 // client gives up first it answers 503 and returns ok == false.
 func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	release, ok = h.take(r)
+	if !ok {
+		// The client went away; nobody reads the answer.
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	return release, ok
+}
+
+// take takes the slots as acquire does, and reports ok == false, having
+// taken none, when the client gives up first.
+func (h *Handler) take(r *http.Request) (release func(), ok bool) {
 	key := clientKey(r.RemoteAddr)
 	h.clientsMu.Lock()
 	c := h.clients[key]
@@ -306,8 +337,6 @@ func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) (release func(
 	case <-done:
 	}
 	leave()
-	// The client went away; nobody reads the answer.
-	w.WriteHeader(http.StatusServiceUnavailable)
 	return nil, false
 }
 
@@ -337,6 +366,91 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request, id casync.ChunkID)
 	w.Header().Set("Content-Length", strconv.Itoa(len(frame)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(frame)
+}
+
+// batch answers a batch read (see batchwire.go): it reads the IDs, then
+// for each chunk takes a slot, reads and verifies the chunk, gives the
+// slot back and sends the chunk's record, paced by statusWriter, as a GET
+// would. A batch thus holds at most one slot at a time. The reply stops
+// after about BatchBytes of frames; the client asks again for the rest.
+func (h *Handler) batch(w *statusWriter, r *http.Request) {
+	if r.ContentLength > batchMaxRequest {
+		http.Error(w, fmt.Sprintf("a batch asks for at most %d chunks (%d bytes of IDs)", BatchChunks, batchMaxRequest), http.StatusRequestEntityTooLarge)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, batchMaxRequest))
+	// No deadline while the chunks are read and sent: one expiring under
+	// the server's background read would cancel the request's context.
+	// The write deadlines pace the reply.
+	_ = w.rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			http.Error(w, fmt.Sprintf("a batch asks for at most %d chunks (%d bytes of IDs)", BatchChunks, batchMaxRequest), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	ids, err := parseBatchRequest(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/vnd.bootfs.chunk-batch")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	var head []byte
+	sent, records := 0, 0
+	for _, id := range ids {
+		if sent >= BatchBytes {
+			break
+		}
+		release, ok := h.take(r)
+		if !ok {
+			return
+		}
+		frame, err := h.frame(r.Context(), id)
+		release()
+		status, payload := byte(batchFound), frame
+		switch {
+		case err == nil:
+		case r.Context().Err() != nil:
+			return // the client went away
+		case errors.Is(err, ErrNotFound):
+			status, payload = batchMissing, nil
+		default:
+			status, payload = batchFailed, []byte(h.failure(id, err))
+		}
+		h.batchChunks.Add(1)
+		head = appendBatchRecord(head[:0], id, status, len(payload))
+		if _, err := w.Write(head); err != nil {
+			return
+		}
+		if _, err := w.Write(payload); err != nil {
+			return
+		}
+		_ = w.rc.Flush()
+		sent += len(payload)
+		records++
+	}
+	w.Write(appendBatchEnd(head[:0], records))
+}
+
+// failure logs why the chunk id could not be served in a batch, as fail
+// does for a GET, and returns what the client is told.
+func (h *Handler) failure(id casync.ChunkID, err error) string {
+	switch {
+	case isCorrupt(err):
+		h.corrupt.Add(1)
+		h.log.Error("refusing to serve corrupt chunk", "id", id, "err", err)
+		return "the chunk is corrupt on the server"
+	case errors.Is(err, ErrNotRegular):
+		h.log.Error("refusing to serve a chunk path that is not a regular file", "id", id, "err", err)
+		return "the chunk is not a regular file on the server (its operator should run chunkstore verify --repair)"
+	}
+	h.log.Error("chunk request failed", "method", "POST", "id", id, "err", err)
+	return "internal server error"
 }
 
 // frame is the verified frame of id, as stored when the store is a
@@ -562,6 +676,8 @@ func (h *Handler) WriteMetrics(w io.Writer) {
 	fmt.Fprintf(w, "bootfs_chunkstore_http_sent_bytes_total %d\n", h.sentBytes.Load())
 	metric("bootfs_chunkstore_http_received_bytes_total", "counter", "PUT body bytes received.")
 	fmt.Fprintf(w, "bootfs_chunkstore_http_received_bytes_total %d\n", h.receivedBytes.Load())
+	metric("bootfs_chunkstore_http_batch_chunks_total", "counter", "Chunks answered in batch reads (POST /batch).")
+	fmt.Fprintf(w, "bootfs_chunkstore_http_batch_chunks_total %d\n", h.batchChunks.Load())
 	metric("bootfs_chunkstore_http_corrupt_chunks_total", "counter", "Chunks refused because they failed verification.")
 	fmt.Fprintf(w, "bootfs_chunkstore_http_corrupt_chunks_total %d\n", h.corrupt.Load())
 	if sr, ok := h.store.(StatsReporter); ok {
@@ -577,6 +693,7 @@ func WriteStatsMetrics(w io.Writer, prefix string, st Stats) {
 		v          uint64
 	}{
 		{"requests", "Store operations.", st.Requests},
+		{"batches", "Batch reads (each of whose chunks is a request too).", st.Batches},
 		{"hits", "Chunks found.", st.Hits},
 		{"misses", "Chunks not found.", st.Misses},
 		{"bytes", "Uncompressed chunk bytes read or written.", st.Bytes},
@@ -626,13 +743,27 @@ func ListenAndServe(ctx context.Context, addr string, store Store, opts ServerOp
 func Serve(ctx context.Context, ln net.Listener, store Store, opts ServerOptions) error {
 	log := logger(opts.Logger)
 	tls := opts.TLSCert != "" || opts.TLSKey != ""
+	h := NewHTTPHandler(store, opts.HandlerOptions)
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	if tls {
+		protocols.SetHTTP2(true)
+	} else {
+		// HTTP/2 without TLS, with prior knowledge: our client turns to
+		// it when a reply says so, and every request in flight then
+		// shares one connection.
+		protocols.SetUnencryptedHTTP2(true)
+		h.extensions = "batch, h2c"
+	}
 	srv := &http.Server{
-		Handler:           NewHTTPHandler(store, opts.HandlerOptions),
+		Handler:           h,
+		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// Each stream holds a frame while it is sent: bound them per
-		// connection as HTTP/1.1 does with one request at a time.
-		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 16},
+		// connection, high enough that a client's requests in flight
+		// (32 by default) share one connection.
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 64},
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

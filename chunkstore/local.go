@@ -70,6 +70,7 @@ type Local struct {
 var (
 	_ FrameWriteStore = (*Local)(nil)
 	_ Syncer          = (*Local)(nil)
+	_ BatchGetter     = (*Local)(nil)
 )
 
 // NewLocal opens the store in dir.
@@ -110,6 +111,25 @@ func (s *Local) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error)
 		return nil, fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
 	}
 	return data, nil
+}
+
+// GetChunks reads the chunks one after the other, each with its frame as
+// stored.
+func (s *Local) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	for i, id := range ids {
+		g := Got{Index: i}
+		frame, _, err := s.readFrame(ctx, id)
+		if err == nil {
+			g.Data, err = decodeFrame(nil, s.opts.Digest, id, frame)
+			if err != nil {
+				err = fmt.Errorf("read chunk from %s: %w (run chunkstore verify --repair)", chunkFile(s.dir, id), err)
+			} else {
+				g.Frame = frame
+			}
+		}
+		g.Err = err
+		fn(g)
+	}
 }
 
 // GetFrame reads the chunk's frame and verifies it, unless this version

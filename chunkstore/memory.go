@@ -23,7 +23,10 @@ type Memory struct {
 	m    map[casync.ChunkID][]byte
 }
 
-var _ WriteStore = (*Memory)(nil)
+var (
+	_ WriteStore  = (*Memory)(nil)
+	_ BatchGetter = (*Memory)(nil)
+)
 
 // NewMemory returns an empty Memory store.
 func NewMemory(opts MemoryOptions) *Memory {
@@ -42,6 +45,14 @@ func (s *Memory) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte, error
 		return nil, fmt.Errorf("get chunk %s from memory: %w", id, ErrNotFound)
 	}
 	return slices.Clone(data), nil
+}
+
+// GetChunks gets the chunks one after the other.
+func (s *Memory) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	for i, id := range ids {
+		data, err := s.GetChunk(ctx, id)
+		fn(Got{Index: i, Data: data, Err: err})
+	}
 }
 
 // HasChunk reports whether the store holds id.

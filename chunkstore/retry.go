@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
@@ -70,6 +71,7 @@ var (
 	_ FrameWriteStore = (*Retry)(nil)
 	_ FrameStore      = (*Retry)(nil)
 	_ BatchHaser      = (*Retry)(nil)
+	_ BatchGetter     = (*Retry)(nil)
 	_ Syncer          = (*Retry)(nil)
 	_ Committer       = (*Retry)(nil)
 )
@@ -235,4 +237,118 @@ func (r *Retry) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) 
 func (r *Retry) StoreFrame(ctx context.Context, id casync.ChunkID, frame []byte) error {
 	_, err := retry(r, ctx, opStore, id, func(ctx context.Context) (struct{}, error) { return struct{}{}, WriteFrame(ctx, r.s, id, frame) })
 	return err
+}
+
+// GetChunks gets the chunks from the wrapped store, in one call if it is
+// a BatchGetter, and then asks again for only the chunks that failed for a
+// transient reason, with backoff, until each is had or has used up its
+// retries. Each attempt is bounded by the timeout, even if the store does
+// not heed its context: the chunks it has not answered by then fail that
+// attempt.
+func (r *Retry) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(Got)) {
+	// mu keeps fn's calls from overlapping, and stops an attempt that
+	// timed out from calling it after it was given up.
+	var mu sync.Mutex
+	todo := make([]int, len(ids))
+	for i := range todo {
+		todo[i] = i
+	}
+	wait := r.opts.Backoff
+	for n := 1; len(todo) > 0; n++ {
+		failed := r.attemptBatch(ctx, ids, todo, &mu, fn)
+		if len(failed) == 0 {
+			return
+		}
+		if n > r.opts.Retries || ctx.Err() != nil {
+			r.giveUp(&mu, failed, n, ctx, fn)
+			return
+		}
+		d := wait/2 + rand.N(wait/2+1)
+		r.opts.Logger.Debug("retrying chunk store batch", "chunks", len(failed), "store", r.String(), "attempt", n, "wait", d, "err", failed[0].Err)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			r.giveUp(&mu, failed, n, ctx, fn)
+			return
+		case <-t.C:
+		}
+		r.opts.OnRetry()
+		wait = min(2*wait, maxBackoff)
+		todo = make([]int, 0, len(failed))
+		for _, g := range failed {
+			todo = append(todo, g.Index)
+		}
+	}
+}
+
+// giveUp passes on the last errors of chunks that failed n attempts.
+func (r *Retry) giveUp(mu *sync.Mutex, failed []Got, n int, ctx context.Context, fn func(Got)) {
+	mu.Lock()
+	defer mu.Unlock()
+	for _, g := range failed {
+		if n > 1 && ctx.Err() == nil {
+			g.Err = &AttemptsError{Attempts: n, Err: g.Err}
+		}
+		fn(g)
+	}
+}
+
+// attemptBatch asks the wrapped store once for the chunks of ids at the
+// positions todo, under the per-attempt timeout. It passes every chunk
+// had, and every failure that retrying cannot mend, to fn, and returns
+// the chunks that may be had when asked again, with their errors.
+func (r *Retry) attemptBatch(ctx context.Context, ids []casync.ChunkID, todo []int, mu *sync.Mutex, fn func(Got)) []Got {
+	actx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	sub := make([]casync.ChunkID, len(todo))
+	for k, pos := range todo {
+		sub[k] = ids[pos]
+	}
+	answered := make([]bool, len(todo))
+	abandoned := false
+	var failed []Got
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		GetChunks(actx, r.s, sub, batchParallel, func(g Got) {
+			mu.Lock()
+			defer mu.Unlock()
+			if abandoned || g.Index < 0 || g.Index >= len(sub) || answered[g.Index] {
+				return
+			}
+			answered[g.Index] = true
+			g.Index = todo[g.Index]
+			if g.Err == nil || !retryable(g.Err) || ctx.Err() != nil {
+				fn(g)
+				return
+			}
+			if errors.Is(actx.Err(), context.DeadlineExceeded) {
+				g.Err = fmt.Errorf("%w (timed out after %v)", g.Err, r.opts.Timeout)
+			}
+			failed = append(failed, Got{Index: g.Index, Err: g.Err})
+		})
+	}()
+	select {
+	case <-done:
+	case <-actx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	abandoned = true
+	for k, ok := range answered {
+		if ok {
+			continue
+		}
+		err := actx.Err()
+		if err == nil {
+			err = errors.New("the store gave no answer for it")
+		}
+		err = fmt.Errorf("get chunk %s from %s: %w", sub[k], r.String(), err)
+		if ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (timed out after %v)", err, r.opts.Timeout)
+		}
+		failed = append(failed, Got{Index: todo[k], Err: err})
+	}
+	return failed
 }

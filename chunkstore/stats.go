@@ -7,8 +7,11 @@ import "sync/atomic"
 // its own Hits, Misses and Corrupt for its directory.
 type Stats struct {
 	// Requests counts GetChunk, GetFrame, HasChunk and StoreChunk calls,
-	// and each chunk of a HasChunks call.
+	// and each chunk of a HasChunks or GetChunks call.
 	Requests uint64
+	// Batches counts GetChunks calls: a store that is a BatchGetter
+	// answers each in one request (or a few) instead of one per chunk.
+	Batches uint64
 	// Hits counts chunks found (GetChunk and HasChunk), Misses chunks not
 	// found. For a Cache, a hit is a chunk served from the cache directory
 	// and a miss one fetched from the remote.
@@ -36,7 +39,7 @@ type StatsReporter interface {
 
 // counters is the atomic form of Stats.
 type counters struct {
-	requests, hits, misses, bytes, wireBytes, errors, retries, corrupt atomic.Uint64
+	requests, batches, hits, misses, bytes, wireBytes, errors, retries, corrupt atomic.Uint64
 }
 
 // done counts the outcome of one call: found or not (for a call that
@@ -58,6 +61,7 @@ func (c *counters) done(found bool, err error) {
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Requests:  c.requests.Load(),
+		Batches:   c.batches.Load(),
 		Hits:      c.hits.Load(),
 		Misses:    c.misses.Load(),
 		Bytes:     c.bytes.Load(),

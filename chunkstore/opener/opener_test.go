@@ -187,3 +187,69 @@ func TestWithSSHFromEnv(t *testing.T) {
 		})
 	}
 }
+
+// batchCounter is a BatchGetter backend that counts its batch reads.
+type batchCounter struct {
+	chunkstore.Store
+	batches atomic.Int64
+	chunks  atomic.Int64
+}
+
+func (b *batchCounter) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(chunkstore.Got)) {
+	b.batches.Add(1)
+	b.chunks.Add(int64(len(ids)))
+	for i, id := range ids {
+		data, err := b.Store.GetChunk(ctx, id)
+		fn(chunkstore.Got{Index: i, Data: data, Err: err})
+	}
+}
+
+// TestOpenPassesBatches: a batch read of the store Open composes (cache,
+// counting, retry, failover) reaches a backend that reads in batches as
+// one batch, for a single store and for a list whose first member lacks
+// nothing.
+func TestOpenPassesBatches(t *testing.T) {
+	ctx := context.Background()
+	cs := storetest.Chunks(130, 20)
+	for _, spec := range []string{"ssh://a/store", "ssh://a/store,ssh://b/store"} {
+		t.Run(spec, func(t *testing.T) {
+			var backs []*batchCounter
+			fakeSSH(t, func(chunkstore.Location, sshstore.ClientOptions) (chunkstore.Store, error) {
+				mem := chunkstore.NewMemory(chunkstore.MemoryOptions{})
+				for _, c := range cs {
+					if err := mem.StoreChunk(ctx, c.ID, c.Data); err != nil {
+						return nil, err
+					}
+				}
+				b := &batchCounter{Store: mem}
+				backs = append(backs, b)
+				return b, nil
+			})
+			o, err := Open(ctx, spec, Options{Cache: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer o.Close()
+			ids := make([]casync.ChunkID, len(cs))
+			for i, c := range cs {
+				ids[i] = c.ID
+			}
+			n := 0
+			chunkstore.GetChunks(ctx, o.Store, ids, 4, func(g chunkstore.Got) {
+				n++
+				if g.Err != nil || !bytes.Equal(g.Data, cs[g.Index].Data) {
+					t.Errorf("chunk %d: %v", g.Index, g.Err)
+				}
+			})
+			if n != len(cs) {
+				t.Errorf("%d answers, want %d", n, len(cs))
+			}
+			if b, c := backs[0].batches.Load(), backs[0].chunks.Load(); b != 1 || c != int64(len(cs)) {
+				t.Errorf("backend got %d batches of %d chunks in all, want 1 of %d", b, c, len(cs))
+			}
+			if st := o.Remote.Stats(); st.Batches != 1 || st.Requests != uint64(len(cs)) {
+				t.Errorf("Remote.Stats() = %+v, want 1 batch, %d requests", st, len(cs))
+			}
+		})
+	}
+}

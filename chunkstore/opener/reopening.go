@@ -10,7 +10,7 @@ import (
 
 // reopening is a member of a store list that could not be opened: every
 // call tries to open it again, until that works. It passes on what the
-// store it opens can do (frames, batch has-checks) through the
+// store it opens can do (frames, batch reads and has-checks) through the
 // chunkstore helpers.
 type reopening struct {
 	loc chunkstore.Location
@@ -23,6 +23,7 @@ var (
 	_ chunkstore.FrameWriteStore = (*reopening)(nil)
 	_ chunkstore.FrameStore      = (*reopening)(nil)
 	_ chunkstore.BatchHaser      = (*reopening)(nil)
+	_ chunkstore.BatchGetter     = (*reopening)(nil)
 	_ chunkstore.Syncer          = (*reopening)(nil)
 )
 
@@ -64,6 +65,17 @@ func (r *reopening) HasChunk(ctx context.Context, id casync.ChunkID) (bool, erro
 
 func (r *reopening) HasChunks(ctx context.Context, ids []casync.ChunkID) ([]bool, error) {
 	return with(r, ctx, func(s chunkstore.Store) ([]bool, error) { return chunkstore.HasChunks(ctx, s, ids, 16) })
+}
+
+func (r *reopening) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(chunkstore.Got)) {
+	s, err := r.store(ctx)
+	if err != nil {
+		for i := range ids {
+			fn(chunkstore.Got{Index: i, Err: err})
+		}
+		return
+	}
+	chunkstore.GetChunks(ctx, s, ids, 16, fn)
 }
 
 func (r *reopening) StoreChunk(ctx context.Context, id casync.ChunkID, data []byte) error {

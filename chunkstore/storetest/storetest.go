@@ -139,6 +139,26 @@ func Run(t *testing.T, newStore func(t *testing.T) chunkstore.WriteStore) {
 			t.Error(err)
 		}
 	})
+	t.Run("GetChunks", func(t *testing.T) {
+		s := newStore(t)
+		cs := Chunks(7, 24)
+		for _, c := range cs {
+			if err := s.StoreChunk(context.Background(), c.ID, c.Data); err != nil {
+				t.Fatalf("StoreChunk(%s) = %v", c.ID, err)
+			}
+		}
+		checkGetChunks(t, s, cs)
+	})
+	t.Run("GetChunksCanceled", func(t *testing.T) {
+		s := newStore(t)
+		cs := Chunks(8, 4)
+		for _, c := range cs {
+			if err := s.StoreChunk(context.Background(), c.ID, c.Data); err != nil {
+				t.Fatalf("StoreChunk(%s) = %v", c.ID, err)
+			}
+		}
+		checkGetChunksCanceled(t, s, cs)
+	})
 	t.Run("Canceled", func(t *testing.T) {
 		s := newStore(t)
 		c := Chunks(5, 1)[0]
@@ -192,6 +212,12 @@ func RunReadOnly(t *testing.T, newStore func(t *testing.T, chunks []Chunk) chunk
 			t.Error(err)
 		}
 	})
+	t.Run("GetChunks", func(t *testing.T) {
+		checkGetChunks(t, newStore(t, cs), cs)
+	})
+	t.Run("GetChunksCanceled", func(t *testing.T) {
+		checkGetChunksCanceled(t, newStore(t, cs), cs)
+	})
 	t.Run("Canceled", func(t *testing.T) {
 		s := newStore(t, cs)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -215,6 +241,82 @@ func checkGet(t *testing.T, s chunkstore.Store, c Chunk) {
 		again, err := s.GetChunk(context.Background(), c.ID)
 		if err != nil || !bytes.Equal(again, c.Data) {
 			t.Fatalf("GetChunk(%s) after changing the returned slice = %v, want the stored data", c.ID, err)
+		}
+	}
+}
+
+// checkGetChunks asks s for cs in a shuffled order, with a missing chunk
+// and repeated IDs among them, in one batch read (chunkstore.GetChunks),
+// twice (a cache answers the second from its directory): every index gets
+// exactly one call, never two at once, with its chunk or ErrNotFound.
+func checkGetChunks(t *testing.T, s chunkstore.Store, cs []Chunk) {
+	t.Helper()
+	missing := missingID(t)
+	var ids []casync.ChunkID
+	var want [][]byte // nil: missing
+	for _, k := range rand.New(rand.NewPCG(1, 2)).Perm(len(cs)) {
+		ids = append(ids, cs[k].ID)
+		want = append(want, cs[k].Data)
+	}
+	ids = append(ids, missing, cs[0].ID, cs[0].ID)
+	want = append(want, nil, cs[0].Data, cs[0].Data)
+	for round := range 2 {
+		calls := make([]int, len(ids))
+		var inside sync.Mutex
+		chunkstore.GetChunks(context.Background(), s, ids, 4, func(g chunkstore.Got) {
+			if !inside.TryLock() {
+				t.Errorf("round %d: GetChunks called fn concurrently", round)
+				return
+			}
+			defer inside.Unlock()
+			if g.Index < 0 || g.Index >= len(ids) {
+				t.Errorf("round %d: GetChunks gave index %d of %d", round, g.Index, len(ids))
+				return
+			}
+			calls[g.Index]++
+			switch w := want[g.Index]; {
+			case w == nil:
+				if !errors.Is(g.Err, chunkstore.ErrNotFound) || g.Data != nil {
+					t.Errorf("round %d: GetChunks: missing chunk %d = %d bytes, %v; want ErrNotFound", round, g.Index, len(g.Data), g.Err)
+				}
+			case g.Err != nil:
+				t.Errorf("round %d: GetChunks: chunk %d (%s) = %v, want %d bytes", round, g.Index, ids[g.Index], g.Err, len(w))
+			case !bytes.Equal(g.Data, w):
+				t.Errorf("round %d: GetChunks: chunk %d = %d bytes that differ from the %d stored", round, g.Index, len(g.Data), len(w))
+			case g.Frame != nil:
+				if data, err := casync.DecodeChunk(casync.SHA512_256, ids[g.Index], g.Frame); err != nil || !bytes.Equal(data, w) {
+					t.Errorf("round %d: GetChunks: chunk %d's frame decodes to %d bytes, %v; want the chunk", round, g.Index, len(data), err)
+				}
+			}
+		})
+		for i, n := range calls {
+			if n != 1 {
+				t.Errorf("round %d: GetChunks called fn %d times for index %d, want 1", round, n, i)
+			}
+		}
+	}
+}
+
+// checkGetChunksCanceled: a batch read with a cancelled context answers
+// every index with the context's error.
+func checkGetChunksCanceled(t *testing.T, s chunkstore.Store, cs []Chunk) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ids := make([]casync.ChunkID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	calls := make([]int, len(ids))
+	chunkstore.GetChunks(ctx, s, ids, 4, func(g chunkstore.Got) {
+		calls[g.Index]++
+		if !errors.Is(g.Err, context.Canceled) {
+			t.Errorf("GetChunks(canceled ctx): chunk %d = %d bytes, %v; want context.Canceled", g.Index, len(g.Data), g.Err)
+		}
+	})
+	for i, n := range calls {
+		if n != 1 {
+			t.Errorf("GetChunks(canceled ctx) called fn %d times for index %d, want 1", n, i)
 		}
 	}
 }
