@@ -827,8 +827,9 @@ const (
 // fileEnd, and, when it continues a sequential stream, keeps up to the
 // stream's depth of read-ahead in front of it: within the file, and past
 // its end into the next files only once the stream has gone on from one
-// file to the next (so the end of a large file read alone wastes none). The first read of a stream never reads ahead, so random
-// reads cost no read-ahead. A stream's depth starts at minAheadDepth and
+// file to the next (so the end of a large file read alone wastes none).
+// The first read of a stream never reads ahead, nor does a read that ends
+// before the stream's end, so random reads cost no read-ahead. A stream's depth starts at minAheadDepth and
 // doubles, up to ReadAhead, with every read that uses the stream's
 // read-ahead; a read that skips more than streamGap of it halves it (the
 // skipped bytes were wasted). More read-ahead starts only when half the
@@ -859,6 +860,13 @@ func (r *Reader) readAhead(off, n, fileEnd int64) {
 		return
 	}
 	s.tick = r.tick
+	if end <= s.next {
+		// Behind the stream's end: one of the kernel's concurrent
+		// read-ahead requests, arriving late, or a read of what the
+		// stream has read. Nothing new to read ahead.
+		r.streamsMu.Unlock()
+		return
+	}
 	switch {
 	case off > s.next+streamGap:
 		s.depth = max(s.depth/2, minAheadDepth)
