@@ -203,8 +203,7 @@ func Init(ctx context.Context, argv []string, opts InitOptions) (int, error) {
 	}
 	report := func() {
 		s := stats()
-		log.Info("bootfs stats", "chunks_fetched", s.ChunksFetched, "bytes_fetched", s.BytesFetched, "cache_hits", s.CacheHits,
-			"memory_hits", s.MemoryHits, "retries", s.Retries, "errors", s.Errors, "start_to_exec_ms", s.StartToExecMS)
+		log.Info("bootfs stats", s.LogArgs()...)
 		if opts.Stats != "" {
 			// With the rights of the user who started boot, if one did.
 			if err := opts.Caller.do(func() error { return lazyfs.WriteStats(opts.Stats, s) }); err != nil {

@@ -57,7 +57,6 @@ type FS struct {
 	opts   FSOptions
 	log    *slog.Logger
 	failed sync.Map // casync.ChunkID of chunks already logged as failing
-	seqs   sync.Map // TOC node → *sequence, of files that were read
 }
 
 // enosys names the embedded fuse.RawFileSystem so that it is not exported.
@@ -376,43 +375,6 @@ func (f *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	return fuse.ENOSYS
 }
 
-// sequence tracks a file's sequential reads to grow its read-ahead
-// window. It is per file, not per open: without OPEN there are no handles,
-// and two processes reading one file at once are rare in an image.
-type sequence struct {
-	mu     sync.Mutex
-	next   int64 // where a sequential read would start
-	window int64 // current read-ahead, 0 after a random read
-}
-
-// readAhead records a read of n bytes at off and returns how much to read
-// ahead after it. Reads within maxRead of where the last one ended count
-// as sequential: the kernel sends read-ahead requests concurrently, so
-// they arrive slightly out of order.
-func (h *sequence) readAhead(off, n, limit int64) int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	seq := off == 0 || (off >= h.next-maxRead && off <= h.next+maxRead)
-	if end := off + n; end > h.next || !seq {
-		h.next = end
-	}
-	if !seq {
-		h.window = 0
-		return 0
-	}
-	h.window = min(max(2*h.window, 2*n), limit)
-	return h.window
-}
-
-// sequence returns file i's read-ahead state.
-func (f *FS) sequence(i int) *sequence {
-	if s, ok := f.seqs.Load(i); ok {
-		return s.(*sequence)
-	}
-	s, _ := f.seqs.LoadOrStore(i, &sequence{})
-	return s.(*sequence)
-}
-
 func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	i, st := f.node(in.NodeId)
 	if !st.Ok() {
@@ -438,16 +400,8 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 	if rec := f.opts.Recorder; rec != nil {
 		rec.Add(i)
 	}
-	r := f.r
-	if r.ReadAhead() > 0 {
-		if ahead := f.sequence(i).readAhead(off, want, r.ReadAhead()); ahead > 0 {
-			from := off + want
-			if left := size - from; left > 0 {
-				r.Prefetch(e.PayloadOffset+from, min(ahead, left))
-			}
-		}
-	}
-	got, err := r.ReadAtContext(cancelContext{cancel}, buf[:want], e.PayloadOffset+off)
+	// The Reader reads ahead, in archive order: on into the next files.
+	got, err := f.r.readAt(cancelContext{cancel}, buf[:want], e.PayloadOffset+off, e.PayloadOffset+size)
 	if err != nil && int64(got) < want {
 		return nil, f.errno("read", i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
 	}

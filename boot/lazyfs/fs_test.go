@@ -415,7 +415,7 @@ func TestMountKeepsPageCacheAcrossOpens(t *testing.T) {
 		// Read-ahead that the last read started counts memory hits
 		// of its own as it ends.
 		waitFor(t, 5*time.Second, "read-ahead to end", func() bool {
-			return r.prefetching.Load() == 0 && !r.aheadRunning.Load()
+			return r.aheadInFlight.Load() == 0 && !r.aheadRunning.Load()
 		})
 		before := r.Stats()
 		got, err := os.ReadFile(filepath.Join(mnt, "big.bin"))

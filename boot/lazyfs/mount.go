@@ -169,6 +169,32 @@ type Stats struct {
 	// StartToExecMS is the time from start to exec of the workload, in
 	// milliseconds; 0 when there is no workload (boot mount).
 	StartToExecMS int64 `json:"start_to_exec_ms"`
+	// Batches, ReadAhead*, PrefetchUnreadBytes, NetworkWaits and
+	// LongestChain are the Reader's (see ReaderStats): its batch reads,
+	// what read-ahead fetched over the network and what of it no read
+	// used, the reads that waited for the network, and the longest
+	// chain of dependent fetches.
+	Batches               uint64 `json:"batches"`
+	ReadAheadChunks       uint64 `json:"read_ahead_chunks"`
+	ReadAheadBytes        uint64 `json:"read_ahead_bytes"`
+	ReadAheadWastedChunks uint64 `json:"read_ahead_wasted_chunks"`
+	ReadAheadWastedBytes  uint64 `json:"read_ahead_wasted_bytes"`
+	PrefetchUnreadBytes   uint64 `json:"prefetch_unread_bytes"`
+	NetworkWaits          uint64 `json:"network_waits"`
+	LongestChain          uint64 `json:"longest_chain"`
+}
+
+// LogArgs returns s as the key-value pairs of the stats log line.
+func (s Stats) LogArgs() []any {
+	args := []any{"chunks_fetched", s.ChunksFetched, "bytes_fetched", s.BytesFetched, "cache_hits", s.CacheHits,
+		"memory_hits", s.MemoryHits, "retries", s.Retries, "errors", s.Errors}
+	if s.StartToExecMS != 0 {
+		args = append(args, "start_to_exec_ms", s.StartToExecMS)
+	}
+	return append(args, "batches", s.Batches,
+		"read_ahead_chunks", s.ReadAheadChunks, "read_ahead_bytes", s.ReadAheadBytes,
+		"read_ahead_wasted_chunks", s.ReadAheadWastedChunks, "read_ahead_wasted_bytes", s.ReadAheadWastedBytes,
+		"prefetch_unread_bytes", s.PrefetchUnreadBytes, "network_waits", s.NetworkWaits, "longest_chain", s.LongestChain)
 }
 
 // Stats returns the image's figures so far.
@@ -183,6 +209,15 @@ func (im *Image) Stats() Stats {
 		MemoryHits:   rs.MemoryHits,
 		Retries:      remote.Retries,
 		Errors:       rs.Errors,
+
+		Batches:               rs.Batches,
+		ReadAheadChunks:       rs.ReadAheadChunks,
+		ReadAheadBytes:        rs.ReadAheadBytes,
+		ReadAheadWastedChunks: rs.ReadAheadWastedChunks,
+		ReadAheadWastedBytes:  rs.ReadAheadWastedBytes,
+		PrefetchUnreadBytes:   rs.PrefetchUnreadBytes,
+		NetworkWaits:          rs.NetworkWaits,
+		LongestChain:          rs.LongestChain,
 	}
 	if im.store.Cache != nil {
 		s.CacheHits = im.store.Cache.Stats().Hits
@@ -271,7 +306,7 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 
 	writeStats := func() {
 		s := im.Stats()
-		log.Info("stats", "chunks_fetched", s.ChunksFetched, "bytes_fetched", s.BytesFetched, "cache_hits", s.CacheHits, "memory_hits", s.MemoryHits, "retries", s.Retries, "errors", s.Errors)
+		log.Info("stats", s.LogArgs()...)
 		if opts.Stats != "" {
 			if err := WriteStats(opts.Stats, s); err != nil {
 				log.Error("cannot write stats", "file", opts.Stats, "err", err)

@@ -6,19 +6,34 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
+)
+
+// prefetchBatch is the size of one batch read of the prefetch list, and
+// prefetchJobs how many of them run at once: a few large requests that
+// leave room on the link for reads, which never wait for a prefetch batch
+// to start.
+const (
+	prefetchBatch = 2 << 20
+	prefetchJobs  = 2
 )
 
 // PrefetchList fetches the chunks ids names (lowercase hex, from the
-// config's prefetch list), in order and up to the Reader's Jobs at a time,
-// into the Reader's memory and through it into the cache. IDs the index
-// does not hold are skipped with a warning; a chunk that cannot be had is
-// left for the read that needs it to report. It returns when every fetch
-// has ended or ctx is done, with the number of chunks it got.
+// config's prefetch list) into the Reader's memory and through it into
+// the cache: in archive order, whatever the list's, each chunk once, as
+// batch reads of about prefetchBatch bytes, prefetchJobs at a time. A
+// batch takes only the chunks that no read has started by the time it
+// starts, so reads come first. IDs the index does not hold are skipped
+// with a warning; a chunk that cannot be had is left for the read that
+// needs it to report. It returns when every batch has ended or ctx is
+// done, with the number of chunks in memory or on their way for it.
 func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger) int {
 	if len(ids) == 0 {
 		return 0
@@ -32,18 +47,7 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 			pos[r.idx.Chunks[i].ID] = i
 		}
 	}
-	var pending []pendingChunk
-	got := 0
-	wait := func() {
-		pc := pending[0]
-		pending = pending[1:]
-		if _, err := pc.wait(ctx); err == nil {
-			got++
-		} else if ctx.Err() == nil {
-			log.Debug("prefetch failed", "err", err)
-		}
-		pc.release()
-	}
+	var list []int
 	for _, s := range ids {
 		id, err := casync.ParseChunkID(s)
 		if err != nil {
@@ -55,18 +59,61 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 			log.Warn("prefetch list names a chunk the index does not hold; skipping it", "id", s)
 			continue
 		}
-		if len(pending) == r.opts.Jobs {
-			wait()
+		list = append(list, i)
+	}
+	slices.Sort(list)
+	list = slices.Compact(list)
+
+	var got atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, prefetchJobs)
+	for len(list) > 0 && ctx.Err() == nil {
+		n, bytes := 0, uint64(0)
+		for n < len(list) && n < chunkstore.BatchChunks {
+			size := r.idx.Chunks[list[n]].Size
+			if n > 0 && bytes+size > prefetchBatch {
+				break
+			}
+			bytes += size
+			n++
 		}
-		if ctx.Err() != nil {
+		batch := list[:n]
+		list = list[n:]
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		items := r.startLoads(kindPrefetch, slices.Values(batch))
+		got.Add(int64(len(batch) - len(items))) // in memory, or a read's
+		wg.Add(1)
+		if !r.goBackground(func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r.runBatch(items, kindPrefetch)
+			for _, it := range items {
+				if it.l.err == nil {
+					got.Add(1)
+				} else if r.ctx.Err() == nil {
+					log.Debug("prefetch failed", "err", it.l.err)
+				}
+			}
+		}) {
+			wg.Done()
+			r.failBatch(items, fmt.Errorf("reader closed: %w", context.Canceled))
 			break
 		}
-		pending = append(pending, r.start(i))
 	}
-	for len(pending) > 0 {
-		wait()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
 	}
-	return got
+	return int(got.Load())
 }
 
 // FillCache fetches every chunk of the image that the cache directory

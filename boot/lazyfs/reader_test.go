@@ -384,33 +384,6 @@ func TestReaderPrefetch(t *testing.T) {
 	}
 }
 
-func TestSequenceReadAhead(t *testing.T) {
-	const limit = 8 << 20
-	h := &sequence{}
-	for _, tc := range []struct {
-		name string
-		off  int64
-		n    int64
-		want int64
-	}{
-		{name: "first read at 0", off: 0, n: 128 << 10, want: 256 << 10},
-		{name: "sequential", off: 128 << 10, n: 128 << 10, want: 512 << 10},
-		{name: "sequential grows", off: 256 << 10, n: 128 << 10, want: 1 << 20},
-		{name: "slightly out of order", off: 512 << 10, n: 128 << 10, want: 2 << 20},
-		{name: "grows to limit", off: 640 << 10, n: 1 << 20, want: 4 << 20},
-		{name: "capped", off: 1664 << 10, n: 1 << 20, want: 8 << 20},
-		{name: "stays capped", off: 2688 << 10, n: 1 << 20, want: 8 << 20},
-		{name: "random jump", off: 100 << 20, n: 4096, want: 0},
-		{name: "sequential again", off: 100<<20 + 4096, n: 4096, want: 8192},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := h.readAhead(tc.off, tc.n, limit); got != tc.want {
-				t.Errorf("readAhead(%d, %d) = %d, want %d", tc.off, tc.n, got, tc.want)
-			}
-		})
-	}
-}
-
 // FuzzReaderReadAt checks that any read returns the blob's bytes.
 func FuzzReaderReadAt(f *testing.F) {
 	b := newBlob(f, 14, 300<<10)
