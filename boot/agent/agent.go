@@ -70,6 +70,7 @@ type Agent struct {
 	opts   Options
 	log    *slog.Logger
 	lru    *lazyfs.LRU
+	images *images // the parsed indexes and TOCs, one per image
 	ownNS  uint64
 	jobs   chan struct{} // bounds the requests being set up
 	cacheS cacheSize
@@ -86,6 +87,7 @@ type Agent struct {
 // mount is one container's filesystem.
 type mount struct {
 	peer   *peer
+	image  *image // its index and TOC, shared with the image's other mounts
 	reader *lazyfs.Reader
 	served chan struct{}      // closed when the FUSE server has stopped
 	stop   context.CancelFunc // ends the prefetch
@@ -115,7 +117,7 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("bootfs-agent: %w", err)
 	}
 	return &Agent{
-		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), ownNS: ns,
+		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), images: newImages(), ownNS: ns,
 		jobs:   make(chan struct{}, 4),
 		stores: make(map[casync.Digest]*opener.Opened),
 		mounts: make(map[uint64]*mount),
@@ -347,14 +349,11 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	idx, err := casync.ReadIndex(bytes.NewReader(files.index))
-	if err != nil {
-		return fmt.Errorf("%s: %w", bootconfig.IndexPath, err)
+	if m.image, err = a.images.acquire(files); err != nil {
+		return err
 	}
-	toc, err := casync.UnmarshalTOC(files.toc)
-	if err != nil {
-		return fmt.Errorf("%s: %w", bootconfig.TOCPath, err)
-	}
+	idx, toc := m.image.idx, m.image.toc
+	files.index, files.toc = nil, nil // parsed: let the bytes go
 	if s := files.cfg.Store; s != "" && !a.allowed(s) {
 		log.Info("the image names a store the agent does not read; it reads its own", "image_store", s)
 	}
@@ -531,6 +530,9 @@ func (a *Agent) drop(m *mount) {
 	}
 	if m.reader != nil {
 		m.reader.Close()
+	}
+	if m.image != nil {
+		a.images.release(m.image)
 	}
 	m.peer.close()
 	a.wg.Done()
