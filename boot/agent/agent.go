@@ -56,8 +56,15 @@ type Options struct {
 	// cap.
 	CacheMax int64
 	// MemoryBytes is the size of the in-memory chunk LRU that every mount
-	// shares (default 64 MiB).
+	// shares (--memory, default DefaultMemoryBytes).
 	MemoryBytes int64
+	// MemoryLimit is the Go runtime's soft memory limit
+	// (debug.SetMemoryLimit) with one mount (--memory-limit); each
+	// further mount adds 4 MiB, and each image served the size of its
+	// parsed index and TOC. The agent sets it as mounts come and go: the
+	// limit is process-wide. Zero means MemoryBytes plus 24 MiB;
+	// negative leaves the runtime's limit alone (GOMEMLIMIT).
+	MemoryLimit int64
 	// Reader tunes fetching (its LRU and CacheBytes are the agent's).
 	Reader lazyfs.ReaderOptions
 	// Logger receives the agent's log; nil discards.
@@ -82,6 +89,9 @@ type Agent struct {
 	wg     sync.WaitGroup // mounts in a.mounts: Add as one is reserved, Done as it is dropped
 
 	requests, refused, served atomic.Uint64
+
+	memMu    sync.Mutex // orders budgetMemory's calls
+	memLimit int64      // the soft memory limit set last
 }
 
 // mount is one container's filesystem.
@@ -106,7 +116,10 @@ func New(opts Options) (*Agent, error) {
 		opts.SocketDir = DefaultSocketDir
 	}
 	if opts.MemoryBytes <= 0 {
-		opts.MemoryBytes = 64 << 20
+		opts.MemoryBytes = DefaultMemoryBytes
+	}
+	if opts.MemoryLimit == 0 {
+		opts.MemoryLimit = opts.MemoryBytes + memoryBase
 	}
 	log := opts.Logger
 	if log == nil {
@@ -116,13 +129,15 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bootfs-agent: %w", err)
 	}
-	return &Agent{
+	a := &Agent{
 		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), images: newImages(), ownNS: ns,
 		jobs:   make(chan struct{}, 4),
 		stores: make(map[casync.Digest]*opener.Opened),
 		mounts: make(map[uint64]*mount),
 		cacheS: cacheSize{dir: opts.Cache},
-	}, nil
+	}
+	a.budgetMemory()
+	return a, nil
 }
 
 // Serve listens on the socket and serves requests until ctx ends. The
@@ -353,6 +368,7 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		return err
 	}
 	idx, toc := m.image.idx, m.image.toc
+	a.budgetMemory()
 	files.index, files.toc = nil, nil // parsed: let the bytes go
 	if s := files.cfg.Store; s != "" && !a.allowed(s) {
 		log.Info("the image names a store the agent does not read; it reads its own", "image_store", s)
@@ -534,6 +550,7 @@ func (a *Agent) drop(m *mount) {
 	if m.image != nil {
 		a.images.release(m.image)
 	}
+	a.budgetMemory()
 	m.peer.close()
 	a.wg.Done()
 }
