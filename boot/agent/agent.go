@@ -99,9 +99,12 @@ type mount struct {
 	peer   *peer
 	image  *image // its index and TOC, shared with the image's other mounts
 	reader *lazyfs.Reader
-	served chan struct{}      // closed when the FUSE server has stopped
-	stop   context.CancelFunc // ends the prefetch
-	conn   uint64             // the FUSE connection's device minor, for abort
+	// reports are the files to write as it ends (BOOTFS_STATS and
+	// BOOTFS_RECORD); nil if none. Written by the mount's watcher.
+	reports *reports
+	served  chan struct{}      // closed when the FUSE server has stopped
+	stop    context.CancelFunc // ends the prefetch
+	conn    uint64             // the FUSE connection's device minor, for abort
 }
 
 // New returns an Agent. It opens no store until an image needs one.
@@ -261,11 +264,12 @@ func (a *Agent) handle(c *net.UnixConn) {
 	defer c.Close()
 	a.requests.Add(1)
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	var done Reply // what the mount adds to the answer when it succeeds
 	reply := func(err error) {
-		var rep Reply
+		rep := done
 		if err != nil {
 			a.refused.Add(1)
-			rep.Error = err.Error()
+			rep = Reply{Error: err.Error()}
 		}
 		b, _ := json.Marshal(rep)
 		if _, werr := c.Write(b); werr != nil && err == nil {
@@ -309,7 +313,7 @@ func (a *Agent) handle(c *net.UnixConn) {
 		reply(errors.New("the agent is busy; try again"))
 		return
 	}
-	err = a.mount(p, req, log)
+	err = a.mount(p, req, &done, log)
 	<-a.jobs
 	if err != nil {
 		log.Warn("could not mount the caller's image", "err", err)
@@ -323,7 +327,8 @@ func (a *Agent) handle(c *net.UnixConn) {
 
 // mount makes p's image the root of p's mount namespace. It owns p: p
 // is closed on return or, once the image is served, when the mount ends.
-func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
+// It adds to rep what the caller is told besides success.
+func (a *Agent) mount(p *peer, req Request, rep *Reply, log *slog.Logger) (err error) {
 	if p.uid != 0 {
 		p.close()
 		return fmt.Errorf("the caller runs as uid %d; only a converted image's init, as root, may ask", p.uid)
@@ -403,7 +408,12 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		ro.StoreName = strings.Join(a.opts.Stores, ",")
 	}
 	m.reader = lazyfs.NewReader(idx, store.Store, ro)
-	fsys, err := lazyfs.NewFS(toc, m.reader, lazyfs.FSOptions{Logger: log, AllowSuidDev: true})
+	m.reports = newReports(req, func() *lazyfs.Recorder { return lazyfs.NewRecorder(toc) })
+	fso := lazyfs.FSOptions{Logger: log, AllowSuidDev: true}
+	if m.reports != nil {
+		fso.Recorder = m.reports.rec
+	}
+	fsys, err := lazyfs.NewFS(toc, m.reader, fso)
 	if err != nil {
 		return err
 	}
@@ -469,7 +479,14 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	}
 	defer unix.Close(ovl)
 	return inMountNamespace(p.pidfd, func() error {
-		return pivot(ovl, bootconfig.Dir, binds)
+		if err := pivot(ovl, bootconfig.Dir, binds); err != nil {
+			return err
+		}
+		if m.reports != nil {
+			rep.Reports = true
+			rep.Warnings = m.reports.open(ovl)
+		}
+		return nil
 	})
 }
 
@@ -536,14 +553,17 @@ func (a *Agent) watch(m *mount, log *slog.Logger) {
 
 // drop forgets m and lets go of what it holds.
 func (a *Agent) drop(m *mount) {
+	if m.stop != nil {
+		m.stop()
+	}
+	if m.reports != nil { // while m still counts as mounted: they are its last act
+		m.reports.write(m.reader, a.log.With("pid", m.peer.pid))
+	}
 	a.mu.Lock()
 	if a.mounts[m.peer.mntNS] == m {
 		delete(a.mounts, m.peer.mntNS)
 	}
 	a.mu.Unlock()
-	if m.stop != nil {
-		m.stop()
-	}
 	if m.reader != nil {
 		m.reader.Close()
 	}
