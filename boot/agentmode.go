@@ -26,6 +26,7 @@ const agentTimeout = 2 * time.Minute
 // then mounts the image itself. Otherwise it returns only on failure,
 // with the workload's would-be exit status or an error.
 func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err error) {
+	start := time.Now()
 	log := opts.Logger
 	sock := agent.SocketPath("")
 	if !waitSocket(sock, agentWait, log) {
@@ -39,7 +40,13 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 	if err != nil {
 		return 0, true, err
 	}
-	err = agent.MountRoot(sock, agent.Request{Upper: upper}, agentTimeout)
+	req := agent.Request{Upper: upper, Started: start.UnixMilli()}
+	if opts.Caller == nil {
+		// The agent writes them as root; a --user container's boot
+		// writes them with its rights, so only its own mode can.
+		req.Stats, req.Record = opts.Stats, opts.Record
+	}
+	rep, err := agent.MountRoot(sock, req, agentTimeout)
 	if errors.Is(err, agent.ErrNoAgent) {
 		log.Warn("bootfs: the node agent's socket is there but no agent answers; mounting in the container instead", "err", err)
 		return 0, false, nil
@@ -48,9 +55,7 @@ func initViaAgent(argv []string, opts InitOptions) (status int, done bool, err e
 		return 0, true, fmt.Errorf("boot: %w", err)
 	}
 	log.Info("bootfs: node-agent mode: the node's bootfs-agent serves this container's image (without -v /run/bootfs:/run/bootfs it mounts its own and needs --privileged --device /dev/fuse)")
-	if opts.Stats != "" || opts.Record != "" || opts.Background {
-		log.Warn("bootfs: BOOTFS_STATS, BOOTFS_RECORD and BOOTFS_BACKGROUND do nothing in node-agent mode; the agent's /metrics has its figures")
-	}
+	warnAgentReports(rep, opts, log)
 	if cfgErr != nil {
 		return 0, true, fmt.Errorf("boot: read config: %w", cfgErr)
 	}
@@ -144,4 +149,24 @@ func agentUpper(upper string) (string, error) {
 		return "", fmt.Errorf("boot: %w", err)
 	}
 	return upper, nil
+}
+
+// warnAgentReports says which of the BOOTFS_* reports the agent will not
+// write for this container, and why. The agent writes BOOTFS_STATS and
+// BOOTFS_RECORD as the container ends (boot has exec'd the workload by
+// then), on a volume only.
+func warnAgentReports(rep agent.Reply, opts InitOptions, log *slog.Logger) {
+	asked := opts.Stats != "" || opts.Record != ""
+	switch {
+	case asked && opts.Caller != nil:
+		log.Warn("bootfs: BOOTFS_STATS and BOOTFS_RECORD are not written in node-agent mode for a docker run --user container (the agent would write them as root); run it as root with BOOTFS_USER instead")
+	case asked && !rep.Reports:
+		log.Warn("bootfs: this node's bootfs-agent does not write BOOTFS_STATS or BOOTFS_RECORD; update it (its /metrics has the node's figures)")
+	}
+	for _, w := range rep.Warnings {
+		log.Warn("bootfs: " + w)
+	}
+	if opts.Background {
+		log.Warn("bootfs: BOOTFS_BACKGROUND is not supported in node-agent mode: the agent fetches only what the node's containers read (in-container mode fills the cache)")
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"math"
 	"strings"
+	"unsafe"
 )
 
 // The TOC file format, version 1.
@@ -159,6 +160,18 @@ type tocExtra struct {
 
 type tocXattr struct {
 	name, nameLen, value, valueLen uint32 // in xblob
+}
+
+// MemSize returns the bytes of memory the TOC holds, for a caller that
+// budgets memory across many TOCs (a node agent serving many images).
+func (t *TOC) MemSize() int64 {
+	return int64(unsafe.Sizeof(*t)) +
+		int64(cap(t.nodes))*int64(unsafe.Sizeof(tocNode{})) +
+		int64(cap(t.kids))*int64(unsafe.Sizeof(int(0))) +
+		int64(len(t.strs)) +
+		int64(cap(t.extras))*int64(unsafe.Sizeof(tocExtra{})) +
+		int64(cap(t.xattrs))*int64(unsafe.Sizeof(tocXattr{})) +
+		int64(cap(t.xblob))
 }
 
 // Len returns the number of nodes, at least 1.

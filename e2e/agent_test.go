@@ -777,3 +777,87 @@ func TestAgentPrefetch(t *testing.T) {
 		t.Errorf("the agent's log has no complete prefetch (%q):\n%s", m, a.log.String())
 	}
 }
+
+// TestAgentSharesImages: the running containers of one image share one
+// parsed index and TOC in the agent, which it lets go of with the last.
+func TestAgentSharesImages(t *testing.T) {
+	e := setup(t)
+	a := startAgent(t, e, e.storeURL)
+	const n = 3
+	for i := range n {
+		name := fmt.Sprintf("%s-agent-share-%d", e.prefix, i)
+		startDetached(t, name, a.flags(), e.bbBoot, "sh", "-c", "cat /data/hello; trap 'exit 0' TERM; while :; do sleep 0.1; done")
+		waitLog(t, name, "hello from the image")
+	}
+	if got := a.metric(t, "mounts"); got != n {
+		t.Fatalf("mounts = %v, want %d", got, n)
+	}
+	if got := a.metric(t, "images"); got != 1 {
+		t.Errorf("%d containers of one image: the agent holds %v parsed images, want 1", n, got)
+	}
+	if got := a.metric(t, "image_bytes"); got <= 0 {
+		t.Errorf("image_bytes = %v with an image served, want its index's and TOC's size", got)
+	}
+	if lim := a.metric(t, "memory_limit_bytes"); lim < 56<<20 {
+		t.Errorf("memory_limit_bytes = %v, want at least the default LRU + 24 MiB", lim)
+	}
+	for i := range n {
+		dockerStop(t, fmt.Sprintf("%s-agent-share-%d", e.prefix, i))
+	}
+	a.waitMounts(t, 0)
+	if got := a.metric(t, "images"); got != 0 {
+		t.Errorf("with no container left the agent holds %v parsed images, want 0", got)
+	}
+}
+
+// TestAgentStats: BOOTFS_STATS and BOOTFS_RECORD on a volume are written
+// by the agent as the container ends, with the container's own figures
+// and the files it read; on the image's root they cannot be (the agent
+// would hold the mount), and boot says so, as it says BOOTFS_BACKGROUND
+// does nothing in node-agent mode.
+func TestAgentStats(t *testing.T) {
+	e := setup(t)
+	a := startAgent(t, e, e.storeURL)
+	dir := t.TempDir()
+	got := e.run(t, false, a.flags("-v", dir+":/stats", "-e", "BOOTFS_STATS=/stats/run.json", "-e", "BOOTFS_RECORD=/stats/paths"),
+		e.bbBoot, "md5sum", "/bin/busybox", "/data/hello")
+	if got.code != 0 || !strings.Contains(got.stdout, "/data/hello") || strings.Contains(got.stderr, "level=WARN") {
+		t.Fatalf("exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+	a.waitMounts(t, 0) // the agent writes them as the mount ends
+	b, err := os.ReadFile(filepath.Join(dir, "run.json"))
+	if err != nil {
+		t.Fatalf("BOOTFS_STATS: %v; agent log:\n%s", err, a.log.String())
+	}
+	var st struct {
+		ChunksFetched uint64 `json:"chunks_fetched"`
+		BytesFetched  uint64 `json:"bytes_fetched"`
+		MemoryHits    uint64 `json:"memory_hits"`
+		Errors        uint64 `json:"errors"`
+		StartToExecMS int64  `json:"start_to_exec_ms"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("BOOTFS_STATS %s: %v", b, err)
+	}
+	if st.ChunksFetched == 0 || st.BytesFetched < 1<<20 || st.Errors != 0 || st.StartToExecMS <= 0 {
+		t.Errorf("BOOTFS_STATS after reading /bin/busybox: %s; want its chunks (over 1 MiB), no errors and the time to exec", b)
+	}
+	rec, err := os.ReadFile(filepath.Join(dir, "paths"))
+	if err != nil || !strings.Contains(string(rec), "/bin/busybox\n") || !strings.Contains(string(rec), "/data/hello\n") {
+		t.Errorf("BOOTFS_RECORD = %q, %v; want /bin/busybox and /data/hello", rec, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("the stats volume holds %v; want only the two files", entries)
+	}
+
+	got = e.run(t, false, a.flags("-e", "BOOTFS_STATS=/run.json", "-e", "BOOTFS_BACKGROUND=1"), e.bbBoot, "cat", "/data/hello")
+	if got.code != 0 || got.stdout != "hello from the image\n" {
+		t.Fatalf("BOOTFS_STATS on the root: exit %d, %q; stderr: %s", got.code, got.stdout, got.stderr)
+	}
+	for _, want := range []string{"BOOTFS_STATS=/run.json is not written", "on a volume", "BOOTFS_BACKGROUND is not supported in node-agent mode"} {
+		if !strings.Contains(got.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, got.stderr)
+		}
+	}
+	a.waitMounts(t, 0)
+}

@@ -56,8 +56,15 @@ type Options struct {
 	// cap.
 	CacheMax int64
 	// MemoryBytes is the size of the in-memory chunk LRU that every mount
-	// shares (default 64 MiB).
+	// shares (--memory, default DefaultMemoryBytes).
 	MemoryBytes int64
+	// MemoryLimit is the Go runtime's soft memory limit
+	// (debug.SetMemoryLimit) with one mount (--memory-limit); each
+	// further mount adds 4 MiB, and each image served the size of its
+	// parsed index and TOC. The agent sets it as mounts come and go: the
+	// limit is process-wide. Zero means MemoryBytes plus 24 MiB;
+	// negative leaves the runtime's limit alone (GOMEMLIMIT).
+	MemoryLimit int64
 	// Reader tunes fetching (its LRU and CacheBytes are the agent's).
 	Reader lazyfs.ReaderOptions
 	// Logger receives the agent's log; nil discards.
@@ -70,6 +77,7 @@ type Agent struct {
 	opts   Options
 	log    *slog.Logger
 	lru    *lazyfs.LRU
+	images *images // the parsed indexes and TOCs, one per image
 	ownNS  uint64
 	jobs   chan struct{} // bounds the requests being set up
 	cacheS cacheSize
@@ -81,15 +89,22 @@ type Agent struct {
 	wg     sync.WaitGroup // mounts in a.mounts: Add as one is reserved, Done as it is dropped
 
 	requests, refused, served atomic.Uint64
+
+	memMu    sync.Mutex // orders budgetMemory's calls
+	memLimit int64      // the soft memory limit set last
 }
 
 // mount is one container's filesystem.
 type mount struct {
 	peer   *peer
+	image  *image // its index and TOC, shared with the image's other mounts
 	reader *lazyfs.Reader
-	served chan struct{}      // closed when the FUSE server has stopped
-	stop   context.CancelFunc // ends the prefetch
-	conn   uint64             // the FUSE connection's device minor, for abort
+	// reports are the files to write as it ends (BOOTFS_STATS and
+	// BOOTFS_RECORD); nil if none. Written by the mount's watcher.
+	reports *reports
+	served  chan struct{}      // closed when the FUSE server has stopped
+	stop    context.CancelFunc // ends the prefetch
+	conn    uint64             // the FUSE connection's device minor, for abort
 }
 
 // New returns an Agent. It opens no store until an image needs one.
@@ -104,7 +119,10 @@ func New(opts Options) (*Agent, error) {
 		opts.SocketDir = DefaultSocketDir
 	}
 	if opts.MemoryBytes <= 0 {
-		opts.MemoryBytes = 64 << 20
+		opts.MemoryBytes = DefaultMemoryBytes
+	}
+	if opts.MemoryLimit == 0 {
+		opts.MemoryLimit = opts.MemoryBytes + memoryBase
 	}
 	log := opts.Logger
 	if log == nil {
@@ -114,13 +132,15 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bootfs-agent: %w", err)
 	}
-	return &Agent{
-		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), ownNS: ns,
+	a := &Agent{
+		opts: opts, log: log, lru: lazyfs.NewLRU(opts.MemoryBytes), images: newImages(), ownNS: ns,
 		jobs:   make(chan struct{}, 4),
 		stores: make(map[casync.Digest]*opener.Opened),
 		mounts: make(map[uint64]*mount),
 		cacheS: cacheSize{dir: opts.Cache},
-	}, nil
+	}
+	a.budgetMemory()
+	return a, nil
 }
 
 // Serve listens on the socket and serves requests until ctx ends. The
@@ -244,11 +264,12 @@ func (a *Agent) handle(c *net.UnixConn) {
 	defer c.Close()
 	a.requests.Add(1)
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	var done Reply // what the mount adds to the answer when it succeeds
 	reply := func(err error) {
-		var rep Reply
+		rep := done
 		if err != nil {
 			a.refused.Add(1)
-			rep.Error = err.Error()
+			rep = Reply{Error: err.Error()}
 		}
 		b, _ := json.Marshal(rep)
 		if _, werr := c.Write(b); werr != nil && err == nil {
@@ -292,7 +313,7 @@ func (a *Agent) handle(c *net.UnixConn) {
 		reply(errors.New("the agent is busy; try again"))
 		return
 	}
-	err = a.mount(p, req, log)
+	err = a.mount(p, req, &done, log)
 	<-a.jobs
 	if err != nil {
 		log.Warn("could not mount the caller's image", "err", err)
@@ -306,7 +327,8 @@ func (a *Agent) handle(c *net.UnixConn) {
 
 // mount makes p's image the root of p's mount namespace. It owns p: p
 // is closed on return or, once the image is served, when the mount ends.
-func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
+// It adds to rep what the caller is told besides success.
+func (a *Agent) mount(p *peer, req Request, rep *Reply, log *slog.Logger) (err error) {
 	if p.uid != 0 {
 		p.close()
 		return fmt.Errorf("the caller runs as uid %d; only a converted image's init, as root, may ask", p.uid)
@@ -347,14 +369,12 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	idx, err := casync.ReadIndex(bytes.NewReader(files.index))
-	if err != nil {
-		return fmt.Errorf("%s: %w", bootconfig.IndexPath, err)
+	if m.image, err = a.images.acquire(files); err != nil {
+		return err
 	}
-	toc, err := casync.UnmarshalTOC(files.toc)
-	if err != nil {
-		return fmt.Errorf("%s: %w", bootconfig.TOCPath, err)
-	}
+	idx, toc := m.image.idx, m.image.toc
+	a.budgetMemory()
+	files.index, files.toc = nil, nil // parsed: let the bytes go
 	if s := files.cfg.Store; s != "" && !a.allowed(s) {
 		log.Info("the image names a store the agent does not read; it reads its own", "image_store", s)
 	}
@@ -388,7 +408,12 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 		ro.StoreName = strings.Join(a.opts.Stores, ",")
 	}
 	m.reader = lazyfs.NewReader(idx, store.Store, ro)
-	fsys, err := lazyfs.NewFS(toc, m.reader, lazyfs.FSOptions{Logger: log, AllowSuidDev: true})
+	m.reports = newReports(req, func() *lazyfs.Recorder { return lazyfs.NewRecorder(toc) })
+	fso := lazyfs.FSOptions{Logger: log, AllowSuidDev: true}
+	if m.reports != nil {
+		fso.Recorder = m.reports.rec
+	}
+	fsys, err := lazyfs.NewFS(toc, m.reader, fso)
 	if err != nil {
 		return err
 	}
@@ -454,7 +479,14 @@ func (a *Agent) mount(p *peer, req Request, log *slog.Logger) (err error) {
 	}
 	defer unix.Close(ovl)
 	return inMountNamespace(p.pidfd, func() error {
-		return pivot(ovl, bootconfig.Dir, binds)
+		if err := pivot(ovl, bootconfig.Dir, binds); err != nil {
+			return err
+		}
+		if m.reports != nil {
+			rep.Reports = true
+			rep.Warnings = m.reports.open(ovl)
+		}
+		return nil
 	})
 }
 
@@ -521,17 +553,24 @@ func (a *Agent) watch(m *mount, log *slog.Logger) {
 
 // drop forgets m and lets go of what it holds.
 func (a *Agent) drop(m *mount) {
+	if m.stop != nil {
+		m.stop()
+	}
+	if m.reports != nil { // while m still counts as mounted: they are its last act
+		m.reports.write(m.reader, a.log.With("pid", m.peer.pid))
+	}
 	a.mu.Lock()
 	if a.mounts[m.peer.mntNS] == m {
 		delete(a.mounts, m.peer.mntNS)
 	}
 	a.mu.Unlock()
-	if m.stop != nil {
-		m.stop()
-	}
 	if m.reader != nil {
 		m.reader.Close()
 	}
+	if m.image != nil {
+		a.images.release(m.image)
+	}
+	a.budgetMemory()
 	m.peer.close()
 	a.wg.Done()
 }

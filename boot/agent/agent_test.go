@@ -172,7 +172,7 @@ func TestRefusesOwnNamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	opened := 0
 	a, sock := startAgent(t, &opened)
-	err := MountRoot(sock, Request{}, 10*time.Second)
+	_, err := MountRoot(sock, Request{}, 10*time.Second)
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "mount namespace") {
 		t.Errorf("MountRoot from the agent's namespace = %v; want a refusal naming the mount namespace", err)
 	}

@@ -76,6 +76,10 @@ func (a *Agent) WriteMetrics(w io.Writer) {
 	metric("cache_bytes", "gauge", "Bytes of chunk files in the node cache directory.", bytes)
 	metric("cache_max_bytes", "gauge", "The node cache's size cap (0: none).", a.opts.CacheMax)
 	metric("memory_bytes", "gauge", "Bytes held by the shared in-memory chunk LRU.", a.lru.Bytes())
+	images, imageBytes := a.images.stats()
+	metric("images", "gauge", "Images served, each with one parsed index and TOC for all its containers.", images)
+	metric("image_bytes", "gauge", "Bytes of memory the served images' indexes and TOCs hold.", imageBytes)
+	metric("memory_limit_bytes", "gauge", "The Go runtime's soft memory limit the agent set (0: GOMEMLIMIT's).", a.MemoryLimit())
 }
 
 // ServeMetrics serves /metrics on addr, which must be a loopback address

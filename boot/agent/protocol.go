@@ -34,12 +34,26 @@ type Request struct {
 	// container, such as a volume) for the overlay's writable layer;
 	// empty means a tmpfs (BOOTFS_UPPER).
 	Upper string `json:"upper,omitempty"`
+	// Stats and Record are files of the container's (paths in its new
+	// root, on a volume) for the agent to write the mount's figures
+	// (lazyfs.Stats, as JSON) and the list of image files read to as
+	// the mount ends (BOOTFS_STATS, BOOTFS_RECORD). Empty means none.
+	Stats  string `json:"stats,omitempty"`
+	Record string `json:"record,omitempty"`
+	// Started is when boot started, in Unix milliseconds, for the
+	// stats' start_to_exec_ms.
+	Started int64 `json:"started,omitempty"`
 }
 
 // Reply is the agent's answer: an empty Error means the caller's root is
 // the image now.
 type Reply struct {
 	Error string `json:"error,omitempty"`
+	// Reports says the agent writes the Stats and Record files asked
+	// for as the mount ends (an agent older than that leaves it false);
+	// Warnings say why it cannot write one.
+	Reports  bool     `json:"reports,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ErrRefused wraps the error the agent replied with, and ErrNoAgent the
@@ -58,36 +72,37 @@ func SocketPath(dir string) string {
 }
 
 // MountRoot asks the agent at socket to make the caller's image its root
-// (the client side, run by boot as a container's PID 1). It returns when
-// the agent has pivoted the caller's mount namespace, with an error
-// wrapping ErrRefused if the agent could not, or another if it could not
-// be reached (wrapping ErrNoAgent if nothing listens). timeout bounds the whole exchange.
-func MountRoot(socket string, req Request, timeout time.Duration) error {
+// (the client side, run by boot as a container's PID 1). It returns the
+// agent's reply when the agent has pivoted the caller's mount namespace,
+// or an error wrapping ErrRefused if the agent could not, or another if
+// it could not be reached (wrapping ErrNoAgent if nothing listens).
+// timeout bounds the whole exchange.
+func MountRoot(socket string, req Request, timeout time.Duration) (Reply, error) {
 	req.Version = ProtocolVersion
 	c, err := net.DialTimeout("unixpacket", socket, timeout)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrNoAgent, socket, err)
+		return Reply{}, fmt.Errorf("%w at %s: %w", ErrNoAgent, socket, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
 	b, err := json.Marshal(req)
 	if err != nil {
-		return err
+		return Reply{}, err
 	}
 	if _, err := c.Write(b); err != nil {
-		return fmt.Errorf("send to the bootfs agent at %s: %w", socket, err)
+		return Reply{}, fmt.Errorf("send to the bootfs agent at %s: %w", socket, err)
 	}
 	buf := make([]byte, maxMessage)
 	n, err := c.Read(buf)
 	if err != nil {
-		return fmt.Errorf("no answer from the bootfs agent at %s: %w", socket, err)
+		return Reply{}, fmt.Errorf("no answer from the bootfs agent at %s: %w", socket, err)
 	}
 	var rep Reply
 	if err := json.Unmarshal(buf[:n], &rep); err != nil {
-		return fmt.Errorf("bad answer from the bootfs agent at %s: %w", socket, err)
+		return Reply{}, fmt.Errorf("bad answer from the bootfs agent at %s: %w", socket, err)
 	}
 	if rep.Error != "" {
-		return fmt.Errorf("%w: %s", ErrRefused, rep.Error)
+		return rep, fmt.Errorf("%w: %s", ErrRefused, rep.Error)
 	}
-	return nil
+	return rep, nil
 }

@@ -48,6 +48,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		opts                   agent.Options
 		store, cacheMax, level string
 		metrics, memory        string
+		memoryLimit            string
 		creds                  opener.Credentials
 		sshKeys                string
 	)
@@ -55,7 +56,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&store, "store", "", "the chunk stores the agent reads, `URL[,URL...]` in failover order: paths, http(s):// or ssh://; an image's own store is not used (required)")
 	fs.StringVar(&opts.Cache, "cache", "", "the node's chunk cache `DIR` (required)")
 	fs.StringVar(&cacheMax, "cache-max", "0", "cap the cache at `SIZE` bytes (k, m or g suffix), evicting the least recently used chunks; 0 for no cap")
-	fs.StringVar(&memory, "memory", "64m", "`SIZE` of the in-memory chunk cache every mount shares")
+	fs.StringVar(&memory, "memory", "32m", "`SIZE` of the in-memory chunk cache every mount shares")
+	fs.StringVar(&memoryLimit, "memory-limit", "auto", "the Go heap's soft limit with one mount, `SIZE`; each further mount adds 4m and each image its index and TOC; auto is --memory + 24m (GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&metrics, "metrics", "", "serve Prometheus /metrics on `ADDR`, a loopback address such as 127.0.0.1:9100")
 	fs.StringVar(&creds.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// stores, besides the system's")
 	fs.StringVar(&sshKeys, "ssh-key", "", "private key `FILE[,FILE...]` for ssh:// stores")
@@ -98,6 +100,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return bad("--memory: %v", err)
 	}
 	opts.MemoryBytes = int64(n)
+	switch {
+	case os.Getenv("GOMEMLIMIT") != "":
+		opts.MemoryLimit = -1
+	case memoryLimit != "auto":
+		if n, err = casync.ParseSize(memoryLimit); err != nil || n == 0 {
+			return bad("--memory-limit %q: want a size such as 96m, or auto", memoryLimit)
+		}
+		opts.MemoryLimit = int64(n)
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return bad("bad --log-level %q: %v", level, err)
