@@ -61,11 +61,6 @@ type HTTP struct {
 	// batch is what the server's last reply said of batch reads:
 	// batchUnknown before the first, then batchYes or batchNo.
 	batch atomic.Int32
-	// h2c is the client over HTTP/2 without TLS (nil for https, or
-	// with HTTPOptions.Transport), used once useH2C is set: when the
-	// server said it speaks it (BatchHeader).
-	h2c    *http.Client
-	useH2C atomic.Bool
 }
 
 // What an HTTP client knows of its server's batch reads.
@@ -101,30 +96,14 @@ func NewHTTP(baseURL string, opts HTTPOptions) (*HTTP, error) {
 			return nil, err
 		}
 		rt = t
-		if u.Scheme == "http" {
-			// Used once the server says it speaks h2c: every request
-			// in flight then shares one connection.
-			h2 := t.Clone()
-			h2.Protocols = new(http.Protocols)
-			h2.Protocols.SetUnencryptedHTTP2(true)
-			// For HTTP/2 this bounds the dials under way, not the
-			// connections: requests that arrive together wait for one
-			// connection instead of each dialing its own.
-			h2.MaxConnsPerHost = 1
-			s.h2c = newClient(h2)
-		}
 	}
-	s.client = newClient(rt)
-	return s, nil
-}
-
-func newClient(rt http.RoundTripper) *http.Client {
-	return &http.Client{
+	s.client = &http.Client{
 		Transport: rt,
 		// A chunk store never redirects; following one would hide a
 		// misconfigured base URL.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	return s, nil
 }
 
 func newTransport(opts HTTPOptions) (*http.Transport, error) {
@@ -361,7 +340,7 @@ func (s *HTTP) postBatch(ctx context.Context, ids []casync.ChunkID, deliver func
 	if s.opts.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
 	}
-	resp, err := s.httpClient().Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -413,34 +392,18 @@ func (s *HTTP) postBatch(ctx context.Context, ids []casync.ChunkID, deliver func
 	return n, err
 }
 
-// httpClient is the client to send the next request with: over h2c once
-// the server said it speaks it.
-func (s *HTTP) httpClient() *http.Client {
-	if s.h2c != nil && s.useH2C.Load() {
-		return s.h2c
-	}
-	return s.client
-}
-
-// learn notes what a reply of the server says of its batch reads and of
-// h2c.
+// learn notes what a reply of the server says of its batch reads.
 func (s *HTTP) learn(h http.Header) {
-	state, h2c := int32(batchNo), false
+	state := int32(batchNo)
 	for _, v := range h.Values(BatchHeader) {
 		for _, ext := range strings.Split(v, ",") {
-			switch strings.TrimSpace(ext) {
-			case "batch":
+			if strings.TrimSpace(ext) == "batch" {
 				state = batchYes
-			case "h2c":
-				h2c = true
 			}
 		}
 	}
 	if s.batch.Load() != state {
 		s.batch.Store(state)
-	}
-	if s.h2c != nil && s.useH2C.Load() != h2c {
-		s.useH2C.Store(h2c)
 	}
 }
 
@@ -575,7 +538,7 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	resp, err := s.httpClient().Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -614,9 +577,6 @@ func (s *HTTP) once(ctx context.Context, method, u string, body []byte) (respons
 // Close closes idle connections.
 func (s *HTTP) Close() error {
 	s.client.CloseIdleConnections()
-	if s.h2c != nil {
-		s.h2c.CloseIdleConnections()
-	}
 	return nil
 }
 

@@ -93,16 +93,15 @@ const (
 // an error in the log, never its bytes) and before it is stored. Frames
 // are served as stored, not recompressed, when the store is a FrameStore.
 type Handler struct {
-	store      Store
-	opts       HandlerOptions
-	extensions string // BatchHeader's value
-	log        *slog.Logger
-	slots      chan struct{}
-	perClient  int
-	rate       int
-	putBytes   *semaphore.Weighted
-	maxPut     int64
-	putWait    time.Duration
+	store     Store
+	opts      HandlerOptions
+	log       *slog.Logger
+	slots     chan struct{}
+	perClient int
+	rate      int
+	putBytes  *semaphore.Weighted
+	maxPut    int64
+	putWait   time.Duration
 
 	clientsMu sync.Mutex
 	clients   map[string]*clientSlots
@@ -150,18 +149,17 @@ func NewHTTPHandler(store Store, opts HandlerOptions) *Handler {
 		putWait = DefaultPutWait
 	}
 	return &Handler{
-		store:      store,
-		opts:       opts,
-		extensions: "batch",
-		log:        logger(opts.Logger),
-		slots:      make(chan struct{}, n),
-		perClient:  min(per, n),
-		rate:       rate,
-		putBytes:   semaphore.NewWeighted(maxPut),
-		maxPut:     maxPut,
-		putWait:    putWait,
-		clients:    make(map[string]*clientSlots),
-		requests:   make(map[requestKey]uint64),
+		store:     store,
+		opts:      opts,
+		log:       logger(opts.Logger),
+		slots:     make(chan struct{}, n),
+		perClient: min(per, n),
+		rate:      rate,
+		putBytes:  semaphore.NewWeighted(maxPut),
+		maxPut:    maxPut,
+		putWait:   putWait,
+		clients:   make(map[string]*clientSlots),
+		requests:  make(map[requestKey]uint64),
 	}
 }
 
@@ -247,7 +245,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 func (h *Handler) serve(w *statusWriter, r *http.Request) {
 	// Every answer says the server reads in batches: a client learns it
 	// from its first reply.
-	w.Header().Set(BatchHeader, h.extensions)
+	w.Header().Set(BatchHeader, "batch")
 	if r.URL.Path == batchPath && r.URL.RawPath == "" {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
@@ -743,27 +741,13 @@ func ListenAndServe(ctx context.Context, addr string, store Store, opts ServerOp
 func Serve(ctx context.Context, ln net.Listener, store Store, opts ServerOptions) error {
 	log := logger(opts.Logger)
 	tls := opts.TLSCert != "" || opts.TLSKey != ""
-	h := NewHTTPHandler(store, opts.HandlerOptions)
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	if tls {
-		protocols.SetHTTP2(true)
-	} else {
-		// HTTP/2 without TLS, with prior knowledge: our client turns to
-		// it when a reply says so, and every request in flight then
-		// shares one connection.
-		protocols.SetUnencryptedHTTP2(true)
-		h.extensions = "batch, h2c"
-	}
 	srv := &http.Server{
-		Handler:           h,
-		Protocols:         protocols,
+		Handler:           NewHTTPHandler(store, opts.HandlerOptions),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// Each stream holds a frame while it is sent: bound them per
-		// connection, high enough that a client's requests in flight
-		// (32 by default) share one connection.
-		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 64},
+		// connection as HTTP/1.1 does with one request at a time.
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 16},
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
