@@ -186,15 +186,7 @@ func TestAgentUserImage(t *testing.T) {
 	if want := "uid=1000(alice) gid=1000(alice) groups=10(wheel),29(audio),1000(alice)\nwrote\n"; err != nil || string(out) != want {
 		t.Errorf("docker exec without -u: %v: %q, want %q", err, out, want)
 	}
-	var status string
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", name).Output()
-		if status = strings.TrimSpace(string(out)); status == "healthy" || status == "unhealthy" {
-			break
-		}
-	}
-	if status != "healthy" {
-		out, _ := exec.Command("docker", "inspect", "-f", "{{json .State.Health}}", name).Output()
+	if status, out := healthOf(name); status != "healthy" {
 		t.Errorf("health (a check that runs as uid 1000) = %q, want healthy: %s", status, out)
 	}
 }
@@ -541,6 +533,20 @@ func TestAgentMetricsLoopbackOnly(t *testing.T) {
 
 // TestAgentHealthcheck: Docker's HEALTHCHECK, run by the engine as an
 // exec into the container, sees the image's root in agent mode.
+// healthOf waits up to 30 s for the container's health check to give a
+// verdict and returns its status, with the whole health record to show
+// when it is not the one wanted.
+func healthOf(name string) (status string, record []byte) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", name).Output()
+		if status = strings.TrimSpace(string(out)); status == "healthy" || status == "unhealthy" {
+			break
+		}
+	}
+	record, _ = exec.Command("docker", "inspect", "-f", "{{json .State.Health}}", name).Output()
+	return status, record
+}
+
 func TestAgentHealthcheck(t *testing.T) {
 	e := setup(t)
 	root := filepath.Join(e.tmp, "bb")
@@ -555,15 +561,7 @@ func TestAgentHealthcheck(t *testing.T) {
 	a := startAgent(t, e, e.storeURL)
 	name := e.prefix + "-agent-health"
 	startDetached(t, name, a.flags(), img, "sleep", "600")
-	var status string
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", name).Output()
-		if status = strings.TrimSpace(string(out)); status == "healthy" || status == "unhealthy" {
-			break
-		}
-	}
-	if status != "healthy" {
-		out, _ := exec.Command("docker", "inspect", "-f", "{{json .State.Health}}", name).Output()
+	if status, out := healthOf(name); status != "healthy" {
 		t.Errorf("health = %q, want healthy: %s", status, out)
 	}
 }
