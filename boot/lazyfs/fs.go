@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -85,93 +84,6 @@ func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &FS{enosys: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
-}
-
-// mountOptions returns the go-fuse options Mount uses.
-func (f *FS) mountOptions() *fuse.MountOptions {
-	flags := uintptr(syscall.MS_RDONLY)
-	if !f.opts.AllowSuidDev {
-		flags |= syscall.MS_NOSUID | syscall.MS_NODEV
-	}
-	return &fuse.MountOptions{
-		AllowOther:       true,
-		Options:          []string{"ro", "default_permissions"},
-		FsName:           f.opts.FsName,
-		Name:             "bootfs",
-		DirectMount:      true,
-		DirectMountFlags: flags,
-		MaxWrite:         maxRead,
-		MaxReadAhead:     maxRead,
-		// Reads are answered from memory, never from a file
-		// descriptor: splicing would only add system calls.
-		DisableSplice: true,
-		Debug:         f.opts.Debug,
-	}
-}
-
-// Mount mounts the filesystem on dir and serves it until it is
-// unmounted. Unmount it with the server's Unmount (or Unmount).
-func (f *FS) Mount(dir string) (*fuse.Server, error) {
-	if err := checkMountpoint(dir); err != nil {
-		return nil, err
-	}
-	srv, err := fuse.NewServer(f, dir, f.mountOptions())
-	if err == nil {
-		go srv.Serve()
-		if err = srv.WaitMount(); err != nil {
-			srv.Unmount() // leave no dead mount behind
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("boot: mount FUSE filesystem on %s: %w", dir, err)
-	}
-	return srv, nil
-}
-
-// KernelOptions returns the FUSE mount options (fsconfig keys and
-// values) the kernel needs for this filesystem besides fd, rootmode,
-// user_id and group_id, for a caller that mounts it with the new mount
-// API and serves it with ServeFD: what Mount passes to mount(2).
-func (f *FS) KernelOptions() map[string]string {
-	return map[string]string{
-		"allow_other":         "",
-		"default_permissions": "",
-		"max_read":            fmt.Sprint(maxRead),
-	}
-}
-
-// AllowSuidDev reports whether the mount is to be made without nosuid
-// and nodev (see FSOptions.AllowSuidDev).
-func (f *FS) AllowSuidDev() bool { return f.opts.AllowSuidDev }
-
-// NewFDServer returns a server of the filesystem on fd, an open
-// /dev/fuse whose connection the caller has mounted already (fsopen and
-// fsmount with the options of KernelOptions), as a node agent does. The
-// caller runs its Serve, which returns when the kernel ends the
-// connection (the mount's last reference went, or it was aborted). The
-// server takes fd over and closes it when Serve returns.
-func (f *FS) NewFDServer(fd int) (*fuse.Server, error) {
-	o := f.mountOptions()
-	o.DirectMount = false // go-fuse takes /dev/fd/N as mounted already
-	srv, err := fuse.NewServer(f, fmt.Sprintf("/dev/fd/%d", fd), o)
-	if err != nil {
-		return nil, fmt.Errorf("boot: serve FUSE on fd %d: %w", fd, err)
-	}
-	return srv, nil
-}
-
-// checkMountpoint fails unless dir is a directory. The kernel mounts a
-// FUSE filesystem on a file too, and go-fuse then fails to serve it,
-// leaving a mount that answers nothing.
-func checkMountpoint(dir string) error {
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("boot: mount point: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("boot: mount point %s is not a directory", dir)
-	}
-	return nil
 }
 
 func (f *FS) String() string { return f.opts.FsName }

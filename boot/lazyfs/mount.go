@@ -2,245 +2,116 @@ package lazyfs
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/bootfs/bootfs/casync"
-	"github.com/bootfs/bootfs/chunkstore/opener"
-	"github.com/bootfs/bootfs/internal/atomicfile"
-	"github.com/bootfs/bootfs/internal/inputfile"
 )
 
-// Opener opens the store of an image's chunks, for chunk IDs of digest d
-// (the index's). The caller composes it with chunkstore/opener from the
-// store URL list, the credentials, the cache directory and the retry
-// settings it has; the lazy filesystem never sees URLs or credentials.
-type Opener func(ctx context.Context, d casync.Digest) (*opener.Opened, error)
-
-// ImageOptions say where an image's chunks and TOC are.
-type ImageOptions struct {
-	// Open opens the store the index's chunks were written to. Required.
-	Open Opener
-	// TOC is the TOC file (--toc). Empty means INDEX.toc, or the index's
-	// name with .caidx replaced by .toc, if either exists; else the TOC is
-	// built by streaming the archive through its chunks.
-	TOC string
-	// Reader tunes fetching.
-	Reader ReaderOptions
-	// Logger receives progress and errors; nil discards.
-	Logger *slog.Logger
+// mountOptions returns the go-fuse options Mount uses.
+func (f *FS) mountOptions() *fuse.MountOptions {
+	flags := uintptr(syscall.MS_RDONLY)
+	if !f.opts.AllowSuidDev {
+		flags |= syscall.MS_NOSUID | syscall.MS_NODEV
+	}
+	return &fuse.MountOptions{
+		AllowOther:       true,
+		Options:          []string{"ro", "default_permissions"},
+		FsName:           f.opts.FsName,
+		Name:             "bootfs",
+		DirectMount:      true,
+		DirectMountFlags: flags,
+		MaxWrite:         maxRead,
+		MaxReadAhead:     maxRead,
+		// Reads are answered from memory, never from a file
+		// descriptor: splicing would only add system calls.
+		DisableSplice: true,
+		Debug:         f.opts.Debug,
+	}
 }
 
-// Image is an opened index with its store, TOC and Reader.
-type Image struct {
-	Index  *casync.Index
-	TOC    *casync.TOC
-	Reader *Reader
-
-	store *opener.Opened // what Reader reads: cache or remote
-}
-
-// OpenImage reads the index at indexPath, opens its store with opts.Open
-// and loads or builds its TOC.
-func OpenImage(ctx context.Context, indexPath string, opts ImageOptions) (*Image, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Open == nil {
-		return nil, errors.New("boot: no chunk store given (pass --store URL: the store the index's chunks were written to)")
-	}
-	idx, err := readIndex(indexPath)
-	if err != nil {
+// Mount mounts the filesystem on dir and serves it until it is
+// unmounted. Unmount it with the server's Unmount (or Unmount).
+func (f *FS) Mount(dir string) (*fuse.Server, error) {
+	if err := checkMountpoint(dir); err != nil {
 		return nil, err
 	}
-	store, err := opts.Open(ctx, idx.Digest())
-	if err != nil {
-		return nil, fmt.Errorf("boot: %w", err)
-	}
-	im := &Image{Index: idx, store: store}
-	ro := opts.Reader
-	if ro.Logger == nil {
-		ro.Logger = log
-	}
-	im.Reader = NewReader(idx, store.Store, ro)
-
-	tocPath := opts.TOC
-	if tocPath == "" {
-		tocPath = findTOC(indexPath)
-	}
-	if tocPath != "" {
-		im.TOC, err = readTOC(tocPath, idx)
-	} else {
-		log.Info("no TOC beside the index; building it from the archive", "index", indexPath, "bytes", idx.Length())
-		start := time.Now()
-		im.TOC, err = casync.BuildTOC(&sequential{ctx: ctx, r: im.Reader})
-		if err != nil {
-			err = fmt.Errorf("boot: build TOC from the archive of %s: %w", indexPath, err)
-		} else {
-			log.Info("built TOC", "entries", im.TOC.Len(), "took", time.Since(start).Round(time.Millisecond))
+	srv, err := fuse.NewServer(f, dir, f.mountOptions())
+	if err == nil {
+		go srv.Serve()
+		if err = srv.WaitMount(); err != nil {
+			srv.Unmount() // leave no dead mount behind
 		}
 	}
-	if err == nil && im.TOC.ArchiveSize != int64(idx.Length()) {
-		err = fmt.Errorf("%w: TOC %s describes a %d-byte archive, index %s a %d-byte one", ErrMismatch, tocPath, im.TOC.ArchiveSize, indexPath, idx.Length())
-	}
 	if err != nil {
-		im.Close()
-		return nil, err
+		return nil, fmt.Errorf("boot: mount FUSE filesystem on %s: %w", dir, err)
 	}
-	return im, nil
+	return srv, nil
 }
 
-// maxIndexSize bounds the index boot reads, which it holds in memory: 1 GiB
-// lists 26 million chunks, a 1.6 TiB archive at casync's 64 KiB average.
-const maxIndexSize = 1 << 30
+// KernelOptions returns the FUSE mount options (fsconfig keys and
+// values) the kernel needs for this filesystem besides fd, rootmode,
+// user_id and group_id, for a caller that mounts it with the new mount
+// API and serves it with ServeFD: what Mount passes to mount(2).
+func (f *FS) KernelOptions() map[string]string {
+	return map[string]string{
+		"allow_other":         "",
+		"default_permissions": "",
+		"max_read":            fmt.Sprint(maxRead),
+	}
+}
 
-func readIndex(name string) (*casync.Index, error) {
-	f, err := inputfile.Open(name, maxIndexSize)
+// AllowSuidDev reports whether the mount is to be made without nosuid
+// and nodev (see FSOptions.AllowSuidDev).
+func (f *FS) AllowSuidDev() bool { return f.opts.AllowSuidDev }
+
+// NewFDServer returns a server of the filesystem on fd, an open
+// /dev/fuse whose connection the caller has mounted already (fsopen and
+// fsmount with the options of KernelOptions), as a node agent does. The
+// caller runs its Serve, which returns when the kernel ends the
+// connection (the mount's last reference went, or it was aborted). The
+// server takes fd over and closes it when Serve returns.
+func (f *FS) NewFDServer(fd int) (*fuse.Server, error) {
+	o := f.mountOptions()
+	o.DirectMount = false // go-fuse takes /dev/fd/N as mounted already
+	srv, err := fuse.NewServer(f, fmt.Sprintf("/dev/fd/%d", fd), o)
 	if err != nil {
-		return nil, fmt.Errorf("boot: open index: %w", err)
+		return nil, fmt.Errorf("boot: serve FUSE on fd %d: %w", fd, err)
 	}
-	defer f.Close()
-	idx, err := casync.ReadIndex(io.LimitReader(f, maxIndexSize))
+	return srv, nil
+}
+
+// checkMountpoint fails unless dir is a directory. The kernel mounts a
+// FUSE filesystem on a file too, and go-fuse then fails to serve it,
+// leaving a mount that answers nothing.
+func checkMountpoint(dir string) error {
+	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("boot: read index %s: %w", name, err)
+		return fmt.Errorf("boot: mount point: %w", err)
 	}
-	return idx, nil
+	if !fi.IsDir() {
+		return fmt.Errorf("boot: mount point %s is not a directory", dir)
+	}
+	return nil
 }
 
-// findTOC returns the TOC that sits beside the index, or "".
-func findTOC(indexPath string) string {
-	cands := []string{indexPath + ".toc"}
-	if ext := filepath.Ext(indexPath); ext == ".caidx" {
-		cands = append(cands, strings.TrimSuffix(indexPath, ext)+".toc")
+// Unmount unmounts a mount that FS.Mount made. If files are still open,
+// it detaches the mount lazily (MNT_DETACH): the kernel removes it once
+// they are closed, and the server keeps serving them until then.
+func Unmount(srv *fuse.Server, mountpoint string, log *slog.Logger) error {
+	err := srv.Unmount()
+	if err == nil {
+		return nil
 	}
-	for _, c := range cands {
-		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() {
-			return c
-		}
+	if log != nil {
+		log.Warn("unmount failed, detaching lazily", "mountpoint", mountpoint, "err", err)
 	}
-	return ""
-}
-
-// readTOC reads the TOC of idx's archive from name. A TOC is never larger
-// than casync.MaxTOCSize of its archive, so a larger file is refused
-// before it is read.
-func readTOC(name string, idx *casync.Index) (*casync.TOC, error) {
-	b, err := inputfile.ReadFile(name, casync.MaxTOCSize(int64(idx.Length())))
-	if errors.Is(err, inputfile.ErrTooLarge) {
-		return nil, fmt.Errorf("boot: read TOC: %w: the index describes a %d-byte archive, and no TOC of one is larger (is it the TOC of this index?)", err, idx.Length())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("boot: read TOC: %w", err)
-	}
-	t, err := casync.UnmarshalTOC(b)
-	if err != nil {
-		return nil, fmt.Errorf("boot: read TOC %s: %w", name, err)
-	}
-	return t, nil
-}
-
-// Stats are the figures boot reports, as JSON in the --stats file.
-type Stats struct {
-	// ChunksFetched and BytesFetched count the chunks, and their bytes,
-	// received from the store: as stored (compressed) when a cache
-	// receives them, else uncompressed.
-	ChunksFetched uint64 `json:"chunks_fetched"`
-	BytesFetched  uint64 `json:"bytes_fetched"`
-	// CacheHits counts the chunks read from the cache directory instead.
-	CacheHits uint64 `json:"cache_hits"`
-	// MemoryHits counts chunk reads served from memory.
-	MemoryHits uint64 `json:"memory_hits"`
-	// Retries counts repeated fetch attempts.
-	Retries uint64 `json:"retries"`
-	// Errors counts chunks that could not be had.
-	Errors uint64 `json:"errors"`
-	// StartToExecMS is the time from start to exec of the workload, in
-	// milliseconds; 0 when there is no workload (boot mount).
-	StartToExecMS int64 `json:"start_to_exec_ms"`
-	// Batches, ReadAhead*, PrefetchUnreadBytes, NetworkWaits and
-	// LongestChain are the Reader's (see ReaderStats): its batch reads,
-	// what read-ahead fetched over the network and what of it no read
-	// used, the reads that waited for the network, and the longest
-	// chain of dependent fetches.
-	Batches               uint64 `json:"batches"`
-	ReadAheadChunks       uint64 `json:"read_ahead_chunks"`
-	ReadAheadBytes        uint64 `json:"read_ahead_bytes"`
-	ReadAheadWastedChunks uint64 `json:"read_ahead_wasted_chunks"`
-	ReadAheadWastedBytes  uint64 `json:"read_ahead_wasted_bytes"`
-	PrefetchUnreadBytes   uint64 `json:"prefetch_unread_bytes"`
-	NetworkWaits          uint64 `json:"network_waits"`
-	LongestChain          uint64 `json:"longest_chain"`
-}
-
-// LogArgs returns s as the key-value pairs of the stats log line.
-func (s Stats) LogArgs() []any {
-	args := []any{"chunks_fetched", s.ChunksFetched, "bytes_fetched", s.BytesFetched, "cache_hits", s.CacheHits,
-		"memory_hits", s.MemoryHits, "retries", s.Retries, "errors", s.Errors}
-	if s.StartToExecMS != 0 {
-		args = append(args, "start_to_exec_ms", s.StartToExecMS)
-	}
-	return append(args, "batches", s.Batches,
-		"read_ahead_chunks", s.ReadAheadChunks, "read_ahead_bytes", s.ReadAheadBytes,
-		"read_ahead_wasted_chunks", s.ReadAheadWastedChunks, "read_ahead_wasted_bytes", s.ReadAheadWastedBytes,
-		"prefetch_unread_bytes", s.PrefetchUnreadBytes, "network_waits", s.NetworkWaits, "longest_chain", s.LongestChain)
-}
-
-// Stats returns the image's figures so far.
-func (im *Image) Stats() Stats {
-	rs := im.Reader.Stats()
-	remote := im.store.Remote.Stats()
-	s := Stats{
-		ChunksFetched: remote.Hits,
-		// A cache receives frames, as stored; without one the Reader
-		// gets chunks.
-		BytesFetched: remote.WireBytes + remote.Bytes,
-		MemoryHits:   rs.MemoryHits,
-		Retries:      remote.Retries,
-		Errors:       rs.Errors,
-
-		Batches:               rs.Batches,
-		ReadAheadChunks:       rs.ReadAheadChunks,
-		ReadAheadBytes:        rs.ReadAheadBytes,
-		ReadAheadWastedChunks: rs.ReadAheadWastedChunks,
-		ReadAheadWastedBytes:  rs.ReadAheadWastedBytes,
-		PrefetchUnreadBytes:   rs.PrefetchUnreadBytes,
-		NetworkWaits:          rs.NetworkWaits,
-		LongestChain:          rs.LongestChain,
-	}
-	if im.store.Cache != nil {
-		s.CacheHits = im.store.Cache.Stats().Hits
-	}
-	return s
-}
-
-// Close stops the Reader and closes the stores.
-func (im *Image) Close() error {
-	if im.Reader != nil {
-		im.Reader.Close()
-	}
-	return im.store.Close()
-}
-
-// WriteStats writes s as JSON to name, atomically.
-func WriteStats(name string, s Stats) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(name, append(b, '\n')); err != nil {
-		return fmt.Errorf("boot: write stats: %w", err)
+	if derr := syscall.Unmount(mountpoint, syscall.MNT_DETACH); derr != nil {
+		return fmt.Errorf("boot: unmount %s: %w (lazy unmount: %w)", mountpoint, err, derr)
 	}
 	return nil
 }
@@ -342,22 +213,5 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 		return err
 	}
 	log.Info("unmounted", "mountpoint", mountpoint)
-	return nil
-}
-
-// Unmount unmounts a mount that FS.Mount made. If files are still open,
-// it detaches the mount lazily (MNT_DETACH): the kernel removes it once
-// they are closed, and the server keeps serving them until then.
-func Unmount(srv *fuse.Server, mountpoint string, log *slog.Logger) error {
-	err := srv.Unmount()
-	if err == nil {
-		return nil
-	}
-	if log != nil {
-		log.Warn("unmount failed, detaching lazily", "mountpoint", mountpoint, "err", err)
-	}
-	if derr := syscall.Unmount(mountpoint, syscall.MNT_DETACH); derr != nil {
-		return fmt.Errorf("boot: unmount %s: %w (lazy unmount: %w)", mountpoint, err, derr)
-	}
 	return nil
 }
