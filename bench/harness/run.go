@@ -475,7 +475,9 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		s.ImageBytes, s.Requests = got.Bytes, got.Requests
 		s.InDocker = time.Since(start)
 	}
-	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
+	c := st.container(h, "", tag)
+	c.env, c.stats = append(c.env, "BOOTFS_LOG=info"), &s.Boot
+	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, c, start)
 	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
