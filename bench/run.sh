@@ -35,7 +35,11 @@ for b in mkimage boot chunkstore; do
 	[ -x "bin/$b" ] || die "bin/$b is missing: run make build first"
 done
 
-runner=${TMPDIR:-/tmp}/bootfs-benchrun
+# A directory of this run's own, so that two runs never build over each
+# other's runner.
+rundir=$(mktemp -d "${TMPDIR:-/tmp}/bootfs-benchrun.XXXXXX")
+trap 'rm -rf "$rundir"' EXIT
+runner=$rundir/benchrun
 CGO_ENABLED=0 go build -o "$runner" ./bench/cmd/benchrun
 
 args=(-bin bin -module . -out "${BENCH_OUT:-bench/results}" -work "${BENCH_WORK:-/var/tmp/bootfs-bench}")
@@ -48,4 +52,6 @@ args=(-bin bin -module . -out "${BENCH_OUT:-bench/results}" -work "${BENCH_WORK:
 [ "${BENCH_QUICK:-}" = 1 ] && args+=(-quick)
 [ "${BENCH_KEEP:-}" = 1 ] && args+=(-keep)
 [ -n "${BENCH_SEED:-}" ] && args+=(-seed "$BENCH_SEED")
-exec "$runner" "${args[@]}" "$@"
+rc=0
+"$runner" "${args[@]}" "$@" || rc=$?
+exit "$rc"
