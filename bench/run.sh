@@ -16,9 +16,10 @@
 #                       bootfs-cold, bootfs-prefetch,
 #                       bootfs-warm, casync-mount, save-load
 #                       (default: all but save-load)
-#   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit (default: all)
+#   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit, 100ms-100mbit
+#                       (default: all but 2ms-1gbit)
 #   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion, node
-#                       (default: all)
+#                       (default: all but chunkers)
 #   BENCH_QUICK=1       busybox only, one sample, loopback and 20ms-100mbit,
 #                       no Go conversion benchmark: CI's check that the
 #                       harness works (under two minutes)

@@ -162,7 +162,7 @@ func TestResolve(t *testing.T) {
 		check   func(*testing.T, Options)
 	}{
 		{name: "defaults", check: func(t *testing.T, o Options) {
-			if o.Samples != 2 || len(o.Images) != 4 || !slices.Equal(o.Modes, DefaultModes) || slices.Contains(o.Modes, ModeSaveLoad) || len(o.Networks) != len(Networks) || len(o.Extras) != len(AllExtras) {
+			if o.Samples != 2 || len(o.Images) != 4 || !slices.Equal(o.Modes, DefaultModes) || slices.Contains(o.Modes, ModeSaveLoad) || len(o.Networks) != len(Networks)-1 || !slices.Equal(o.Extras, DefaultExtras) {
 				t.Errorf("defaults = %+v", o)
 			}
 		}},
@@ -475,5 +475,32 @@ func TestArchiveImageName(t *testing.T) {
 	bad := write("bad.tar", `{"schemaVersion":2,"manifests":[]}`)
 	if _, err := archiveImageName(bad); err == nil || !strings.Contains(err.Error(), "delete its directory") {
 		t.Errorf("archiveImageName of an archive without a name: %v", err)
+	}
+}
+
+// TestPlan counts the runs as sample makes them: casync mount once, the
+// far network only postgres's pull and cold start, casync mount at 20 ms
+// only the small images; and the default networks leave 2ms-1gbit out
+// while it can still be asked for.
+func TestPlan(t *testing.T) {
+	o := Options{Bin: "b", Work: "w", Out: "o", Samples: 2, CasyncSamples: 1, Images: []string{"python", "postgres"},
+		Modes: []string{ModeRegistry, ModeCold, ModeCasync}, Networks: []string{"loopback", "20ms-100mbit", "100ms-100mbit"}}
+	if err := o.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	// loopback 5 + 5, 20 ms 5 + 4, 100 ms postgres 4.
+	if p := o.plan(); p.runs != 23 || p.eta <= 0 {
+		t.Errorf("plan = %+v, want 23 runs and an estimate", p)
+	}
+	d := Options{Bin: "b", Work: "w", Out: "o"}
+	if err := d.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"loopback", "20ms-100mbit", "100ms-100mbit"}; !slices.Equal(d.Networks, want) {
+		t.Errorf("default networks %q, want %q", d.Networks, want)
+	}
+	a := Options{Bin: "b", Work: "w", Out: "o", Networks: []string{"2ms-1gbit"}}
+	if err := a.resolve(); err != nil {
+		t.Errorf("NETWORKS=2ms-1gbit: %v", err)
 	}
 }
