@@ -26,12 +26,14 @@ bootfs_chunkstore_http_requests_total{method="GET",code="200"} 64
 bootfs_chunkstore_http_requests_total{method="GET",code="404"} 2
 bootfs_chunkstore_http_requests_total{method="HEAD",code="200"} 5
 bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 9
+bootfs_chunkstore_http_requests_total{method="POST",code="200"} 30
+bootfs_chunkstore_http_batch_chunks_total 400
 bootfs_chunkstore_http_in_flight 1
 bootfs_chunkstore_http_sent_bytes_total 1830829
 bootfs_chunkstore_http_received_bytes_total 77
 bootfs_chunkstore_store_bytes_total 99
 `,
-			want: counters{Requests: 71, Bytes: 1830829},
+			want: counters{Requests: 101, Bytes: 1830829},
 		},
 		{name: "no requests yet", in: "bootfs_chunkstore_http_sent_bytes_total 0\n", want: counters{}},
 		{name: "not chunkstore", in: "go_goroutines 7\n", wantErr: true},
