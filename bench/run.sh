@@ -53,6 +53,10 @@ args=(-bin bin -module . -out "${BENCH_OUT:-bench/results}" -work "${BENCH_WORK:
 [ "${BENCH_QUICK:-}" = 1 ] && args+=(-quick)
 [ "${BENCH_KEEP:-}" = 1 ] && args+=(-keep)
 [ -n "${BENCH_SEED:-}" ] && args+=(-seed "$BENCH_SEED")
-rc=0
-"$runner" "${args[@]}" "$@" || rc=$?
-exit "$rc"
+# One compound command, read whole before it runs: a script edited (or
+# checked out anew) while the run goes is not read on from the middle.
+{
+	rc=0
+	"$runner" "${args[@]}" "$@" || rc=$?
+	exit "$rc"
+}

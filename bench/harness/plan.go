@@ -35,11 +35,13 @@ var (
 	// daemons.
 	planOverhead        = 1.5
 	planEstargzOverhead = 3.0
-	// planPrepare is an image's setup: import, push, the cached eStargz
+	// planPrepare is an image's setup (import, push, the cached eStargz
 	// conversions' import and push, mkimage, its push, casync make and
-	// the prefetch recording.
-	planPrepare = 50.0
-	planExtras  = map[string]float64{"convert": 150, "dedup": 90, "chunkers": 150, "fuse": 150, "pgversion": 20, "node": 120}
+	// the prefetch recording), fixed plus per python-sized image.
+	planPrepare, planPrepareScaled = 20.0, 15.0
+	// planExtras are the extras' times with postgres among the images;
+	// they scale with the largest image.
+	planExtras = map[string]float64{"convert": 150, "dedup": 90, "chunkers": 150, "fuse": 150, "pgversion": 20, "node": 120}
 )
 
 // plan counts the runs sample will make (as it does: casync mount only
@@ -47,9 +49,10 @@ var (
 // and estimates the run's duration.
 func (o *Options) plan() plan {
 	var p plan
-	secs := 0.0
+	secs, largest := 0.0, 0.0
 	for _, img := range o.Images {
-		secs += planPrepare
+		secs += planPrepare + planPrepareScaled*planScale[img]
+		largest = max(largest, planScale[img])
 		for _, name := range o.Networks {
 			n, _ := network(name)
 			for _, m := range o.Modes {
@@ -70,7 +73,7 @@ func (o *Options) plan() plan {
 		}
 	}
 	for _, x := range o.Extras {
-		secs += planExtras[x]
+		secs += planExtras[x] * largest / planScale["postgres"]
 	}
 	p.eta = time.Duration(secs * float64(time.Second)).Round(time.Minute)
 	if slices.Contains(o.Modes, ModeEstargz) || slices.Contains(o.Modes, ModeEstargzOpt) {
