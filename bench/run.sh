@@ -16,9 +16,10 @@
 #                       bootfs-cold, bootfs-prefetch,
 #                       bootfs-warm, casync-mount, save-load
 #                       (default: all but save-load)
-#   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit (default: all)
+#   NETWORKS=a,b        loopback, 2ms-1gbit, 20ms-100mbit, 100ms-100mbit
+#                       (default: all but 2ms-1gbit)
 #   EXTRAS=a,b|none     convert, dedup, chunkers, fuse, pgversion, node
-#                       (default: all)
+#                       (default: all but chunkers)
 #   BENCH_QUICK=1       busybox only, one sample, loopback and 20ms-100mbit,
 #                       no Go conversion benchmark: CI's check that the
 #                       harness works (under two minutes)
@@ -35,7 +36,11 @@ for b in mkimage boot chunkstore; do
 	[ -x "bin/$b" ] || die "bin/$b is missing: run make build first"
 done
 
-runner=${TMPDIR:-/tmp}/bootfs-benchrun
+# A directory of this run's own, so that two runs never build over each
+# other's runner.
+rundir=$(mktemp -d "${TMPDIR:-/tmp}/bootfs-benchrun.XXXXXX")
+trap 'rm -rf "$rundir"' EXIT
+runner=$rundir/benchrun
 CGO_ENABLED=0 go build -o "$runner" ./bench/cmd/benchrun
 
 args=(-bin bin -module . -out "${BENCH_OUT:-bench/results}" -work "${BENCH_WORK:-/var/tmp/bootfs-bench}")
@@ -48,4 +53,10 @@ args=(-bin bin -module . -out "${BENCH_OUT:-bench/results}" -work "${BENCH_WORK:
 [ "${BENCH_QUICK:-}" = 1 ] && args+=(-quick)
 [ "${BENCH_KEEP:-}" = 1 ] && args+=(-keep)
 [ -n "${BENCH_SEED:-}" ] && args+=(-seed "$BENCH_SEED")
-exec "$runner" "${args[@]}" "$@"
+# One compound command, read whole before it runs: a script edited (or
+# checked out anew) while the run goes is not read on from the middle.
+{
+	rc=0
+	"$runner" "${args[@]}" "$@" || rc=$?
+	exit "$rc"
+}

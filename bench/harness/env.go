@@ -134,7 +134,7 @@ func (h *harness) serveStore(dir string) (*storeServer, error) {
 
 // counters are what a store server has sent.
 type counters struct {
-	Requests int64 // GET and HEAD requests
+	Requests int64 // read requests: GET, HEAD and batch POSTs
 	Bytes    int64 // response body bytes
 	// scrape is the size of the metrics body these were read from: the
 	// server counts that request and its bytes once it has answered.
@@ -165,8 +165,9 @@ func (s *storeServer) metrics() (counters, error) {
 	return c, err
 }
 
-// parseMetrics reads chunkstore's Prometheus text: the GET and HEAD
-// requests of every status and the body bytes sent.
+// parseMetrics reads chunkstore's Prometheus text: the read requests of
+// every status (GET, HEAD, and POST, which is only the batch read: many
+// chunks in one request) and the body bytes sent.
 func parseMetrics(r io.Reader) (counters, error) {
 	var c counters
 	seen := false
@@ -189,7 +190,7 @@ func parseMetrics(r io.Reader) (counters, error) {
 			c.Bytes = n
 			seen = true
 		case strings.HasPrefix(name, "bootfs_chunkstore_http_requests_total{") &&
-			(strings.Contains(name, `method="GET"`) || strings.Contains(name, `method="HEAD"`)):
+			(strings.Contains(name, `method="GET"`) || strings.Contains(name, `method="HEAD"`) || strings.Contains(name, `method="POST"`)):
 			n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
 			if err != nil {
 				return c, fmt.Errorf("metrics line %q: %w", line, err)

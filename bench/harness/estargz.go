@@ -1,12 +1,14 @@
 package harness
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -285,6 +287,11 @@ func (h *harness) prepareEstargz(ctx context.Context, im *image) error {
 		}
 		if _, err := os.Stat(archive); archive != "" && err == nil {
 			h.logf("%s: %s from the cache %s", w.Name, v.tag, archive)
+			// The name inside is the one of the run that made it, whose
+			// BENCH_PREFIX may differ from this one's.
+			if cached, err = archiveImageName(archive); err != nil {
+				return err
+			}
 			if _, err := n.ctr(ctx, "images", "import", "--no-unpack", archive); err != nil {
 				return err
 			}
@@ -450,8 +457,20 @@ func (h *harness) startEstargz(ctx context.Context, im *image, n Network, tag st
 // run runs the workload with ctr on the stargz snapshotter as container
 // id and returns its time to ready counted from start.
 func (n *stargzNode) run(ctx context.Context, w Workload, image, id string, start time.Time) (time.Duration, error) {
-	args := []string{"--address", n.socket(), "--namespace", ctrNamespace, "run", "--rm", "--snapshotter", "stargz", "--net-host", image, id}
-	cmd := exec.CommandContext(ctx, "ctr", append(args, w.Argv...)...)
+	args := []string{"--address", n.socket(), "--namespace", ctrNamespace, "run", "--rm", "--snapshotter", "stargz", "--net-host"}
+	argv := w.Argv
+	if w.Stdin != "" {
+		file := filepath.Join(n.dir, id+".stdin")
+		if err := os.WriteFile(file, []byte(w.Stdin), 0o644); err != nil {
+			return 0, err
+		}
+		defer os.Remove(file)
+		var m []string
+		m, argv = stdinFromFile(file, w.Argv)
+		args = append(args, m...)
+		w.Stdin = ""
+	}
+	cmd := exec.CommandContext(ctx, "ctr", append(append(args, image, id), argv...)...)
 	p, err := startProcess(cmd, w)
 	if err != nil {
 		return 0, err
@@ -462,4 +481,53 @@ func (n *stargzNode) run(ctx context.Context, w Workload, image, id string, star
 		n.ctr(ctx, "tasks", "kill", "-s", "SIGINT", id)
 	}
 	return await(ctx, w, p, start)
+}
+
+// ctrStdin is where stdinFromFile mounts the workload's stdin.
+const ctrStdin = "/.bootfs-bench-stdin"
+
+// stdinFromFile returns ctr run's flags and the command that give argv
+// the contents of file as its stdin, read-only bind-mounted into the
+// container, instead of ctr's own stdin: ctr 1.6 closes the task's stdin
+// only if its own reaches EOF after the task was created, and a short
+// input that ends sooner (as soon as the shim opens the FIFO, which an
+// image whose files are all prefetched does at once) leaves the workload
+// waiting on stdin for ever.
+func stdinFromFile(file string, argv []string) (flags, cmd []string) {
+	flags = []string{"--mount", "type=bind,src=" + file + ",dst=" + ctrStdin + ",options=rbind:ro"}
+	cmd = append([]string{"sh", "-c", `exec "$@" <` + ctrStdin, "sh"}, argv...)
+	return flags, cmd
+}
+
+// archiveImageName returns the name ctr images import gives the image of
+// an OCI archive of ctr images export: the io.containerd.image.name of
+// its index.json's one manifest.
+func archiveImageName(archive string) (string, error) {
+	f, err := os.Open(archive)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			return "", fmt.Errorf("%s: no index.json (%v): not an archive of ctr images export; delete its directory to convert again", archive, err)
+		}
+		if path.Clean(hdr.Name) != "index.json" {
+			continue
+		}
+		var index struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(tr).Decode(&index); err != nil {
+			return "", fmt.Errorf("%s: index.json: %w", archive, err)
+		}
+		if len(index.Manifests) != 1 || index.Manifests[0].Annotations["io.containerd.image.name"] == "" {
+			return "", fmt.Errorf("%s: index.json names %d images, want one with io.containerd.image.name; delete its directory to convert again", archive, len(index.Manifests))
+		}
+		return index.Manifests[0].Annotations["io.containerd.image.name"], nil
+	}
 }

@@ -1,7 +1,9 @@
 package harness
 
 import (
+	"archive/tar"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,12 +26,14 @@ bootfs_chunkstore_http_requests_total{method="GET",code="200"} 64
 bootfs_chunkstore_http_requests_total{method="GET",code="404"} 2
 bootfs_chunkstore_http_requests_total{method="HEAD",code="200"} 5
 bootfs_chunkstore_http_requests_total{method="PUT",code="201"} 9
+bootfs_chunkstore_http_requests_total{method="POST",code="200"} 30
+bootfs_chunkstore_http_batch_chunks_total 400
 bootfs_chunkstore_http_in_flight 1
 bootfs_chunkstore_http_sent_bytes_total 1830829
 bootfs_chunkstore_http_received_bytes_total 77
 bootfs_chunkstore_store_bytes_total 99
 `,
-			want: counters{Requests: 71, Bytes: 1830829},
+			want: counters{Requests: 101, Bytes: 1830829},
 		},
 		{name: "no requests yet", in: "bootfs_chunkstore_http_sent_bytes_total 0\n", want: counters{}},
 		{name: "not chunkstore", in: "go_goroutines 7\n", wantErr: true},
@@ -160,7 +164,7 @@ func TestResolve(t *testing.T) {
 		check   func(*testing.T, Options)
 	}{
 		{name: "defaults", check: func(t *testing.T, o Options) {
-			if o.Samples != 2 || len(o.Images) != 4 || !slices.Equal(o.Modes, DefaultModes) || slices.Contains(o.Modes, ModeSaveLoad) || len(o.Networks) != len(Networks) || len(o.Extras) != len(AllExtras) {
+			if o.Samples != 2 || len(o.Images) != 4 || !slices.Equal(o.Modes, DefaultModes) || slices.Contains(o.Modes, ModeSaveLoad) || len(o.Networks) != len(Networks)-1 || !slices.Equal(o.Extras, DefaultExtras) {
 				t.Errorf("defaults = %+v", o)
 			}
 		}},
@@ -378,5 +382,127 @@ func TestNetworkRuns(t *testing.T) {
 		if got := tc.n.Runs(tc.img, tc.mode); got != tc.want {
 			t.Errorf("%s runs %s %s = %v, want %v", tc.n.Name, tc.img, tc.mode, got, tc.want)
 		}
+	}
+}
+
+// TestParseBootStats reads boot's stats line as slog's text handler
+// writes it, after the workload's own output, and takes the last one.
+func TestParseBootStats(t *testing.T) {
+	out := "hello, world\n" +
+		`time=2026-12-05T18:03:24.000Z level=INFO msg="bootfs stats" chunks_fetched=1 bytes_fetched=2 batches=3` + "\n" +
+		`time=2026-12-05T18:03:25.000Z level=INFO msg="bootfs stats" chunks_fetched=542 bytes_fetched=58137952 cache_hits=0 memory_hits=9 retries=0 errors=0 start_to_exec_ms=120 batches=244 read_ahead_chunks=80 read_ahead_bytes=8969117 read_ahead_wasted_chunks=20 read_ahead_wasted_bytes=1981368 prefetch_unread_bytes=5 network_waits=215 longest_chain=200` + "\n"
+	got, ok := parseBootStats(out)
+	want := BootStats{ChunksFetched: 542, BytesFetched: 58137952, Batches: 244, ReadAheadBytes: 8969117, ReadAheadWastedBytes: 1981368, PrefetchUnreadBytes: 5, NetworkWaits: 215, LongestChain: 200}
+	if !ok || got != want {
+		t.Fatalf("parseBootStats = %+v, %v; want %+v", got, ok, want)
+	}
+	if got.Wasted() != 1981373 {
+		t.Errorf("Wasted = %d", got.Wasted())
+	}
+	if _, ok := parseBootStats("hello, world\nlevel=WARN msg=other\n"); ok {
+		t.Error("parseBootStats found stats in output without them")
+	}
+}
+
+// TestReadAheadReport: the table of boot's counters at 20 ms and the
+// read-ahead waste goal, from the runs' stats.
+func TestReadAheadReport(t *testing.T) {
+	r := &Report{Samples: 2, Images: []string{"postgres"}, Modes: []string{ModeCold, ModePrefetch, ModeAgent}, Networks: []string{"20ms-100mbit"}}
+	for _, b := range []BootStats{
+		{BytesFetched: 40e6, Batches: 30, ReadAheadWastedBytes: 10e6, NetworkWaits: 50, LongestChain: 12},
+		{BytesFetched: 40e6, Batches: 34, ReadAheadWastedBytes: 6e6, NetworkWaits: 70, LongestChain: 16},
+	} {
+		r.add(Sample{Image: "postgres", Network: "20ms-100mbit", Mode: ModeCold, Ready: 3 * time.Second, StoreBytes: 20e6, Requests: 100, Boot: &b})
+	}
+	r.add(Sample{Image: "postgres", Network: "20ms-100mbit", Mode: ModePrefetch, Ready: 2 * time.Second, Requests: 40,
+		Boot: &BootStats{BytesFetched: 50e6, Batches: 8, ReadAheadWastedBytes: 1e6, PrefetchUnreadBytes: 4e6, LongestChain: 3, NetworkWaits: 9}})
+	r.add(Sample{Image: "postgres", Network: "20ms-100mbit", Mode: ModeAgent, Ready: 3 * time.Second, Requests: 90})
+	md := r.Markdown(nil)
+	for _, want := range []string{
+		"## Read-ahead and dependent fetches",
+		"| postgres | bootfs-cold | 100 | 32 | 40.0 MB | 8.0 MB (20.0%) | 14 | 60 |",
+		"| postgres | bootfs-prefetch | 40 | 8 | 50.0 MB | 5.0 MB (10.0%) | 3 | 9 |",
+		"| postgres | bootfs-agent | 90 | not reported | | | | |",
+		"bootfs cold's read-ahead waste < 20% of the bytes it fetched at 20ms-100mbit, postgres: **missed** (20.0%: 8.0 MB of 40.0 MB never read)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+// TestStdinFromFile: ctr run gets the workload's stdin from a file
+// bind-mounted read-only, and the command reads it as its stdin.
+func TestStdinFromFile(t *testing.T) {
+	flags, cmd := stdinFromFile("/w/run.stdin", []string{"sh", "-c", "gcc -x c -o /tmp/hello - && /tmp/hello"})
+	if want := []string{"--mount", "type=bind,src=/w/run.stdin,dst=/.bootfs-bench-stdin,options=rbind:ro"}; !slices.Equal(flags, want) {
+		t.Errorf("flags = %q, want %q", flags, want)
+	}
+	// Run the command here with the file where the mount would put it.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "stdin")
+	if err := os.WriteFile(file, []byte("from the file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, cmd = stdinFromFile(file, []string{"sh", "-c", "cat; echo done"})
+	cmd[2] = strings.ReplaceAll(cmd[2], ctrStdin, file)
+	out, err := exec.Command(cmd[0], cmd[1:]...).Output()
+	if err != nil || string(out) != "from the file\ndone\n" {
+		t.Errorf("%q: %q, %v", cmd, out, err)
+	}
+}
+
+// TestArchiveImageName reads the name an export gave the image, whatever
+// BENCH_PREFIX that run had, and refuses an archive without one.
+func TestArchiveImageName(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, index string) string {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw := tar.NewWriter(f)
+		for _, e := range []struct{ name, body string }{{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`}, {"index.json", index}} {
+			tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body))})
+			tw.Write([]byte(e.body))
+		}
+		tw.Close()
+		f.Close()
+		return f.Name()
+	}
+	good := write("good.tar", `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:08","size":594,"annotations":{"io.containerd.image.name":"prep.cache/gcc:estargz","org.opencontainers.image.ref.name":"estargz"}}]}`)
+	if got, err := archiveImageName(good); err != nil || got != "prep.cache/gcc:estargz" {
+		t.Errorf("archiveImageName = %q, %v", got, err)
+	}
+	bad := write("bad.tar", `{"schemaVersion":2,"manifests":[]}`)
+	if _, err := archiveImageName(bad); err == nil || !strings.Contains(err.Error(), "delete its directory") {
+		t.Errorf("archiveImageName of an archive without a name: %v", err)
+	}
+}
+
+// TestPlan counts the runs as sample makes them: casync mount once, the
+// far network only postgres's pull and cold start, casync mount at 20 ms
+// only the small images; and the default networks leave 2ms-1gbit out
+// while it can still be asked for.
+func TestPlan(t *testing.T) {
+	o := Options{Bin: "b", Work: "w", Out: "o", Samples: 2, CasyncSamples: 1, Images: []string{"python", "postgres"},
+		Modes: []string{ModeRegistry, ModeCold, ModeCasync}, Networks: []string{"loopback", "20ms-100mbit", "100ms-100mbit"}}
+	if err := o.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	// loopback 5 + 5, 20 ms 5 + 4, 100 ms postgres 4.
+	if p := o.plan(); p.runs != 23 || p.eta <= 0 {
+		t.Errorf("plan = %+v, want 23 runs and an estimate", p)
+	}
+	d := Options{Bin: "b", Work: "w", Out: "o"}
+	if err := d.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"loopback", "20ms-100mbit", "100ms-100mbit"}; !slices.Equal(d.Networks, want) {
+		t.Errorf("default networks %q, want %q", d.Networks, want)
+	}
+	a := Options{Bin: "b", Work: "w", Out: "o", Networks: []string{"2ms-1gbit"}}
+	if err := a.resolve(); err != nil {
+		t.Errorf("NETWORKS=2ms-1gbit: %v", err)
 	}
 }

@@ -36,6 +36,10 @@ type Sample struct {
 	// RSS is the peak resident set of the FUSE process (boot or casync);
 	// 0 where there is none.
 	RSS int64
+	// Boot is boot's own stats line, for the bootfs modes whose boot
+	// runs in the container (not through the agent); nil where there is
+	// none.
+	Boot *BootStats `json:",omitempty"`
 	// Err says why the run failed; Skipped why the mode cannot run here.
 	Err, Skipped string
 }
@@ -189,6 +193,9 @@ type containerRun struct {
 	env      []string
 	volumes  []string
 	watchRSS bool
+	// stats, if set, receives boot's stats line (the caller sets
+	// BOOTFS_LOG=info); it is left nil when boot printed none.
+	stats **BootStats
 }
 
 // runContainer runs the workload in a container and returns its time to
@@ -235,6 +242,11 @@ func (h *harness) runContainer(ctx context.Context, w Workload, c containerRun, 
 	}
 	p.stop = func() { docker(context.Background(), "stop", "-t", "20", name) }
 	took, err := await(ctx, w, p, start)
+	if c.stats != nil {
+		if b, ok := parseBootStats(p.out.String()); ok {
+			*c.stats = &b
+		}
+	}
 	var rss int64
 	if rw != nil {
 		rss = rw.Stop()

@@ -107,8 +107,9 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 	s.InDocker = time.Since(start)
 	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, containerRun{
 		image: pulled, boot: true, watchRSS: true,
-		env:     []string{"BOOTFS_STORE=" + store},
+		env:     []string{"BOOTFS_STORE=" + store, "BOOTFS_LOG=info"},
 		volumes: []string{h.volume + ":/.bootfs/cache"},
+		stats:   &s.Boot,
 	}, start)
 	a, lerr := h.registry.accessSince(mark)
 	if err == nil && lerr != nil {

@@ -256,6 +256,8 @@ func (r *Report) Markdown(charts []string) string {
 		p("\n")
 	}
 
+	r.writeReadAhead(p)
+
 	p("\n## Goals\n\n")
 	for _, g := range r.Goals() {
 		p("- %s\n", g)
@@ -491,6 +493,12 @@ func (r *Report) Goals() []string {
 		}
 	}
 	g = append(g, r.coldStartGoals(mark)...)
+	for _, img := range r.Images {
+		if b, ok := r.bootCell(img, slow, ModeCold); ok {
+			x := pct(b.Wasted(), b.BytesFetched)
+			g = append(g, fmt.Sprintf("bootfs cold's read-ahead waste < 20%% of the bytes it fetched at %s, %s: %s (%.1f%%: %s of %s never read)", slow, img, mark(x < 20), x, mb(b.Wasted()), mb(b.BytesFetched)))
+		}
+	}
 	for _, img := range r.Images {
 		c := r.cell(img, "", ModeCold)
 		if len(c.ok) == 0 {
@@ -728,4 +736,67 @@ func Render(file, out string) (string, error) {
 		return "", fmt.Errorf("read report %s: %w", file, err)
 	}
 	return r.Write(out)
+}
+
+// readAheadModes are the bootfs modes whose boot reports its Reader's
+// counters (the agent's mount is in the agent, whose figures are its
+// /metrics).
+var readAheadModes = []string{ModeCold, ModePrefetch, ModeBootfsRegistry, ModeAgent}
+
+// bootCell returns the medians of boot's counters over the successful
+// runs of img on net in mode; ok is false when no run reported them.
+func (r *Report) bootCell(img, net, mode string) (BootStats, bool) {
+	var v [7][]int64
+	for _, s := range r.Runs {
+		if s.Image != img || s.Network != net || s.Mode != mode || s.Err != "" || s.Skipped != "" || s.Boot == nil {
+			continue
+		}
+		b := s.Boot
+		for i, x := range []int64{b.BytesFetched, b.Batches, b.ReadAheadBytes, b.ReadAheadWastedBytes, b.PrefetchUnreadBytes, b.NetworkWaits, b.LongestChain} {
+			v[i] = append(v[i], x)
+		}
+	}
+	if len(v[0]) == 0 {
+		return BootStats{}, false
+	}
+	return BootStats{BytesFetched: median(v[0]), Batches: median(v[1]), ReadAheadBytes: median(v[2]),
+		ReadAheadWastedBytes: median(v[3]), PrefetchUnreadBytes: median(v[4]), NetworkWaits: median(v[5]), LongestChain: median(v[6])}, true
+}
+
+// writeReadAhead writes boot's own counters at 20 ms: requests (the
+// run's, boot image included), batch reads, what was fetched and never
+// read as a share of what boot fetched, the longest chain of dependent
+// fetches and the reads that waited for the network.
+func (r *Report) writeReadAhead(p func(string, ...any)) {
+	const slow = "20ms-100mbit"
+	if !slices.Contains(r.Networks, slow) {
+		return
+	}
+	var rows []string
+	for _, img := range r.Images {
+		for _, m := range readAheadModes {
+			if !slices.Contains(r.Modes, m) {
+				continue
+			}
+			c := r.cell(img, slow, m)
+			if len(c.ok) == 0 {
+				continue
+			}
+			b, ok := r.bootCell(img, slow, m)
+			if !ok {
+				rows = append(rows, fmt.Sprintf("| %s | %s | %d | not reported | | | | |", img, m, c.requests))
+				continue
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %s | %d | %d | %s | %s (%.1f%%) | %d | %d |", img, m, c.requests, b.Batches,
+				mb(b.BytesFetched), mb(b.Wasted()), pct(b.Wasted(), b.BytesFetched), b.LongestChain, b.NetworkWaits))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("\n## Read-ahead and dependent fetches\n\nAt %s, medians: the run's requests (boot image included), and boot's own counters from its stats line (BOOTFS_LOG=info): its batch reads, the chunk bytes it fetched, of those the bytes never read (read-ahead waste plus prefetched chunks unread, as a share of its bytes), the longest chain of fetches each waiting on the one before, and the reads that waited for the network. bootfs-agent's boot has none (the mount is the agent's).\n\n", slow)
+	p("| image | mode | requests | batches | boot fetched | never read (waste) | longest chain | network waits |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, row := range rows {
+		p("%s\n", row)
+	}
 }

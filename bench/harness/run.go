@@ -81,6 +81,9 @@ func Run(ctx context.Context, opts Options) (string, error) {
 		volume:    fmt.Sprintf("%s-%d-cache", prefix, os.Getpid()),
 	}
 	defer h.clean.run()
+	pl := opts.plan()
+	h.logf("plan: %d runs (%d image(s) × %d network(s) × %d mode(s) × %d sample(s), less the cells a network skips), then %d extra(s); about %s with the trees and eStargz conversions cached (done by %s)",
+		pl.runs, len(opts.Images), len(opts.Networks), len(opts.Modes), opts.Samples, len(opts.Extras), pl.eta, time.Now().Add(pl.eta).Format("15:04"))
 	if err := h.setup(ctx); err != nil {
 		return "", err
 	}
@@ -475,7 +478,9 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		s.ImageBytes, s.Requests = got.Bytes, got.Requests
 		s.InDocker = time.Since(start)
 	}
-	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, st.container(h, "", tag), start)
+	c := st.container(h, "", tag)
+	c.env, c.stats = append(c.env, "BOOTFS_LOG=info"), &s.Boot
+	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, c, start)
 	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
