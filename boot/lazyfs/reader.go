@@ -300,13 +300,14 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 // a sequential stream of reads. If ctx ends first, it returns ctx's
 // error; the fetches go on for other readers.
 func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
-	return r.readAt(ctx, p, off, r.size)
+	return r.readAt(ctx, p, off, 0, r.size)
 }
 
-// readAt is ReadAtContext of a read within a file whose bytes end at
-// archive offset fileEnd: read-ahead goes past it only for a stream that
-// has gone on from one file to the next before.
-func (r *Reader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
+// readAt is ReadAtContext of a read within a file whose bytes are the
+// archive's fileStart..fileEnd: read-ahead goes past it only for a stream
+// that has gone on from one file to the next before, and fetches the rest
+// of a small file (fileAhead).
+func (r *Reader) readAt(ctx context.Context, p []byte, off, fileStart, fileEnd int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("boot: read archive at offset %d: negative offset", off)
 	}
@@ -345,12 +346,16 @@ func (r *Reader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int,
 	for i := first; i <= last; i++ {
 		if next <= last && next-i <= window/2 {
 			end := min(last, next+window-1)
-			pending = r.startRun(pending, next, end)
+			var fetched bool
+			pending, fetched = r.startRun(pending, next, end)
 			next = end + 1
 			if i == first {
 				// After the read's own fetches: read-ahead never
 				// goes before what the read needs.
 				r.readAhead(off, int64(want), fileEnd)
+				if fetched {
+					r.fileAhead(off+int64(want), fileStart, fileEnd)
+				}
 			}
 		}
 		pc := pending[0]
@@ -462,8 +467,9 @@ type batchItem struct {
 
 // startRun appends to pending the chunks first..last that a read needs,
 // starting those that are neither in memory nor being loaded as batch
-// reads. The caller must release what it appends.
-func (r *Reader) startRun(pending []pendingChunk, first, last int) []pendingChunk {
+// reads, and reports whether it started any. The caller must release
+// what it appends.
+func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChunk, bool) {
 	var items []batchItem
 	for i := first; i <= last; i++ {
 		id := r.idx.Chunks[i].ID
@@ -501,7 +507,7 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) []pendingChun
 	if len(items) > 0 {
 		r.goBatches(items, kindRead)
 	}
-	return pending
+	return pending, len(items) > 0
 }
 
 // markRead notes that a read used chunk id, which read-ahead or prefetch
@@ -797,6 +803,31 @@ func (r *Reader) fetchAhead(from, to int64) {
 		}
 	}
 }
+
+// fileAhead is called by a read that had to start a fetch and ends at
+// archive offset from, within a file whose bytes are fileStart..fileEnd.
+// When the file is at most fileAheadBytes, it fetches the rest of it
+// now, as read-ahead, alongside the read's own fetch: a program reads
+// most of a small file it opened (a library that ld.so maps, a module, a
+// configuration file), and in the order of its own page faults, one
+// round trip after the other, where one fetch of the whole would do.
+// Reads of the archive as a whole (ReadAtContext) know no file, and
+// random reads of a large file never start it, not even near its end.
+func (r *Reader) fileAhead(from, fileStart, fileEnd int64) {
+	if r.opts.ReadAhead <= 0 || fileEnd >= r.size || from >= fileEnd {
+		return
+	}
+	rest := fileEnd - from
+	if fileEnd-fileStart > r.fileAheadBytes() || r.aheadInFlight.Load()+rest > r.opts.ReadAhead {
+		return
+	}
+	r.fetchAhead(from, fileEnd)
+}
+
+// fileAheadBytes is the largest file whose rest fileAhead fetches: half
+// the read-ahead window, so that one small file never takes all the room
+// read-ahead has in flight.
+func (r *Reader) fileAheadBytes() int64 { return r.opts.ReadAhead / 2 }
 
 // stream is a sequential stream of reads of the archive, which read-ahead
 // follows: within a file, and on into the next files, which come next in
