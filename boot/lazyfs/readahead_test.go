@@ -365,3 +365,29 @@ func TestReaderLargeFileNoWhole(t *testing.T) {
 		t.Errorf("random reads of a %d-byte file: %d chunks read ahead; want none", fileEnd-fileStart, s.ReadAheadChunks)
 	}
 }
+
+// TestReaderSmallFileWholeAfterNeighbour: when a small file's first
+// chunk is in memory already, read with the file before it, the first of
+// its page faults that misses fetches the whole of the rest, before and
+// after the fault, in one round trip.
+func TestReaderSmallFileWholeAfterNeighbour(t *testing.T) {
+	b := bigBlob(t, 7, randBytes(7, 8<<20))
+	store := &batchStore{Store: b.store, latency: time.Millisecond}
+	r := NewReader(b.idx, store, ReaderOptions{})
+	defer r.Close()
+	const fileStart, fileEnd = 5<<20 + 4321, 6<<20 + 500<<10 // 1.5 MB
+	// The end of the (large) file before, and with it the first chunk.
+	prev := make([]byte, 4096)
+	if _, err := r.readAt(context.Background(), prev, fileStart-4096, fileStart-5<<20, fileStart); err != nil || !bytes.Equal(prev, b.data[fileStart-4096:fileStart]) {
+		t.Fatalf("readAt(the file before) = %v; want its bytes", err)
+	}
+	pageFaults(t, r, b.data, fileStart, fileEnd, 7)
+	s := r.Stats()
+	t.Logf("%+v, %d requests", s, store.count())
+	if s.LongestChain > 2 || store.count() > 5 {
+		t.Errorf("page faults of a 1.5 MB file: longest chain %d, %d requests; want at most 2 and 5", s.LongestChain, store.count())
+	}
+	if s.ReadAheadWastedBytes != 0 {
+		t.Errorf("%d bytes of the file fetched ahead and not read; want none", s.ReadAheadWastedBytes)
+	}
+}

@@ -346,15 +346,15 @@ func (r *Reader) readAt(ctx context.Context, p []byte, off, fileStart, fileEnd i
 	for i := first; i <= last; i++ {
 		if next <= last && next-i <= window/2 {
 			end := min(last, next+window-1)
-			var fetched bool
-			pending, fetched = r.startRun(pending, next, end)
+			var missed bool
+			pending, missed = r.startRun(pending, next, end)
 			next = end + 1
 			if i == first {
 				// After the read's own fetches: read-ahead never
 				// goes before what the read needs.
 				r.readAhead(off, int64(want), fileEnd)
-				if fetched {
-					r.fileAhead(off+int64(want), fileStart, fileEnd)
+				if missed {
+					r.fileAhead(fileStart, fileEnd)
 				}
 			}
 		}
@@ -467,10 +467,11 @@ type batchItem struct {
 
 // startRun appends to pending the chunks first..last that a read needs,
 // starting those that are neither in memory nor being loaded as batch
-// reads, and reports whether it started any. The caller must release
-// what it appends.
+// reads. It reports whether any of them was not in memory (being loaded,
+// or started now). The caller must release what it appends.
 func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChunk, bool) {
 	var items []batchItem
+	missed := false
 	for i := first; i <= last; i++ {
 		id := r.idx.Chunks[i].ID
 		// Most reads find the chunk in memory: they take only the
@@ -490,6 +491,7 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChu
 			pending = append(pending, pendingChunk{r: r, i: i, buf: b})
 			continue
 		}
+		missed = true
 		l, running := r.loads[id]
 		if !running {
 			l = &load{done: make(chan struct{}), kind: kindRead, parent: r.chainTop.Load()}
@@ -507,7 +509,7 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChu
 	if len(items) > 0 {
 		r.goBatches(items, kindRead)
 	}
-	return pending, len(items) > 0
+	return pending, missed
 }
 
 // markRead notes that a read used chunk id, which read-ahead or prefetch
@@ -804,30 +806,34 @@ func (r *Reader) fetchAhead(from, to int64) {
 	}
 }
 
-// fileAhead is called by a read that had to start a fetch and ends at
-// archive offset from, within a file whose bytes are fileStart..fileEnd.
-// When the file is at most fileAheadBytes, it fetches the rest of it
-// now, as read-ahead, alongside the read's own fetch: a program reads
-// most of a small file it opened (a library that ld.so maps, a module, a
-// configuration file), and in the order of its own page faults, one
-// round trip after the other, where one fetch of the whole would do.
-// Reads of the archive as a whole (ReadAtContext) know no file, and
-// random reads of a large file never start it, not even near its end.
-func (r *Reader) fileAhead(from, fileStart, fileEnd int64) {
-	if r.opts.ReadAhead <= 0 || fileEnd >= r.size || from >= fileEnd {
+// fileAhead is called by a read within a file whose bytes are the
+// archive's fileStart..fileEnd that found a chunk of its own not in
+// memory. When the file is at most fileAheadBytes, it fetches all of the
+// file that is neither in memory nor on its way, now, as read-ahead,
+// alongside the read's own fetch: a program reads most of a small file it
+// opened (a library that ld.so maps, a module, a configuration file), and
+// a mapped one in the order of its page faults, one round trip after the
+// other, where one fetch of the whole would do. The first chunks of a
+// small file are often in memory already (fetched with the end of the
+// file before it), so it is the first read that misses, not the first
+// read, that starts it. Reads of the archive as a whole (ReadAtContext)
+// know no file, and random reads of a large file never start it.
+func (r *Reader) fileAhead(fileStart, fileEnd int64) {
+	size := fileEnd - fileStart
+	if r.opts.ReadAhead <= 0 || fileEnd >= r.size || size <= 0 {
 		return
 	}
-	rest := fileEnd - from
-	if fileEnd-fileStart > r.fileAheadBytes() || r.aheadInFlight.Load()+rest > r.opts.ReadAhead {
+	if size > r.fileAheadBytes() || r.aheadInFlight.Load()+size > r.opts.ReadAhead {
 		return
 	}
-	r.fetchAhead(from, fileEnd)
+	r.fetchAhead(fileStart, fileEnd)
 }
 
-// fileAheadBytes is the largest file whose rest fileAhead fetches: half
-// the read-ahead window, so that one small file never takes all the room
-// read-ahead has in flight.
-func (r *Reader) fileAheadBytes() int64 { return r.opts.ReadAhead / 2 }
+// fileAheadBytes is the largest file whose rest fileAhead fetches: the
+// read-ahead window (4 MiB), which is also what read-ahead may have in
+// flight, and at most half the LRU, so the rest of the file stays in
+// memory until it is read.
+func (r *Reader) fileAheadBytes() int64 { return r.opts.ReadAhead }
 
 // stream is a sequential stream of reads of the archive, which read-ahead
 // follows: within a file, and on into the next files, which come next in
