@@ -313,7 +313,7 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 		rec.Add(i)
 	}
 	// The Reader reads ahead, in archive order: on into the next files.
-	got, err := f.r.readAt(cancelContext{cancel}, buf[:want], e.PayloadOffset+off, e.PayloadOffset+size)
+	got, err := f.r.readAt(cancelContext{cancel}, buf[:want], e.PayloadOffset+off, e.PayloadOffset, e.PayloadOffset+size)
 	if err != nil && int64(got) < want {
 		return nil, f.errno("read", i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
 	}

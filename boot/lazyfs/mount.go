@@ -127,6 +127,11 @@ type MountOptions struct {
 	// to, at unmount and on SIGUSR1 (--record); see Recorder. Empty
 	// means none.
 	Record string
+	// Prefetch is a list of image paths, as Record writes it (and
+	// mkimage --prefetch reads it), whose chunks are fetched in one
+	// sweep in the background from before the mount is up, reads first
+	// (--prefetch); see PrefetchPaths. Empty means none.
+	Prefetch string
 	// FS tunes the filesystem; its Logger defaults to ImageOptions.Logger.
 	FS FSOptions
 }
@@ -146,11 +151,27 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 	if err := checkMountpoint(mountpoint); err != nil { // before any fetch
 		return err
 	}
+	var prefetch []string
+	if opts.Prefetch != "" {
+		var err error
+		if prefetch, err = ReadPathList(opts.Prefetch); err != nil {
+			return err
+		}
+	}
 	im, err := OpenImage(ctx, indexPath, opts.ImageOptions)
 	if err != nil {
 		return err
 	}
 	defer im.Close()
+	if len(prefetch) > 0 {
+		// Stopped before im.Close (deferred later, so run first).
+		bg, stopBG := context.WithCancel(context.Background())
+		defer stopBG()
+		go func() {
+			n := PrefetchPaths(bg, im.Reader, im.TOC, prefetch, log)
+			log.Debug("prefetched", "chunks", n, "files", len(prefetch))
+		}()
+	}
 	var rec *Recorder // the one --record writes out
 	if opts.Record != "" {
 		rec = NewRecorder(im.TOC)

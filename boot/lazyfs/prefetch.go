@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -61,6 +63,12 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 		}
 		list = append(list, i)
 	}
+	return prefetchChunks(ctx, r, list, log)
+}
+
+// prefetchChunks is PrefetchList of the index's chunks list (positions in
+// the index, in any order, repeats allowed).
+func prefetchChunks(ctx context.Context, r *Reader, list []int, log *slog.Logger) int {
 	slices.Sort(list)
 	list = slices.Compact(list)
 
@@ -114,6 +122,68 @@ func PrefetchList(ctx context.Context, r *Reader, ids []string, log *slog.Logger
 	case <-ctx.Done():
 	}
 	return int(got.Load())
+}
+
+// ReadPathList reads a list of image paths as Recorder writes it (and
+// mkimage --prefetch reads it): one absolute path a line, a line that
+// starts with a double quote Go-quoted; blank lines and lines that start
+// with '#' are skipped.
+func ReadPathList(name string) ([]string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("boot: prefetch list: %w", err)
+	}
+	var paths []string
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, `"`) {
+			p, err := strconv.Unquote(line)
+			if err != nil {
+				return nil, fmt.Errorf("boot: prefetch list %s, line %d: bad quoted path %s (write it as --record does)", name, n+1, line)
+			}
+			line = p
+		}
+		if !strings.HasPrefix(line, "/") {
+			return nil, fmt.Errorf("boot: prefetch list %s, line %d: %q is not an absolute image path (want one a line, as --record writes them)", name, n+1, line)
+		}
+		paths = append(paths, line)
+	}
+	return paths, nil
+}
+
+// PrefetchPaths is PrefetchList of the chunks that hold the content of
+// the regular files paths names, the list that Recorder writes: what
+// mkimage --prefetch puts into a boot image's config, for `boot mount`.
+// Paths that are not regular files of the image are skipped with a
+// warning, as a list recorded on an older build may name files that are
+// gone.
+func PrefetchPaths(ctx context.Context, r *Reader, toc *casync.TOC, paths []string, log *slog.Logger) int {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var list []int
+	for _, p := range paths {
+		i, ok := toc.Lookup(p)
+		if !ok || toc.Mode(i)&casync.ModeTypeMask != casync.ModeRegular {
+			log.Warn("prefetch list names no regular file of the image; skipping it", "path", p)
+			continue
+		}
+		e := toc.Entry(i)
+		if e.Size == 0 || e.PayloadOffset < 0 {
+			continue
+		}
+		start, end := uint64(e.PayloadOffset), uint64(e.PayloadOffset)+e.Size
+		for k := r.idx.ChunkAt(start); k >= 0 && k < len(r.idx.Chunks) && r.idx.Chunks[k].Start < end; k++ {
+			list = append(list, k)
+		}
+	}
+	if len(list) == 0 {
+		return 0
+	}
+	return prefetchChunks(ctx, r, list, log)
 }
 
 // FillCache fetches every chunk of the image that the cache directory

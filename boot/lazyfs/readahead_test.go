@@ -297,3 +297,97 @@ func TestPrefetchListOneSweep(t *testing.T) {
 		t.Errorf("Stats() = %+v, want %d bytes prefetched, all unread", s, bytes)
 	}
 }
+
+// pageFaults reads a file of the archive, fileStart..fileEnd, as a
+// program's page faults on a mapped file read it: a 4 KiB read at every
+// 16 KiB (the smallest chunk) of the file, in a shuffled order, each
+// checked against want.
+func pageFaults(t *testing.T, r *Reader, want []byte, fileStart, fileEnd int64, seed uint64) {
+	t.Helper()
+	var offs []int64
+	for off := fileStart; off < fileEnd; off += 16 << 10 {
+		offs = append(offs, off)
+	}
+	rand.New(rand.NewPCG(seed, seed)).Shuffle(len(offs), func(i, j int) { offs[i], offs[j] = offs[j], offs[i] })
+	offs = append([]int64{fileStart}, offs...) // the header first, as ld.so reads it
+	p := make([]byte, 4096)
+	for _, off := range offs {
+		n := min(int64(len(p)), fileEnd-off)
+		got, err := r.readAt(context.Background(), p[:n], off, fileStart, fileEnd)
+		if err != nil || !bytes.Equal(p[:got], want[off:off+n]) {
+			t.Fatalf("readAt(%d) = %d, %v; want the file's bytes", off, got, err)
+		}
+	}
+}
+
+// TestReaderSmallFileWhole: the page faults of a small file, scattered
+// over it, wait for one round trip, not one each: the first read that
+// fetches fetches the rest of the file too, and none of it is wasted.
+func TestReaderSmallFileWhole(t *testing.T) {
+	b := bigBlob(t, 5, randBytes(5, 8<<20))
+	store := &batchStore{Store: b.store, latency: time.Millisecond}
+	r := NewReader(b.idx, store, ReaderOptions{})
+	defer r.Close()
+	const fileStart, fileEnd = 2<<20 + 12345, 3<<20 + 600<<10 // 1.6 MB
+	pageFaults(t, r, b.data, fileStart, fileEnd, 5)
+	s := r.Stats()
+	t.Logf("%+v, %d requests", s, store.count())
+	if s.LongestChain > 2 || store.count() > 3 {
+		t.Errorf("page faults of a 1.6 MB file: longest chain %d, %d requests; want at most 2 and 3", s.LongestChain, store.count())
+	}
+	if s.ReadAheadWastedBytes != 0 {
+		t.Errorf("%d bytes of the file fetched ahead and not read; want none", s.ReadAheadWastedBytes)
+	}
+	if limit := uint64(fileEnd-fileStart) + 2*casync.DefaultChunkSize.Max; s.BytesFetched > limit {
+		t.Errorf("fetched %d bytes for a file of %d; want at most its chunks (%d)", s.BytesFetched, fileEnd-fileStart, limit)
+	}
+}
+
+// TestReaderLargeFileNoWhole: page faults of a file larger than
+// fileAheadBytes fetch only what they read, near its end too.
+func TestReaderLargeFileNoWhole(t *testing.T) {
+	b := bigBlob(t, 6, randBytes(6, 12<<20))
+	store := &batchStore{Store: b.store}
+	r := NewReader(b.idx, store, ReaderOptions{})
+	defer r.Close()
+	const fileStart, fileEnd = 1<<20 + 777, 10 << 20
+	var offs []int64
+	for off := int64(fileEnd - 1); off > fileStart; off -= 256 << 10 { // backwards: every read a new stream
+		offs = append(offs, off)
+	}
+	p := make([]byte, 1)
+	for _, off := range offs {
+		if _, err := r.readAt(context.Background(), p, off, fileStart, fileEnd); err != nil || p[0] != b.data[off] {
+			t.Fatalf("readAt(%d) = %v; want the file's byte", off, err)
+		}
+	}
+	if s := r.Stats(); s.ReadAheadChunks != 0 {
+		t.Errorf("random reads of a %d-byte file: %d chunks read ahead; want none", fileEnd-fileStart, s.ReadAheadChunks)
+	}
+}
+
+// TestReaderSmallFileWholeAfterNeighbour: when a small file's first
+// chunk is in memory already, read with the file before it, the first of
+// its page faults that misses fetches the whole of the rest, before and
+// after the fault, in one round trip.
+func TestReaderSmallFileWholeAfterNeighbour(t *testing.T) {
+	b := bigBlob(t, 7, randBytes(7, 8<<20))
+	store := &batchStore{Store: b.store, latency: time.Millisecond}
+	r := NewReader(b.idx, store, ReaderOptions{})
+	defer r.Close()
+	const fileStart, fileEnd = 5<<20 + 4321, 6<<20 + 500<<10 // 1.5 MB
+	// The end of the (large) file before, and with it the first chunk.
+	prev := make([]byte, 4096)
+	if _, err := r.readAt(context.Background(), prev, fileStart-4096, fileStart-5<<20, fileStart); err != nil || !bytes.Equal(prev, b.data[fileStart-4096:fileStart]) {
+		t.Fatalf("readAt(the file before) = %v; want its bytes", err)
+	}
+	pageFaults(t, r, b.data, fileStart, fileEnd, 7)
+	s := r.Stats()
+	t.Logf("%+v, %d requests", s, store.count())
+	if s.LongestChain > 2 || store.count() > 5 {
+		t.Errorf("page faults of a 1.5 MB file: longest chain %d, %d requests; want at most 2 and 5", s.LongestChain, store.count())
+	}
+	if s.ReadAheadWastedBytes != 0 {
+		t.Errorf("%d bytes of the file fetched ahead and not read; want none", s.ReadAheadWastedBytes)
+	}
+}

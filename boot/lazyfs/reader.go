@@ -300,13 +300,14 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 // a sequential stream of reads. If ctx ends first, it returns ctx's
 // error; the fetches go on for other readers.
 func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
-	return r.readAt(ctx, p, off, r.size)
+	return r.readAt(ctx, p, off, 0, r.size)
 }
 
-// readAt is ReadAtContext of a read within a file whose bytes end at
-// archive offset fileEnd: read-ahead goes past it only for a stream that
-// has gone on from one file to the next before.
-func (r *Reader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
+// readAt is ReadAtContext of a read within a file whose bytes are the
+// archive's fileStart..fileEnd: read-ahead goes past it only for a stream
+// that has gone on from one file to the next before, and fetches the rest
+// of a small file (fileAhead).
+func (r *Reader) readAt(ctx context.Context, p []byte, off, fileStart, fileEnd int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("boot: read archive at offset %d: negative offset", off)
 	}
@@ -345,12 +346,16 @@ func (r *Reader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int,
 	for i := first; i <= last; i++ {
 		if next <= last && next-i <= window/2 {
 			end := min(last, next+window-1)
-			pending = r.startRun(pending, next, end)
+			var missed bool
+			pending, missed = r.startRun(pending, next, end)
 			next = end + 1
 			if i == first {
 				// After the read's own fetches: read-ahead never
 				// goes before what the read needs.
 				r.readAhead(off, int64(want), fileEnd)
+				if missed {
+					r.fileAhead(fileStart, fileEnd)
+				}
 			}
 		}
 		pc := pending[0]
@@ -462,9 +467,11 @@ type batchItem struct {
 
 // startRun appends to pending the chunks first..last that a read needs,
 // starting those that are neither in memory nor being loaded as batch
-// reads. The caller must release what it appends.
-func (r *Reader) startRun(pending []pendingChunk, first, last int) []pendingChunk {
+// reads. It reports whether any of them was not in memory (being loaded,
+// or started now). The caller must release what it appends.
+func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChunk, bool) {
 	var items []batchItem
+	missed := false
 	for i := first; i <= last; i++ {
 		id := r.idx.Chunks[i].ID
 		// Most reads find the chunk in memory: they take only the
@@ -484,6 +491,7 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) []pendingChun
 			pending = append(pending, pendingChunk{r: r, i: i, buf: b})
 			continue
 		}
+		missed = true
 		l, running := r.loads[id]
 		if !running {
 			l = &load{done: make(chan struct{}), kind: kindRead, parent: r.chainTop.Load()}
@@ -501,7 +509,7 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) []pendingChun
 	if len(items) > 0 {
 		r.goBatches(items, kindRead)
 	}
-	return pending
+	return pending, missed
 }
 
 // markRead notes that a read used chunk id, which read-ahead or prefetch
@@ -797,6 +805,35 @@ func (r *Reader) fetchAhead(from, to int64) {
 		}
 	}
 }
+
+// fileAhead is called by a read within a file whose bytes are the
+// archive's fileStart..fileEnd that found a chunk of its own not in
+// memory. When the file is at most fileAheadBytes, it fetches all of the
+// file that is neither in memory nor on its way, now, as read-ahead,
+// alongside the read's own fetch: a program reads most of a small file it
+// opened (a library that ld.so maps, a module, a configuration file), and
+// a mapped one in the order of its page faults, one round trip after the
+// other, where one fetch of the whole would do. The first chunks of a
+// small file are often in memory already (fetched with the end of the
+// file before it), so it is the first read that misses, not the first
+// read, that starts it. Reads of the archive as a whole (ReadAtContext)
+// know no file, and random reads of a large file never start it.
+func (r *Reader) fileAhead(fileStart, fileEnd int64) {
+	size := fileEnd - fileStart
+	if r.opts.ReadAhead <= 0 || fileEnd >= r.size || size <= 0 {
+		return
+	}
+	if size > r.fileAheadBytes() || r.aheadInFlight.Load()+size > r.opts.ReadAhead {
+		return
+	}
+	r.fetchAhead(fileStart, fileEnd)
+}
+
+// fileAheadBytes is the largest file whose rest fileAhead fetches: the
+// read-ahead window (4 MiB), which is also what read-ahead may have in
+// flight, and at most half the LRU, so the rest of the file stays in
+// memory until it is read.
+func (r *Reader) fileAheadBytes() int64 { return r.opts.ReadAhead }
 
 // stream is a sequential stream of reads of the archive, which read-ahead
 // follows: within a file, and on into the next files, which come next in

@@ -1,14 +1,19 @@
 package lazyfs
 
 import (
+	"bytes"
+	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore/opener"
 )
 
 // recordTOC builds the TOC of a small tree, with a name holding a
@@ -134,4 +139,94 @@ func TestMountRecord(t *testing.T) {
 	if want := "/small.txt\n/deep/a/b/c/d/e/leaf\n"; err != nil || string(b) != want {
 		t.Errorf("--record wrote %q, %v; want %q", b, err, want)
 	}
+}
+
+// TestMountPrefetch: `boot mount --prefetch LIST` fetches the content of
+// the files a --record list names before any read asks for it, skips the
+// names that are no regular file, and the reads then fetch nothing more.
+func TestMountPrefetch(t *testing.T) {
+	requireFUSE(t)
+	im := newTreeImage(t)
+	mnt := t.TempDir()
+	list := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(list, []byte("/other.bin\n/gone\n/many\n\n# a comment\n/big.bin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu     sync.Mutex
+		opened *opener.Opened
+	)
+	open := func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
+		o, err := openStore(im.store, "")(ctx, d)
+		mu.Lock()
+		opened = o
+		mu.Unlock()
+		return o, err
+	}
+	want := map[casync.ChunkID]bool{}
+	for _, p := range []string{"/other.bin", "/big.bin"} {
+		i, ok := im.tocObj.Lookup(p)
+		if !ok {
+			t.Fatalf("Lookup(%s) found nothing", p)
+		}
+		e := im.tocObj.Entry(i)
+		maps.Copy(want, coveringChunks(im.idx, e.PayloadOffset, int64(e.Size)))
+	}
+	hits := func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if opened == nil {
+			return 0
+		}
+		return opened.Remote.Stats().Hits
+	}
+	stop := startMount(t, im.index, mnt, MountOptions{ImageOptions: ImageOptions{Open: open}, Prefetch: list})
+	defer stop()
+	waitFor(t, 30*time.Second, "the prefetch list fetched", func() bool { return hits() >= uint64(len(want)) })
+	before := hits()
+	for _, name := range []string{"big.bin", "other.bin"} {
+		got, err := os.ReadFile(filepath.Join(mnt, name))
+		wantData, _ := os.ReadFile(filepath.Join(im.src, name))
+		if err != nil || !bytes.Equal(got, wantData) {
+			t.Fatalf("ReadFile(%s) = %d bytes, %v; want the file's %d", name, len(got), err, len(wantData))
+		}
+	}
+	if after := hits(); after != before || before != uint64(len(want)) {
+		t.Errorf("the store served %d chunks, then %d after the reads; want the %d of the listed files, and no more", before, after, len(want))
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReadPathListErrors: a list that is not --record's form fails with
+// the line that is wrong, before anything is mounted.
+func TestReadPathListErrors(t *testing.T) {
+	for _, tc := range []struct{ name, list, want string }{
+		{"relative", "/a\nusr/bin/x\n", "line 2"},
+		{"bad quote", "\"/a\n", "line 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := filepath.Join(t.TempDir(), "list")
+			if err := os.WriteFile(name, []byte(tc.list), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ReadPathList(name); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ReadPathList(%q) = %v, want an error naming %s", tc.list, err, tc.want)
+			}
+		})
+	}
+	got, err := ReadPathList(writeTemp(t, "/a\n\"/b\\nc\"\n\n# x\r\n/d\r\n"))
+	if want := []string{"/a", "/b\nc", "/d"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("ReadPathList = %q, %v; want %q", got, err, want)
+	}
+}
+
+func writeTemp(t *testing.T, data string) string {
+	t.Helper()
+	name := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }

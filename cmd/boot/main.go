@@ -193,6 +193,7 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cacheMax, "cache-max", "", "cap --cache at `SIZE` (bytes, or with a k, m or g suffix), least recently used chunks evicted, across every process sharing it")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
+	fs.StringVar(&opts.Prefetch, "prefetch", "", "fetch the content of the image paths listed in `FILE` (as --record writes them) in the background, from before the mount is up")
 	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
 	fs.StringVar(&open.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// and oci:// stores, besides the system's")
 	fs.StringVar(&open.Credentials.RegistryAuthFile, "registry-auth", "", "docker config.json-format `FILE` with the credentials of oci:// stores")
