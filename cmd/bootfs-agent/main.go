@@ -5,8 +5,12 @@
 //	bootfs-agent --store URL[,URL...] --cache DIR [--cache-max SIZE] [--socket-dir DIR] [--metrics 127.0.0.1:PORT]
 //	docker run -v /run/bootfs:/run/bootfs IMAGE
 //
-// It turns its flags into agent.Options and serves until SIGINT or
-// SIGTERM. Exit codes: 0 success, 1 failure, 2 bad usage.
+// It turns its flags into agent.Options and runs as the holder of the
+// socket and the containers' FUSE connections (agent.RunHolder), which
+// starts itself again as the worker that serves them, and again whenever
+// that one exits; SIGHUP replaces the worker with the binary on disk. It
+// serves until SIGINT or SIGTERM. Exit codes: 0 success, 1 failure, 2 bad
+// usage.
 package main
 
 import (
