@@ -78,8 +78,13 @@ func send(c *net.UnixConn, m message, fds ...int) error {
 	return nil
 }
 
-// errHandoverEnd is returned by receive when the other end closed.
-var errHandoverEnd = errors.New("bootfs-agent: the other end of the handover closed")
+// errHandoverEnd is returned by receive when the other end closed, and
+// errBadMessage wrapped when one message was wrong (the next may be
+// right).
+var (
+	errHandoverEnd = errors.New("bootfs-agent: the other end of the handover closed")
+	errBadMessage  = errors.New("bad handover message")
+)
 
 // receive reads one message and its fds (close-on-exec) from c. It
 // checks what it can of the message alone: the op is known, and opHold
@@ -114,7 +119,7 @@ func receive(c *net.UnixConn) (message, []int, error) {
 	m, err := decodeMessage(buf[:n], len(fds))
 	if err != nil {
 		closeFDs(fds)
-		return message{}, nil, err
+		return message{}, nil, fmt.Errorf("bootfs-agent: %w: %w", errBadMessage, err)
 	}
 	return m, fds, nil
 }
@@ -123,25 +128,25 @@ func receive(c *net.UnixConn) (message, []int, error) {
 func decodeMessage(b []byte, nfds int) (message, error) {
 	var m message
 	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("bootfs-agent: bad handover message (%d bytes): %w (are holder and worker the same version? restart the agent)", len(b), err)
+		return m, fmt.Errorf("%d bytes of no JSON: %w (is bootfs-agent on disk of another version than the running holder? start it with --replace)", len(b), err)
 	}
 	want := 0
 	switch m.Op {
 	case opHold:
 		if m.Mount == nil || len(m.Mount.Init) == 0 || m.Mount.NS == 0 {
-			return m, errors.New("bootfs-agent: bad handover message: a held mount without its state (are holder and worker the same version? restart the agent)")
+			return m, errors.New("a held mount without its state (is bootfs-agent on disk of another version than the running holder? start it with --replace)")
 		}
 		want = holdFDs
 	case opDrop:
 		if m.NS == 0 {
-			return m, errors.New("bootfs-agent: bad handover message: a drop without its mount namespace")
+			return m, errors.New("a drop without its mount namespace")
 		}
 	case opReady:
 	default:
-		return m, fmt.Errorf("bootfs-agent: bad handover message: unknown op %q (are holder and worker the same version? restart the agent)", m.Op)
+		return m, fmt.Errorf("unknown op %q (is bootfs-agent on disk of another version than the running holder? start it with --replace)", m.Op)
 	}
 	if nfds != want {
-		return m, fmt.Errorf("bootfs-agent: bad handover message: %s with %d fds, want %d", m.Op, nfds, want)
+		return m, fmt.Errorf("%s with %d fds, want %d", m.Op, nfds, want)
 	}
 	return m, nil
 }

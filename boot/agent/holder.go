@@ -170,10 +170,12 @@ func runWorker(ctx context.Context, opts HolderOptions, lf *os.File, held map[ui
 			if errors.Is(err, errHandoverEnd) || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			msgs <- heldMessage{m, fds, err}
-			if err != nil && !isBadMessage(err) {
+			if err != nil && !errors.Is(err, errBadMessage) {
+				log.Error("the handover to the worker broke; replacing the worker", "err", err)
+				cmd.Process.Signal(sigHandover)
 				return
 			}
+			msgs <- heldMessage{m, fds, err}
 		}
 	}()
 	done := ctx.Done()
@@ -202,11 +204,6 @@ type heldMessage struct {
 	m   message
 	fds []int
 	err error
-}
-
-// isBadMessage reports whether err is about one message, not the socket.
-func isBadMessage(err error) bool {
-	return err != nil && !errors.Is(err, net.ErrClosed)
 }
 
 // apply updates held with a worker's message.
