@@ -66,9 +66,10 @@ func (a *agent) tryMetric(name string) (float64, error) {
 
 // TestAgentRestartNoFailedReads: a container reads files it has not read
 // before, one after the other, while the agent's worker is killed
-// (kill -9) and replaced (SIGHUP to bootfs-agent) three times each: no
-// read fails, every file's bytes are the original's, and a new container
-// starts after each restart.
+// (kill -9) and replaced (SIGHUP to bootfs-agent, after the binary on disk
+// was replaced, as an upgrade does) three times each: no read fails,
+// every file's bytes are the original's, each new worker runs the binary
+// on disk, and a new container starts after each restart.
 func TestAgentRestartNoFailedReads(t *testing.T) {
 	e := setup(t)
 	root := filepath.Join(t.TempDir(), "many")
@@ -95,7 +96,27 @@ func TestAgentRestartNoFailedReads(t *testing.T) {
 	if _, err := e.convert(orig, img, e.store); err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t, e, e.storeURL)
+	// The agent runs from a directory of its own, where the test
+	// replaces it as an upgrade would (a new file renamed over it).
+	ae := *e
+	ae.bin = t.TempDir()
+	upgrade := func() uint64 {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(e.bin, "bootfs-agent"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(ae.bin, "bootfs-agent")
+		if err := os.WriteFile(dst+".new", b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(dst+".new", dst); err != nil {
+			t.Fatal(err)
+		}
+		return inode(t, dst)
+	}
+	onDisk := upgrade()
+	a := startAgent(t, &ae, e.storeURL)
 	worker := a.workerPID(t, 0, 0)
 	name := e.prefix + "-agent-restart"
 	startDetached(t, name, a.flags(), img, "sh", "-c", "echo start; for f in /many/*; do md5sum $f || echo FAIL $f; sleep 0.05; done; echo DONE")
@@ -107,9 +128,13 @@ func TestAgentRestartNoFailedReads(t *testing.T) {
 		case "kill":
 			syscall.Kill(worker, syscall.SIGKILL)
 		case "hup":
+			onDisk = upgrade()
 			a.cmd.Process.Signal(syscall.SIGHUP)
 		}
 		worker = a.workerPID(t, worker, i+1)
+		if got := inode(t, fmt.Sprintf("/proc/%d/exe", worker)); got != onDisk {
+			t.Errorf("restart %d (%s): the new worker runs inode %d, not the binary on disk (%d)", i+1, how, got, onDisk)
+		}
 		if got := e.run(t, false, a.flags(), e.bbBoot, "cat", "/data/hello"); got.code != 0 || got.stdout != "hello from the image\n" {
 			t.Errorf("a new container after restart %d (%s): exit %d, %q; stderr: %s", i+1, how, got.code, got.stdout, got.stderr)
 		}
@@ -126,4 +151,14 @@ func TestAgentRestartNoFailedReads(t *testing.T) {
 	if n := a.metric(t, "worker_restarts_total"); n != 6 {
 		t.Errorf("worker_restarts_total = %v, want 6", n)
 	}
+}
+
+// inode returns the inode number of the file name names.
+func inode(t *testing.T, name string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }
