@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/bootfs/bootfs/boot/lazyfs"
@@ -65,6 +66,16 @@ type Options struct {
 	// limit is process-wide. Zero means MemoryBytes plus 24 MiB;
 	// negative leaves the runtime's limit alone (GOMEMLIMIT).
 	MemoryLimit int64
+	// Listener is the socket to serve, made by the holder; nil means
+	// Serve makes it in SocketDir.
+	Listener *net.UnixListener
+	// Holder is the worker's end of the handover to its holder
+	// (RunHolder, WorkerFiles): the agent takes over the mounts it holds
+	// as Serve starts, and hands it every mount it makes, so that they
+	// outlive this process. Nil means the mounts end with it.
+	Holder *net.UnixConn
+	// Restarts is how many workers ran before this one, for /metrics.
+	Restarts int
 	// Reader tunes fetching (its LRU and CacheBytes are the agent's).
 	Reader lazyfs.ReaderOptions
 	// Logger receives the agent's log; nil discards.
@@ -89,6 +100,8 @@ type Agent struct {
 	wg     sync.WaitGroup // mounts in a.mounts: Add as one is reserved, Done as it is dropped
 
 	requests, refused, served atomic.Uint64
+	handling                  sync.WaitGroup // requests being served
+	holderMu                  sync.Mutex     // orders the messages to the holder
 
 	memMu    sync.Mutex // orders budgetMemory's calls
 	memLimit int64      // the soft memory limit set last
@@ -105,6 +118,7 @@ type mount struct {
 	served  chan struct{}      // closed when the FUSE server has stopped
 	stop    context.CancelFunc // ends the prefetch
 	conn    uint64             // the FUSE connection's device minor, for abort
+	held    bool               // the holder holds its connection
 }
 
 // New returns an Agent. It opens no store until an image needs one.
@@ -147,9 +161,18 @@ func New(opts Options) (*Agent, error) {
 // mounts it made go on being served until their containers end; Close
 // waits for that.
 func (a *Agent) Serve(ctx context.Context) error {
-	l, err := a.listen()
-	if err != nil {
-		return err
+	l := a.opts.Listener
+	if l == nil {
+		var err error
+		if l, err = listen(a.opts.SocketDir, a.opts.Replace, a.log); err != nil {
+			return err
+		}
+	}
+	if a.opts.Holder != nil {
+		if err := a.adoptAll(); err != nil {
+			l.Close()
+			return err
+		}
 	}
 	a.log.Info("listening", "socket", l.Addr().String(), "cache", a.opts.Cache, "stores", strings.Join(a.opts.Stores, ","))
 	go func() {
@@ -172,9 +195,17 @@ func (a *Agent) Serve(ctx context.Context) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		go a.handle(c)
+		a.handling.Add(1)
+		go func() {
+			defer a.handling.Done()
+			a.handle(c)
+		}()
 	}
 }
+
+// Handover waits for the requests under way, after Serve has returned:
+// then a worker may exit and leave its mounts to the next (Options.Holder).
+func (a *Agent) Handover() { a.handling.Wait() }
 
 // evictEvery is how often the agent brings the node cache back under its
 // cap. The Cache evicts as fetches take it over, but one eviction at a
@@ -206,17 +237,20 @@ func (a *Agent) evictEvery(ctx context.Context, every time.Duration) {
 
 // listen makes the socket: the directory if missing, a stale socket of an
 // earlier agent replaced, and mode 0600, as only root may ask.
-func (a *Agent) listen() (*net.UnixListener, error) {
-	if err := os.MkdirAll(a.opts.SocketDir, 0o755); err != nil {
+func listen(dir string, replace bool, log *slog.Logger) (*net.UnixListener, error) {
+	if dir == "" {
+		dir = DefaultSocketDir
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("bootfs-agent: socket directory: %w", err)
 	}
-	sock := SocketPath(a.opts.SocketDir)
+	sock := SocketPath(dir)
 	if fi, err := os.Lstat(sock); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("bootfs-agent: %s exists and is not a socket; remove it or pick another --socket-dir", sock)
 		}
 		if c, err := net.Dial("unixpacket", sock); err == nil {
-			err := a.replace(c.(*net.UnixConn), sock)
+			err := replaceAgent(c.(*net.UnixConn), sock, replace, log)
 			c.Close()
 			if err != nil {
 				return nil, err
@@ -238,8 +272,8 @@ func (a *Agent) listen() (*net.UnixListener, error) {
 // replace asks the agent on the other end of c, listening on sock, to
 // stop taking requests (SIGTERM, by pidfd), and waits until it has let go
 // of sock. It keeps serving its containers.
-func (a *Agent) replace(c *net.UnixConn, sock string) error {
-	if !a.opts.Replace {
+func replaceAgent(c *net.UnixConn, sock string, replace bool, log *slog.Logger) error {
+	if !replace {
 		return fmt.Errorf("bootfs-agent: another agent is listening on %s (pass --replace to take over from it: it keeps serving its containers until they end)", sock)
 	}
 	old, err := peerOf(c)
@@ -252,7 +286,7 @@ func (a *Agent) replace(c *net.UnixConn, sock string) error {
 	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Lstat(sock); errors.Is(err, os.ErrNotExist) {
-			a.log.Info("took over from the running agent; it serves its containers until they end", "pid", old.pid)
+			log.Info("took over from the running agent; it serves its containers until they end", "pid", old.pid)
 			return nil
 		}
 	}
@@ -374,7 +408,9 @@ func (a *Agent) mount(p *peer, req Request, rep *Reply, log *slog.Logger) (err e
 	}
 	idx, toc := m.image.idx, m.image.toc
 	a.budgetMemory()
-	files.index, files.toc = nil, nil // parsed: let the bytes go
+	if a.opts.Holder == nil {
+		files.index, files.toc = nil, nil // parsed: let the bytes go
+	}
 	if s := files.cfg.Store; s != "" && !a.allowed(s) {
 		log.Info("the image names a store the agent does not read; it reads its own", "image_store", s)
 	}
@@ -421,7 +457,20 @@ func (a *Agent) mount(p *peer, req Request, rep *Reply, log *slog.Logger) (err e
 	if err != nil {
 		return err
 	}
-	srv, err := fsys.NewFDServer(fm.dev)
+	var srv *fuse.Server
+	var init []byte // the connection's INIT, for a worker to come
+	if a.opts.Holder != nil {
+		srv, init, err = fsys.NewInitServer(fm.dev)
+		if errors.Is(err, lazyfs.ErrNoResend) {
+			log.Warn("this container's reads will fail if the worker restarts", "err", err)
+			init, err = nil, nil
+		}
+		if srv == nil {
+			unix.Close(fm.dev)
+		}
+	} else {
+		srv, err = fsys.NewFDServer(fm.dev) // takes fm.dev over
+	}
 	if err != nil {
 		unix.Close(fm.mnt)
 		return err
@@ -450,7 +499,16 @@ func (a *Agent) mount(p *peer, req Request, rep *Reply, log *slog.Logger) (err e
 	} else {
 		log.Warn("cannot name the mount's FUSE connection; it is not aborted if the container's namespace lingers", "err", err)
 	}
-	// The watcher reads m.stop and m.conn: start it once both are set.
+	if init != nil {
+		// Before the caller's root is the mount: a worker that dies
+		// after leaves a mount that the next one serves.
+		a.hold(m, fm.dev, init, files, log)
+	}
+	if a.opts.Holder != nil {
+		unix.Close(fm.dev) // the server has a duplicate, the holder another
+	}
+	// The watcher reads m.stop, m.conn and m.held: start it once they
+	// are set.
 	go a.watch(m, log)
 
 	// An upper on one of the container's volumes is a mount of its
@@ -561,6 +619,11 @@ func (a *Agent) drop(m *mount) {
 	}
 	a.mu.Lock()
 	if a.mounts[m.peer.mntNS] == m {
+		// Before the namespace is free for another mount: the holder
+		// then never drops that one's connection for this one's.
+		if m.held {
+			a.tellHolder(message{Op: opDrop, NS: m.peer.mntNS})
+		}
 		delete(a.mounts, m.peer.mntNS)
 	}
 	a.mu.Unlock()

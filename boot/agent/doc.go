@@ -28,6 +28,10 @@
 //     when the container's namespace goes; if the caller has exited and the
 //     namespace lingers, it aborts the connection.
 //
+// The agent runs as a holder (RunHolder), which owns the socket and every
+// mount's /dev/fuse fd, and a worker (Agent with Options.Holder), which
+// serves them and is restarted under running containers: see holder.go.
+//
 // agent depends on boot/lazyfs, casync, chunkstore and internal helpers;
 // it must never import boot (the container's init, which imports it for
 // the client), mkimage, desync or the Docker client.

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/internal/bootconfig"
 )
@@ -34,6 +36,9 @@ type image struct {
 	toc  *casync.TOC
 	size int64 // what idx and toc hold in memory
 	refs int
+	// memfd holds the index and TOC for a worker to come (hold); -1
+	// until a mount is handed to the holder.
+	memfd int
 }
 
 func newImages() *images { return &images{m: make(map[imageKey]*image)} }
@@ -72,7 +77,7 @@ func (s *images) acquire(files *imageFiles) (*image, error) {
 	defer s.mu.Unlock()
 	im := s.m[key]
 	if im == nil {
-		im = &image{key: key, idx: idx, toc: toc, size: size}
+		im = &image{key: key, idx: idx, toc: toc, size: size, memfd: -1}
 		s.m[key] = im
 	}
 	im.refs++
@@ -85,7 +90,37 @@ func (s *images) release(im *image) {
 	defer s.mu.Unlock()
 	if im.refs--; im.refs == 0 && s.m[im.key] == im {
 		delete(s.m, im.key)
+		closeFD(im.memfd)
+		im.memfd = -1
 	}
+}
+
+// memfd returns im's memfd (imageMemfd) of files' index and TOC, making
+// it the first time. The caller does not close it.
+func (s *images) memfd(im *image, files *imageFiles) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if im.memfd >= 0 {
+		return im.memfd, nil
+	}
+	fd, err := imageMemfd(files.index, files.toc)
+	if err != nil {
+		return -1, err
+	}
+	im.memfd = fd
+	return fd, nil
+}
+
+// setMemfd gives im the memfd fd, an adopted mount's, unless it has one;
+// it owns fd either way.
+func (s *images) setMemfd(im *image, fd int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if im.memfd < 0 {
+		im.memfd = fd
+		return
+	}
+	unix.Close(fd)
 }
 
 // stats returns how many images are held and the memory their indexes

@@ -79,6 +79,7 @@ func (a *Agent) WriteMetrics(w io.Writer) {
 	images, imageBytes := a.images.stats()
 	metric("images", "gauge", "Images served, each with one parsed index and TOC for all its containers.", images)
 	metric("image_bytes", "gauge", "Bytes of memory the served images' indexes and TOCs hold.", imageBytes)
+	metric("worker_restarts_total", "counter", "Workers the holder started after the first, each taking the running containers over.", a.opts.Restarts)
 	metric("memory_limit_bytes", "gauge", "The Go runtime's soft memory limit the agent set (0: GOMEMLIMIT's).", a.MemoryLimit())
 }
 

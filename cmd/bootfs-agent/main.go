@@ -5,8 +5,12 @@
 //	bootfs-agent --store URL[,URL...] --cache DIR [--cache-max SIZE] [--socket-dir DIR] [--metrics 127.0.0.1:PORT]
 //	docker run -v /run/bootfs:/run/bootfs IMAGE
 //
-// It turns its flags into agent.Options and serves until SIGINT or
-// SIGTERM. Exit codes: 0 success, 1 failure, 2 bad usage.
+// It turns its flags into agent.Options and runs as the holder of the
+// socket and the containers' FUSE connections (agent.RunHolder), which
+// starts itself again as the worker that serves them, and again whenever
+// that one exits; SIGHUP replaces the worker with the binary on disk. It
+// serves until SIGINT or SIGTERM. Exit codes: 0 success, 1 failure, 2 bad
+// usage.
 package main
 
 import (
@@ -17,7 +21,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -29,13 +35,10 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	os.Exit(code)
+	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bootfs-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -120,6 +123,73 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Credentials: creds, Logger: log,
 		Cache: opts.Cache, CacheOptions: chunkstore.CacheOptions{MaxBytes: opts.CacheMax},
 	})
+	if os.Getenv(agent.WorkerEnv) == "1" {
+		return worker(opts, metrics, stderr)
+	}
+	return holder(opts, args, stderr)
+}
+
+// holder is bootfs-agent as started: it holds the socket and the
+// containers' FUSE connections, and keeps a worker (this binary, as it is
+// on disk when the worker starts) serving them. SIGHUP replaces the
+// worker; SIGINT or SIGTERM stops taking requests and lets the worker
+// serve the running containers until they end, a second one stops now.
+func holder(opts agent.Options, args []string, stderr io.Writer) int {
+	exe, err := os.Executable() // the path, even once the file is replaced
+	if err != nil {
+		fmt.Fprintf(stderr, "bootfs-agent: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		<-ctx.Done()
+		stop()
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		<-again
+		opts.Logger.Warn("stopping with containers still running: their reads fail")
+		os.Exit(1) // the worker goes with the holder
+	}()
+	err = agent.RunHolder(ctx, agent.HolderOptions{
+		SocketDir: opts.SocketDir, Replace: opts.Replace, Restart: hup, Logger: opts.Logger,
+		Worker: func() *exec.Cmd {
+			cmd := exec.Command(exe, args...)
+			cmd.Stdout, cmd.Stderr = os.Stdout, stderr
+			return cmd
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// worker serves the holder's socket and connections. SIGTERM (from the
+// holder, on SIGHUP) hands over: it finishes the requests under way and
+// exits, and the next worker serves the containers. SIGINT drains: it
+// serves the running containers until they end.
+func worker(opts agent.Options, metrics string, stderr io.Writer) int {
+	var err error
+	if opts.Listener, opts.Holder, err = agent.WorkerFiles(); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	opts.Restarts, _ = strconv.Atoi(os.Getenv(agent.RestartsEnv))
+	log := opts.Logger.With("worker", os.Getpid())
+	opts.Logger = log
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var handover bool
+	go func() {
+		handover = <-sigs == syscall.SIGTERM
+		cancel()
+	}()
 	a, err := agent.New(opts)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -134,23 +204,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	// The FUSE servers of running containers live in this process: leave
-	// them only when they end, or on a second signal.
-	if n := a.Mounts(); n > 0 {
-		log.Info("stopped taking requests; serving the running containers until they end (signal again to stop now, failing their reads)", "mounts", n)
-	}
-	again := make(chan os.Signal, 1)
-	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
-	closed := make(chan struct{})
-	go func() {
-		a.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
+	if handover {
+		a.Handover()
+		log.Info("handing the running containers over to the next worker", "mounts", a.Mounts())
 		return 0
-	case <-again:
-		log.Warn("stopping with containers still running", "mounts", a.Mounts())
-		return 1
 	}
+	if n := a.Mounts(); n > 0 {
+		log.Info("stopped taking requests; serving the running containers until they end", "mounts", n)
+	}
+	a.Close()
+	return 0
 }
