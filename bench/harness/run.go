@@ -259,6 +259,11 @@ func (h *harness) preparePrefetch(ctx context.Context, im *image) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	// boot writes the list with the rights of the user Docker runs the
+	// container as: the image's USER (postgres), not root.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return err
+	}
 	docker(context.Background(), "volume", "rm", "-f", h.volume)
 	_, _, err := h.runContainer(ctx, im.wl, containerRun{
 		image: im.boot, boot: true,
