@@ -343,29 +343,6 @@ func TestReaderSmallFileWhole(t *testing.T) {
 	}
 }
 
-// TestReaderLargeFileNoWhole: page faults of a file larger than
-// fileAheadBytes fetch only what they read, near its end too.
-func TestReaderLargeFileNoWhole(t *testing.T) {
-	b := bigBlob(t, 6, randBytes(6, 12<<20))
-	store := &batchStore{Store: b.store}
-	r := NewReader(b.idx, store, ReaderOptions{})
-	defer r.Close()
-	const fileStart, fileEnd = 1<<20 + 777, 10 << 20
-	var offs []int64
-	for off := int64(fileEnd - 1); off > fileStart; off -= 256 << 10 { // backwards: every read a new stream
-		offs = append(offs, off)
-	}
-	p := make([]byte, 1)
-	for _, off := range offs {
-		if _, err := r.readAt(context.Background(), p, off, fileStart, fileEnd); err != nil || p[0] != b.data[off] {
-			t.Fatalf("readAt(%d) = %v; want the file's byte", off, err)
-		}
-	}
-	if s := r.Stats(); s.ReadAheadChunks != 0 {
-		t.Errorf("random reads of a %d-byte file: %d chunks read ahead; want none", fileEnd-fileStart, s.ReadAheadChunks)
-	}
-}
-
 // TestReaderSmallFileWholeAfterNeighbour: when a small file's first
 // chunk is in memory already, read with the file before it, the first of
 // its page faults that misses fetches the whole of the rest, before and

@@ -172,6 +172,10 @@ type Reader struct {
 	tick          int64
 	aheadInFlight atomic.Int64
 
+	// Read-ahead of the misses of large files (windowAhead); taken
+	// before loadsMu.
+	windows fileWindows
+
 	// Read-ahead from the local cache, for sequential reads of the
 	// archive: local is the store's network-free part, lastChunk the last
 	// chunk a read touched, aheadTo the last chunk loaded (or tried) ahead.
@@ -305,8 +309,9 @@ func (r *Reader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 
 // readAt is ReadAtContext of a read within a file whose bytes are the
 // archive's fileStart..fileEnd: read-ahead goes past it only for a stream
-// that has gone on from one file to the next before, and fetches the rest
-// of a small file (fileAhead).
+// that has gone on from one file to the next before, fetches the rest
+// of a small file (fileAhead), and a window around the misses of a large
+// one (windowAhead).
 func (r *Reader) readAt(ctx context.Context, p []byte, off, fileStart, fileEnd int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("boot: read archive at offset %d: negative offset", off)
@@ -352,9 +357,12 @@ func (r *Reader) readAt(ctx context.Context, p []byte, off, fileStart, fileEnd i
 			if i == first {
 				// After the read's own fetches: read-ahead never
 				// goes before what the read needs.
-				r.readAhead(off, int64(want), fileEnd)
+				seq := r.readAhead(off, int64(want), fileEnd)
 				if missed {
 					r.fileAhead(fileStart, fileEnd)
+					if !seq {
+						r.windowAhead(off, int64(want), fileStart, fileEnd)
+					}
 				}
 			}
 		}
@@ -783,14 +791,16 @@ func (r *Reader) Prefetch(off, n int64) {
 }
 
 // fetchAhead fetches the chunks of archive bytes from..to that are
-// neither in memory nor being loaded, as read-ahead, in the background.
-func (r *Reader) fetchAhead(from, to int64) {
+// neither in memory nor being loaded, as read-ahead, in the background,
+// and returns them.
+func (r *Reader) fetchAhead(from, to int64) []batchItem {
 	first := r.idx.ChunkAt(uint64(from))
 	last := r.idx.ChunkAt(uint64(to - 1))
 	items := r.startLoads(kindAhead, func(yield func(int) bool) {
 		for i := first; i <= last && yield(i); i++ {
 		}
 	})
+	started := items
 	for len(items) > 0 {
 		var batch []batchItem
 		batch, items = r.nextBatch(items, chunkstore.BatchBytes)
@@ -804,6 +814,7 @@ func (r *Reader) fetchAhead(from, to int64) {
 			r.failBatch(batch, fmt.Errorf("reader closed: %w", context.Canceled))
 		}
 	}
+	return started
 }
 
 // fileAhead is called by a read within a file whose bytes are the
@@ -871,10 +882,11 @@ const (
 // read-ahead; a read that skips more than streamGap of it halves it (the
 // skipped bytes were wasted). More read-ahead starts only when half the
 // depth is used, so read-ahead does not race ahead of the reads, and never
-// while ReadAhead bytes of read-ahead are in flight.
-func (r *Reader) readAhead(off, n, fileEnd int64) {
+// while ReadAhead bytes of read-ahead are in flight. It reports whether the
+// read continues a stream that is sequential (one that read-ahead follows).
+func (r *Reader) readAhead(off, n, fileEnd int64) bool {
 	if r.opts.ReadAhead <= 0 {
-		return
+		return false
 	}
 	end := off + n
 	r.streamsMu.Lock()
@@ -894,15 +906,16 @@ func (r *Reader) readAhead(off, n, fileEnd int64) {
 	if s == nil {
 		*oldest = stream{next: end, aheadTo: end, tick: r.tick, fileEnd: fileEnd}
 		r.streamsMu.Unlock()
-		return
+		return false
 	}
 	s.tick = r.tick
 	if end <= s.next {
 		// Behind the stream's end: one of the kernel's concurrent
 		// read-ahead requests, arriving late, or a read of what the
 		// stream has read. Nothing new to read ahead.
+		seq := s.depth > 0
 		r.streamsMu.Unlock()
-		return
+		return seq
 	}
 	switch {
 	case off > s.next+streamGap:
@@ -925,17 +938,18 @@ func (r *Reader) readAhead(off, n, fileEnd int64) {
 	to := min(s.next+s.depth, limit)
 	if to <= from || (to-from < s.depth/2 && to < limit) {
 		r.streamsMu.Unlock()
-		return
+		return true
 	}
 	room := r.opts.ReadAhead - r.aheadInFlight.Load()
 	if room <= 0 {
 		r.streamsMu.Unlock()
-		return
+		return true
 	}
 	to = min(to, from+room)
 	s.aheadTo = to
 	r.streamsMu.Unlock()
 	r.fetchAhead(from, to)
+	return true
 }
 
 // aheadFromCache notes a read of chunks first..last. When it continues
