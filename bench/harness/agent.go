@@ -110,7 +110,7 @@ func (h *harness) startAgentRun(ctx context.Context, im *image, n Network) (agen
 	if err != nil {
 		return agentStart{}, err
 	}
-	return agentStart{bootfsStart: st, agent: a, rss: watchRSS(a.pid)}, nil
+	return agentStart{bootfsStart: st, agent: a, rss: watchTreeRSS(a.pid)}, nil
 }
 
 // end stops watching and the agent, and returns its peak RSS.
@@ -135,15 +135,16 @@ func (h *harness) runBootfsAgent(ctx context.Context, j job, s *Sample) error {
 		return err
 	}
 	start := time.Now()
-	got, err := h.pullBoot(ctx, j.net, j.im, j.im.boot, "boot")
+	pulled, got, err := h.pullBoot(ctx, j.net, j.im, "boot")
 	if err != nil {
 		st.end()
 		return err
 	}
 	s.ImageBytes, s.Requests = got.Bytes, got.Requests
 	s.InDocker = time.Since(start)
-	s.Ready, _, err = h.runContainer(ctx, j.im.wl, st.container("", j.im.boot), start)
+	s.Ready, _, err = h.runContainer(ctx, j.im.wl, st.container("", pulled), start)
 	s.RSS = st.end()
+	err = errors.Join(err, keepBoot(context.Background(), pulled, j.im.boot))
 	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
@@ -164,16 +165,17 @@ func (h *harness) nodeAgent(ctx context.Context, im *image, n Network, row *Node
 		return err
 	}
 	start := time.Now()
-	got, err := h.pullBoot(ctx, n, im, im.boot, "boot")
+	pulled, got, err := h.pullBoot(ctx, n, im, "boot")
 	if err != nil {
 		st.end()
 		return err
 	}
 	row.Bytes, row.Requests = got.Bytes, got.Requests
 	row.Ready, _, err = atOnce(func(i int) (time.Duration, int64, error) {
-		return h.runContainer(ctx, im.wl, st.container(h.nodeName(i), im.boot), start)
+		return h.runContainer(ctx, im.wl, st.container(h.nodeName(i), pulled), start)
 	})
 	row.RSS = st.end()
+	err = errors.Join(err, keepBoot(context.Background(), pulled, im.boot))
 	d, merr := st.fetched(h)
 	row.Bytes += d.Bytes
 	row.Requests += d.Requests

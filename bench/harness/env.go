@@ -216,6 +216,24 @@ func peakRSS(pid int) int64 {
 	return parseVmHWM(string(b))
 }
 
+// peakTreeRSS returns the VmHWM of pid and of every descendant, summed.
+func peakTreeRSS(pid int) int64 {
+	sum := peakRSS(pid)
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(f); err == nil {
+				sum += peakTreeRSS(child)
+			}
+		}
+	}
+	return sum
+}
+
 func parseVmHWM(status string) int64 {
 	for line := range strings.SplitSeq(status, "\n") {
 		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
@@ -240,7 +258,14 @@ type rssWatcher struct {
 }
 
 // watchRSS starts sampling the process pid() names once it is non-zero.
-func watchRSS(pid func() int) *rssWatcher {
+func watchRSS(pid func() int) *rssWatcher { return watchPeak(pid, peakRSS) }
+
+// watchTreeRSS samples the peaks of pid() and all its descendants,
+// summed: the node agent is a holder process and the worker it runs.
+// The sum of each process's peak is at least the peak of their sum.
+func watchTreeRSS(pid func() int) *rssWatcher { return watchPeak(pid, peakTreeRSS) }
+
+func watchPeak(pid func() int, peakRSS func(int) int64) *rssWatcher {
 	w := &rssWatcher{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)

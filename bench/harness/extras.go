@@ -420,7 +420,14 @@ func (h *harness) extraPgVersion(ctx context.Context) error {
 	// measures the store, not the image's arrival.
 	if _, err := docker(ctx, "image", "inspect", im.boot); err != nil {
 		lo, _ := network("loopback")
-		if _, err := h.pullBoot(ctx, lo, h.images[i], im.boot, "boot"); err != nil {
+		if err := h.clearBoots(ctx, lo); err != nil {
+			return err
+		}
+		pulled, _, err := h.pullBoot(ctx, lo, h.images[i], "boot")
+		if err != nil {
+			return err
+		}
+		if err := keepBoot(ctx, pulled, im.boot); err != nil {
 			return err
 		}
 	}

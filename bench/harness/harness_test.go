@@ -506,3 +506,20 @@ func TestPlan(t *testing.T) {
 		t.Errorf("NETWORKS=2ms-1gbit: %v", err)
 	}
 }
+
+// TestPeakTreeRSS: the node agent's RSS counts the worker it runs, not
+// its holder alone.
+func TestPeakTreeRSS(t *testing.T) {
+	child := exec.Command("sleep", "30")
+	if err := child.Start(); err != nil {
+		t.Skip("no sleep:", err)
+	}
+	defer func() { child.Process.Kill(); child.Wait() }()
+	self, kid := peakRSS(os.Getpid()), peakRSS(child.Process.Pid)
+	if self == 0 || kid == 0 {
+		t.Fatalf("no VmHWM: self %d, child %d", self, kid)
+	}
+	if got := peakTreeRSS(os.Getpid()); got < self+kid {
+		t.Errorf("peakTreeRSS = %d, want at least self %d + child %d", got, self, kid)
+	}
+}

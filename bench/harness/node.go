@@ -169,14 +169,15 @@ func (h *harness) nodeBootfs(ctx context.Context, im *image, n Network, row *Nod
 		return err
 	}
 	start := time.Now()
-	got, err := h.pullBoot(ctx, n, im, im.boot, "boot")
+	pulled, got, err := h.pullBoot(ctx, n, im, "boot")
 	if err != nil {
 		return err
 	}
 	row.Bytes, row.Requests = got.Bytes, got.Requests
 	row.Ready, row.RSS, err = atOnce(func(i int) (time.Duration, int64, error) {
-		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i), im.boot), start)
+		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i), pulled), start)
 	})
+	err = errors.Join(err, keepBoot(context.Background(), pulled, im.boot))
 	d, merr := st.fetched(h)
 	row.Bytes += d.Bytes
 	row.Requests += d.Requests

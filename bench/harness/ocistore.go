@@ -81,15 +81,10 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 	host = strings.TrimPrefix(host, "http://")
 	pulled := ref(host, ociRepo, j.im.wl.Name)
 	store := "oci://" + host + strings.TrimPrefix(j.im.ociStore, "oci://"+h.registry.addr)
-	// The node has no boot image at all: every boot image shares its
-	// first layer (boot), which a pull would skip. The other modes pull
-	// theirs again when they start cold (pullBoot).
-	for _, im := range h.images {
-		for _, t := range []string{ref(host, ociRepo, im.wl.Name), im.boot, im.prefetch} {
-			if err := removeImage(ctx, t); err != nil {
-				return err
-			}
-		}
+	// The node has no boot image at all; the other modes pull theirs
+	// again when they start cold.
+	if err := h.clearBoots(ctx, j.net); err != nil {
+		return err
 	}
 	defer removeImage(context.Background(), pulled)
 	docker(context.Background(), "volume", "rm", "-f", h.volume)

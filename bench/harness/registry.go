@@ -204,39 +204,59 @@ func (h *harness) pullCold(ctx context.Context, im *image, n Network) (pulled st
 	return pulled, mark, start, nil
 }
 
-// pullBoot brings the boot image tag to the node as a user's node gets
-// it: docker pull of its registry tag rtag (im's repository) through
-// network n, tagged back as tag, from a node with no boot image at all:
-// every boot image shares its first layer (boot), which a pull would
-// otherwise skip. It returns what the registry sent for the pull.
-func (h *harness) pullBoot(ctx context.Context, n Network, im *image, tag, rtag string) (counters, error) {
+// clearBoots readies a node with no boot image at all, as a user's node
+// before its first bootfs start: every boot image shares its first
+// layer (boot), which a pull would otherwise skip. It removes every
+// image's boot images, local and pulled through network n, and runs
+// before a start's clock does.
+func (h *harness) clearBoots(ctx context.Context, n Network) error {
 	if h.registry == nil {
-		return counters{}, errors.New("no registry to pull the boot image from")
+		return nil
 	}
 	host, err := h.url(n, "http://"+h.registry.addr)
 	if err != nil {
-		return counters{}, err
+		return err
 	}
-	pulled := ref(strings.TrimPrefix(host, "http://"), im.repo(), rtag)
-	for _, other := range h.images {
-		for _, t := range []string{other.boot, other.prefetch, ref(strings.TrimPrefix(host, "http://"), ociRepo, other.wl.Name), pulled} {
+	host = strings.TrimPrefix(host, "http://")
+	for _, im := range h.images {
+		for _, t := range []string{im.boot, im.prefetch, ref(host, ociRepo, im.wl.Name), ref(host, im.repo(), "boot"), ref(host, im.repo(), "prefetch")} {
 			if err := removeImage(ctx, t); err != nil {
-				return counters{}, err
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// pullBoot brings im's boot image to the node as a user's node gets it:
+// docker pull of its registry tag rtag (im's repository) through network
+// n, after clearBoots. It returns the reference pulled, which the timed
+// docker run uses as a user's would, and what the registry sent for the
+// pull; keepBoot then names it as the harness's local tag.
+func (h *harness) pullBoot(ctx context.Context, n Network, im *image, rtag string) (string, counters, error) {
+	if h.registry == nil {
+		return "", counters{}, errors.New("no registry to pull the boot image from")
+	}
+	host, err := h.url(n, "http://"+h.registry.addr)
+	if err != nil {
+		return "", counters{}, err
+	}
+	pulled := ref(strings.TrimPrefix(host, "http://"), im.repo(), rtag)
 	mark := h.registry.mark()
 	if _, err := docker(ctx, "pull", "-q", pulled); err != nil {
-		return counters{}, err
+		return "", counters{}, err
 	}
 	got, err := h.registry.since(mark)
-	if err != nil {
-		return counters{}, err
-	}
+	return pulled, got, err
+}
+
+// keepBoot tags the pulled boot image as tag, the name the warm mode and
+// the extras run, and drops the pulled name; after the timed start.
+func keepBoot(ctx context.Context, pulled, tag string) error {
 	if _, err := docker(ctx, "tag", pulled, tag); err != nil {
-		return counters{}, err
+		return err
 	}
-	return got, removeImage(ctx, pulled)
+	return removeImage(ctx, pulled)
 }
 
 // runRegistryPull: from a node without the image, docker pull through the

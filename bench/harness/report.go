@@ -237,7 +237,7 @@ func (r *Report) Markdown(charts []string) string {
 		p("\n")
 	}
 
-	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), the node agent (bootfs-agent), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
+	p("\n## Peak RSS of the FUSE process\n\nboot (the container's init), the node agent (bootfs-agent: its holder and the worker it runs, each one's peak summed), casync mount or the stargz snapshotter, sampled every 10 ms; the highest over all runs.\n\n| image |")
 	fuseModes := slices.DeleteFunc(slices.Clone(r.Modes), func(m string) bool { return m == ModeRegistry || m == ModeSaveLoad })
 	for _, m := range fuseModes {
 		p(" %s |", m)
@@ -310,7 +310,7 @@ func (r *Report) Markdown(charts []string) string {
 		}
 	}
 	if len(r.Node) > 0 {
-		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs (bootfs-cold) loads the boot image once and runs them all on one empty cache volume, shared as on a node; the node agent (bootfs-agent) loads it once and runs them all unprivileged through one agent started with an empty cache. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image archive); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs-cold: every container's boot; bootfs-agent: the agent).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
+		p("\n## A node: %d containers of %s at once (%s)\n\nA cold node starts %d containers of one image at the same moment over one shared link: the registry pull pulls once and runs them all; eStargz rpulls once and runs them all on the snapshotter's layers; bootfs (bootfs-cold) pulls the boot image once and runs them all on one empty cache volume, shared as on a node; the node agent (bootfs-agent) pulls it once and runs them all unprivileged through one agent started with an empty cache. Time until the last is ready; bytes and requests at the registry or the chunk store (bootfs: plus the boot image's pull); the FUSE daemons' peak RSS summed (eStargz: its one snapshotter; bootfs-cold: every container's boot; bootfs-agent: the agent's holder and worker).\n\n| system | all ready | fetched | requests | FUSE daemons' RSS |\n| --- | ---: | ---: | ---: | ---: |\n",
 			r.NodeContainers, r.NodeImage, r.NodeNetwork, r.NodeContainers)
 		for _, n := range r.Node {
 			if n.Err != "" {

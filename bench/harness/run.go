@@ -475,17 +475,22 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		return err
 	}
 	start := time.Now()
+	run := tag
 	if m != ModeWarm {
-		got, err := h.pullBoot(ctx, j.net, j.im, tag, rtag)
+		pulled, got, err := h.pullBoot(ctx, j.net, j.im, rtag)
 		if err != nil {
 			return err
 		}
 		s.ImageBytes, s.Requests = got.Bytes, got.Requests
 		s.InDocker = time.Since(start)
+		run = pulled
 	}
-	c := st.container(h, "", tag)
+	c := st.container(h, "", run)
 	c.env, c.stats = append(c.env, "BOOTFS_LOG=info"), &s.Boot
 	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, c, start)
+	if run != tag {
+		err = errors.Join(err, keepBoot(context.Background(), run, tag))
+	}
 	d, merr := st.fetched(h)
 	if err == nil && merr != nil {
 		return merr
@@ -509,6 +514,9 @@ type bootfsStart struct {
 func (h *harness) startBootfs(ctx context.Context, n Network, tag string, cold bool) (bootfsStart, error) {
 	if cold {
 		if err := removeImage(ctx, tag); err != nil {
+			return bootfsStart{}, err
+		}
+		if err := h.clearBoots(ctx, n); err != nil {
 			return bootfsStart{}, err
 		}
 		docker(context.Background(), "volume", "rm", "-f", h.volume)
