@@ -694,10 +694,11 @@ func (r *Report) stem() string {
 func (r *Report) chart(file, title string, modes []string, value func(img, mode string) (float64, bool)) error {
 	p := plot.New()
 	p.Title.Text = title
-	// Top right: the registry pull, the first bar of each group, is
-	// the tallest.
+	// Top right, above the bars: room over the tallest for the legend's
+	// rows, so that it covers none.
 	p.Legend.Top = true
 	p.Y.Min = 0
+	top := 0.0
 	width := vg.Points(float64(90) / float64(max(1, len(modes))))
 	for i, m := range modes {
 		vals := make(plotter.Values, len(r.Images))
@@ -705,6 +706,7 @@ func (r *Report) chart(file, title string, modes []string, value func(img, mode 
 		for j, img := range r.Images {
 			if v, ok := value(img, m); ok {
 				vals[j], any = v, true
+				top = max(top, v)
 			}
 		}
 		if !any {
@@ -720,6 +722,7 @@ func (r *Report) chart(file, title string, modes []string, value func(img, mode 
 		p.Add(bars)
 		p.Legend.Add(m, bars)
 	}
+	p.Y.Max = top * (1 + 0.07*float64(len(modes)))
 	p.NominalX(r.Images...)
 	return p.Save(vg.Length(max(5, 2*len(r.Images)))*vg.Inch, 4*vg.Inch, file)
 }
