@@ -329,6 +329,14 @@ func (c *Cache) AppendCached(ctx context.Context, dst []byte, id casync.ChunkID)
 	return data, nil
 }
 
+// Cached reports whether id has a file in the cache directory, without
+// reading it: a reader asks it to tell a chunk that is a file read away
+// from one that costs a round trip. It counts nothing.
+func (c *Cache) Cached(id casync.ChunkID) bool {
+	ok, _ := statChunkFile(chunkFile(c.dir, id))
+	return ok
+}
+
 // readCached reads id from the cache directory, verifies it and appends
 // it to dst. A corrupt file is removed.
 func (c *Cache) readCached(dst []byte, id casync.ChunkID) ([]byte, bool) {

@@ -98,8 +98,13 @@ type batchItem struct {
 
 // startRun appends to pending the chunks first..last that a read needs,
 // starting those that are neither in memory nor being loaded as batch
-// reads. It reports whether any of them was not in memory (being loaded,
-// or started now). The caller must release what it appends.
+// reads. It reports whether any of them costs the network: being fetched
+// already, or neither in memory nor in the local cache. A chunk read
+// from the local cache is not a miss that file-ahead and windows answer:
+// it costs a file read, not a round trip, and their loads from the cache
+// would only push chunks still in use out of the LRU (a warm start read
+// each chunk of gcc's from the cache four times over). The caller must
+// release what it appends.
 func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChunk, bool) {
 	var items []batchItem
 	missed := false
@@ -113,6 +118,9 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChu
 			pending = append(pending, pendingChunk{r: r, i: i, buf: b})
 			continue
 		}
+		// Not in memory: a file read away, or a round trip? Asked
+		// before the lock, once a run has a miss no more.
+		cached := !missed && r.local != nil && r.local.Cached(id)
 		// A load adds to the LRU under loadsMu: look again under it.
 		r.loadsMu.Lock()
 		if b, ok := r.lru.acquire(id); ok {
@@ -122,9 +130,11 @@ func (r *Reader) startRun(pending []pendingChunk, first, last int) ([]pendingChu
 			pending = append(pending, pendingChunk{r: r, i: i, buf: b})
 			continue
 		}
-		missed = true
 		l, running := r.loads[id]
-		if !running {
+		if running {
+			missed = missed || !l.localOnly
+		} else {
+			missed = missed || !cached
 			l = &load{done: make(chan struct{}), kind: kindRead, parent: r.chainTop.Load()}
 			r.loads[id] = l
 			items = append(items, batchItem{i, l})

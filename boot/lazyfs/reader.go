@@ -201,6 +201,7 @@ const (
 // network, into the caller's buffer, such as chunkstore.Cache.
 type cachedGetter interface {
 	AppendCached(ctx context.Context, dst []byte, id casync.ChunkID) ([]byte, error)
+	Cached(id casync.ChunkID) bool
 }
 
 // localAhead is how many chunks past a sequential read are loaded from

@@ -604,6 +604,15 @@ func (c *countingCache) GetChunk(ctx context.Context, id casync.ChunkID) ([]byte
 	return c.Cache.GetChunk(ctx, id)
 }
 
+func (c *countingCache) GetChunks(ctx context.Context, ids []casync.ChunkID, fn func(chunkstore.Got)) {
+	for _, id := range ids {
+		if c.Cached(id) {
+			c.count(id)
+		}
+	}
+	c.Cache.GetChunks(ctx, ids, fn)
+}
+
 func (c *countingCache) AppendCached(ctx context.Context, dst []byte, id casync.ChunkID) ([]byte, error) {
 	c.count(id)
 	return c.Cache.AppendCached(ctx, dst, id)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 )
 
 // readFile reads n bytes at each of offs of the file fileStart..fileEnd
@@ -112,5 +113,70 @@ func TestReaderLargeFileRandomFaults(t *testing.T) {
 					len(tc.offs), fileEnd-fileStart, s.ReadAheadWastedBytes, limit)
 			}
 		})
+	}
+}
+
+// TestReaderWarmFaultsReadEachChunkOnce: on a warm node (every chunk in
+// the local cache, none in memory) the page faults of a large mapped
+// file and the first reads of small files cost a cache-file read each,
+// not a round trip: they start no windows and no file-ahead, whose loads
+// from the cache pushed chunks still in use out of the LRU (a warm gcc
+// start read 3,800 chunks from the cache for the 1,000 it needs, and took
+// 0.97 s against 0.57 s before windows).
+func TestReaderWarmFaultsReadEachChunkOnce(t *testing.T) {
+	b := bigBlob(t, 9, randBytes(9, 32<<20))
+	cache, err := chunkstore.NewCache(b.store, t.TempDir(), chunkstore.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := range uniqueIDs(b.idx) {
+		if _, err := cache.GetChunk(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	counted := &countingCache{Cache: cache}
+	r := NewReader(b.idx, counted, ReaderOptions{})
+	defer r.Close()
+	// A 16 MB binary's faults, then the heads of 40 small files of
+	// 300 KB each, as a loader reads them.
+	const fileStart, fileEnd = 1<<20 + 4321, 17<<20 + 999
+	touched := map[casync.ChunkID]bool{}
+	touch := func(off, n int64) {
+		for i := b.idx.ChunkAt(uint64(off)); i <= b.idx.ChunkAt(uint64(off+n-1)); i++ {
+			touched[b.idx.Chunks[i].ID] = true
+		}
+	}
+	faults := clusteredFaults(fileStart, fileEnd, 9)
+	readFile(t, r, b.data, fileStart, fileEnd, faults, 128<<10)
+	for _, off := range faults {
+		touch(off, min(128<<10, fileEnd-off))
+	}
+	for k := range int64(40) {
+		start := 18<<20 + k*300<<10
+		readFile(t, r, b.data, start, start+300<<10, []int64{start}, 4096)
+		touch(start, 4096)
+	}
+	s := r.Stats()
+	t.Logf("warm: %+v", s)
+	if s.ReadAheadBytes != 0 || s.NetworkWaits != 0 {
+		t.Errorf("warm faults read ahead %d bytes and waited for the network %d times, want neither", s.ReadAheadBytes, s.NetworkWaits)
+	}
+	counted.mu.Lock()
+	defer counted.mu.Unlock()
+	reads := 0
+	for _, n := range counted.reads {
+		reads += n
+	}
+	t.Logf("%d cache reads of %d chunks; the reads touch %d", reads, len(counted.reads), len(touched))
+	// The local read-ahead of a sequential streak loads a few more
+	// (faults next to each other); windows loaded about twice as many.
+	if limit := len(touched) * 13 / 10; len(counted.reads) > limit {
+		t.Errorf("%d chunks read from the cache for reads that touch %d, want at most %d", len(counted.reads), len(touched), limit)
+	}
+	// A stray fault may find its chunks pushed out of the LRU since (a
+	// few of them), no more.
+	if extra := reads - len(counted.reads); extra > len(faults)/6 {
+		t.Errorf("%d chunks read from the cache again, want at most %d", extra, len(faults)/6)
 	}
 }
