@@ -393,7 +393,7 @@ func crafted(t *testing.T, e *env, tag string, files map[string]string, fixConfi
 		t.Fatalf("docker create: %v", err)
 	}
 	ctr := strings.TrimSpace(string(id))
-	defer exec.Command("docker", "rm", "-f", ctr).Run()
+	defer exec.Command("docker", "rm", "-f", "-v", ctr).Run()
 	dir := t.TempDir()
 	if out, err := exec.Command("docker", "cp", ctr+":/.bootfs/config.json", dir+"/config.json").CombinedOutput(); err != nil {
 		t.Fatalf("docker cp: %v: %s", err, out)
@@ -790,7 +790,7 @@ func TestAgentReplace(t *testing.T) {
 	if got != want.String() {
 		t.Errorf("the container's reads across the replacement:\n%s\nwant:\n%s", got, want.String())
 	}
-	exec.Command("docker", "rm", "-f", name).Run()
+	exec.Command("docker", "rm", "-f", "-v", name).Run()
 	exited := make(chan error, 1)
 	go func() { exited <- old.cmd.Wait() }()
 	select {

@@ -172,7 +172,7 @@ func TestStop(t *testing.T) {
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Fatalf("docker run -d: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", name).Run() })
 	waitLog(t, name, "ready")
 	took, code, logs := dockerStop(t, name)
 	if code != "42" || took > 5*time.Second || !strings.Contains(string(logs), "got TERM") {
@@ -212,7 +212,7 @@ func TestStopWhileStoreHangs(t *testing.T) {
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Fatalf("docker run -d: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", name).Run() })
 	select {
 	case <-accepted: // boot is waiting on the store
 	case <-time.After(30 * time.Second):
@@ -338,7 +338,7 @@ func TestSharedCache(t *testing.T) {
 	if out, err := exec.Command("docker", "create", "--name", keeper, "-v", cache+":/.bootfs/cache", e.bb, "true").CombinedOutput(); err != nil {
 		t.Fatalf("docker create: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("docker", "rm", "-f", keeper).Run() })
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", keeper).Run() })
 	third := run("--volumes-from", keeper)
 	if third.ChunksFetched != 0 || third.CacheHits == 0 {
 		t.Errorf("--volumes-from run stats = %+v, want 0 chunks fetched, cache hits", third)

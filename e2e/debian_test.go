@@ -118,7 +118,7 @@ func TestDebianSharedBase(t *testing.T) {
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Fatalf("docker run -d: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", "-v", name).Run() })
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	var ready time.Duration
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {

@@ -197,7 +197,7 @@ func privilegeFlags(prefix string) ([]string, error) {
 		return nil, fmt.Errorf("docker create: %v: %s", err, out)
 	}
 	id := strings.TrimSpace(string(out))
-	defer exec.Command("docker", "rm", "-f", id).Run()
+	defer exec.Command("docker", "rm", "-f", "-v", id).Run()
 	out, err = exec.Command("docker", "start", id).CombinedOutput()
 	if strings.Contains(string(out), "apply caps") {
 		return []string{"--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "--device", "/dev/fuse"}, nil

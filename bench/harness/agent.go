@@ -129,7 +129,7 @@ func (st agentStart) container(name, tag string) containerRun {
 // runBootfsAgent (bootfs-agent): bootfs cold through a node agent
 // started for the run; the RSS is the agent's, the FUSE daemon here.
 func (h *harness) runBootfsAgent(ctx context.Context, j job, s *Sample) error {
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	st, err := h.startAgentRun(ctx, j.im, j.net)
 	if err != nil {
 		return err

@@ -414,7 +414,7 @@ func (h *harness) extraPgVersion(ctx context.Context) error {
 	im.wl.Ready, im.wl.Want = nil, "PostgreSQL"
 	im.wl.Argv = []string{postgresBin, "--version"}
 	h.logf("pgversion: bootfs")
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	docker(context.Background(), "volume", "rm", "-f", h.volume)
 	// bootfs-registry removes every boot image before its pull; this
 	// measures the store, not the image's arrival.

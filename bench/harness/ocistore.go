@@ -73,7 +73,7 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 	if j.im.ociStore == "" {
 		return errSkipped("no boot image in the registry (see the notes)")
 	}
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	host, err := h.url(j.net, "http://"+h.registry.addr)
 	if err != nil {
 		return err

@@ -262,7 +262,7 @@ func keepBoot(ctx context.Context, pulled, tag string) error {
 // runRegistryPull: from a node without the image, docker pull through the
 // network's link, then docker run, as a user without bootfs would.
 func (h *harness) runRegistryPull(ctx context.Context, j job, s *Sample) error {
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	pulled, mark, start, err := h.pullCold(ctx, j.im, j.net)
 	if pulled != "" {
 		defer removeImage(context.Background(), pulled)

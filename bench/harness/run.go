@@ -177,7 +177,7 @@ func (h *harness) setup(ctx context.Context) error {
 		}
 	})
 	h.clean.add(func() {
-		docker(context.Background(), "rm", "-f", h.container)
+		docker(context.Background(), "rm", "-f", "-v", h.container)
 		docker(context.Background(), "volume", "rm", "-f", h.volume)
 	})
 	var err error
@@ -410,7 +410,7 @@ func removeImage(ctx context.Context, tag string) error {
 // runFull (save-load): the original image is removed, then fetched as a
 // docker save archive over HTTP, loaded and run.
 func (h *harness) runFull(ctx context.Context, j job, s *Sample) error {
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	if err := removeImage(ctx, j.im.orig); err != nil {
 		return err
 	}
@@ -469,7 +469,7 @@ func (h *harness) runBootfs(ctx context.Context, j job, m string, s *Sample) err
 		}
 		tag, rtag = j.im.prefetch, "prefetch"
 	}
-	docker(context.Background(), "rm", "-f", h.container)
+	docker(context.Background(), "rm", "-f", "-v", h.container)
 	st, err := h.startBootfs(ctx, j.net, tag, m != ModeWarm)
 	if err != nil {
 		return err
