@@ -80,31 +80,6 @@ func (r *Reader) fileAhead(fileStart, fileEnd int64) {
 // memory until it is read.
 func (r *Reader) fileAheadBytes() int64 { return r.opts.ReadAhead }
 
-// stream is a sequential stream of reads of the archive, which read-ahead
-// follows: within a file, and on into the next files, which come next in
-// the archive (a catar is in directory order).
-type stream struct {
-	next    int64 // where a sequential read would start
-	aheadTo int64 // read-ahead has been started up to here
-	depth   int64 // read-ahead kept in front of the reads; 0 until the stream is sequential
-	tick    int64 // when it was last read, to replace the oldest
-	fileEnd int64 // where the file of the last read ends
-	crossed bool  // a read went on past the end of a file
-}
-
-const (
-	// maxStreams is how many sequential streams read-ahead follows at
-	// once: processes reading files side by side.
-	maxStreams = 8
-	// minAheadDepth is where a stream's read-ahead starts, and what a
-	// wasteful one shrinks back to: two chunks of casync's average.
-	minAheadDepth = 128 << 10
-	// streamGap is how far past a stream's end a read may start and
-	// still continue it: over the entry headers between files, and
-	// files nobody reads, in archive order.
-	streamGap = 64 << 10
-)
-
 // readAhead notes a read of n bytes at off, in a file that ends at
 // fileEnd, and, when it continues a sequential stream, keeps up to the
 // stream's depth of read-ahead in front of it: within the file, and past

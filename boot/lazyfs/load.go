@@ -9,31 +9,6 @@ import (
 	"github.com/bootfs/bootfs/chunkstore"
 )
 
-// A load gets one chunk into memory, once: a read that needs a chunk
-// being loaded waits for that load instead of reading the chunk again.
-// Read-ahead from the cache loads only from the local cache (localOnly);
-// the other loads ask the store too.
-type load struct {
-	done      chan struct{}
-	localOnly bool
-	kind      fetchKind
-	// parent is the Reader's chainTop when the load started.
-	parent int64
-	// Under Reader.loadsMu: waiters counts the pending chunks that wait
-	// for the load; when it finishes, each of them gets a reference on
-	// buf. used says a read has waited for it. The other fields are set
-	// before done is closed. net says the chunk came from the network.
-	// next is the load that a failed local-only, read-ahead or prefetch
-	// load started for its waiters, who then wait for it.
-	waiters  int32
-	used     bool
-	finished bool
-	net      bool
-	buf      *chunkBuf
-	err      error
-	next     *load
-}
-
 // pendingChunk is a chunk that start began to get: in memory already and
 // held, or being loaded.
 type pendingChunk struct {

@@ -1,7 +1,5 @@
 package lazyfs
 
-import "sync"
-
 // File windows: read-ahead for the page faults of large mapped files.
 //
 // A program maps its binary, a large library or a data file (libicudata)
@@ -42,42 +40,6 @@ import "sync"
 // a read never waits behind one; what they fetch waits in the LRU until
 // read, as all read-ahead does. The Reader follows maxFileWindows files,
 // replacing the one whose last miss is the oldest.
-
-const (
-	// maxFileWindows is how many large files the windows follow.
-	maxFileWindows = 8
-	// minFileWindow is a file's first window: four of the kernel's
-	// fault read-arounds.
-	minFileWindow = 512 << 10
-	// fileWindowLog is how many of the chunks a file's windows fetched
-	// the Reader remembers, to judge how much of them is read.
-	fileWindowLog = 256
-	// fileWindowAge is how many misses of its file later a window is
-	// judged: a program reads a window in the order its code runs, not
-	// at once, and a window that works makes the misses rarer.
-	fileWindowAge = 2
-)
-
-// fileWindows is the state of the windows of the files followed.
-type fileWindows struct {
-	mu    sync.Mutex
-	files [maxFileWindows]fileWindow
-	tick  int64
-}
-
-// fileWindow is the window of one file, the archive's start..end.
-type fileWindow struct {
-	start, end int64
-	tick       int64 // when it last missed, to replace the oldest; 0: free
-	misses     int
-	size       int64 // the next window's bytes; 0: stopped, or not started
-	log        [fileWindowLog]windowChunk
-	logN       int // chunks logged in all; the last ones are in log
-}
-
-// windowChunk is a chunk a file's window fetched: index i of the index,
-// at the file's miss number miss.
-type windowChunk struct{ i, miss int32 }
 
 // windowAhead notes a read of n bytes at off, in a file that is the
 // archive's fileStart..fileEnd, that found a chunk not in memory and does
