@@ -61,8 +61,11 @@ func (h *harness) extraNode(ctx context.Context) error {
 		run  func(context.Context, *image, Network, *NodeRow) error
 	}{
 		{ModeRegistry, h.nodeRegistry},
-		{ModeEstargz, h.nodeEstargz},
-		{ModeCold, h.nodeBootfs},
+		{ModeEstargz, h.nodeEstargz("estargz")},
+		{ModeEstargzOpt, h.nodeEstargz("estargz-opt")},
+		{ModeCold, h.nodeBootfs(ModeCold)},
+		{ModeBootfsRegistry, h.nodeBootfsRegistry},
+		{ModePrefetch, h.nodeBootfs(ModePrefetch)},
 		{ModeAgent, h.nodeAgent},
 	}
 	for _, s := range systems {
@@ -139,14 +142,20 @@ func (h *harness) nodeRegistry(ctx context.Context, im *image, n Network, row *N
 	return errors.Join(err, lerr)
 }
 
-// nodeEstargz: a cold node, one rpull, then every ctr run at once on the
-// snapshotter's layers.
-func (h *harness) nodeEstargz(ctx context.Context, im *image, n Network, row *NodeRow) error {
+// nodeEstargz: a cold node, one rpull of the eStargz image tag, then
+// every ctr run at once on the snapshotter's layers.
+func (h *harness) nodeEstargz(tag string) func(context.Context, *image, Network, *NodeRow) error {
+	return func(ctx context.Context, im *image, n Network, row *NodeRow) error {
+		return h.nodeEstargzTag(ctx, im, n, tag, row)
+	}
+}
+
+func (h *harness) nodeEstargzTag(ctx context.Context, im *image, n Network, tag string, row *NodeRow) error {
 	if h.stargz == nil || !im.estargz {
 		return errSkipped("no eStargz in this run")
 	}
 	defer h.stargz.wipe()
-	st, err := h.startEstargz(ctx, im, n, "estargz")
+	st, err := h.startEstargz(ctx, im, n, tag)
 	if err != nil {
 		return err
 	}
@@ -163,13 +172,31 @@ func (h *harness) nodeEstargz(ctx context.Context, im *image, n Network, row *No
 // nodeBootfs: the boot image loaded once, the node's cache volume empty
 // and shared by every container, as DESIGN.md has it, then every docker
 // run at once.
-func (h *harness) nodeBootfs(ctx context.Context, im *image, n Network, row *NodeRow) error {
-	st, err := h.startBootfs(ctx, n, im.boot, true)
+//
+// Mode ModePrefetch does the same with the image's prefetch boot image.
+func (h *harness) nodeBootfs(mode string) func(context.Context, *image, Network, *NodeRow) error {
+	return func(ctx context.Context, im *image, n Network, row *NodeRow) error {
+		return h.nodeBootfsMode(ctx, im, n, mode, row)
+	}
+}
+
+func (h *harness) nodeBootfsMode(ctx context.Context, im *image, n Network, mode string, row *NodeRow) error {
+	tag, rtag := im.boot, "boot"
+	if mode == ModePrefetch {
+		if h.prefetch != "" {
+			return errSkipped(h.prefetch)
+		}
+		if im.prefetchTar == "" {
+			return errSkipped("no prefetch image (see the notes)")
+		}
+		tag, rtag = im.prefetch, "prefetch"
+	}
+	st, err := h.startBootfs(ctx, n, tag, true)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	pulled, got, err := h.pullBoot(ctx, n, im, "boot")
+	pulled, got, err := h.pullBoot(ctx, n, im, rtag)
 	if err != nil {
 		return err
 	}
@@ -177,7 +204,7 @@ func (h *harness) nodeBootfs(ctx context.Context, im *image, n Network, row *Nod
 	row.Ready, row.RSS, err = atOnce(func(i int) (time.Duration, int64, error) {
 		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i), pulled), start)
 	})
-	err = errors.Join(err, keepBoot(context.Background(), pulled, im.boot))
+	err = errors.Join(err, keepBoot(context.Background(), pulled, tag))
 	d, merr := st.fetched(h)
 	row.Bytes += d.Bytes
 	row.Requests += d.Requests

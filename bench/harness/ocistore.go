@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -70,43 +71,19 @@ func (h *harness) pushBoot(ctx context.Context, im *image) error {
 // through the same link. The boot image's store names the registry
 // itself; BOOTFS_STORE gives boot the same chunk map through the proxy.
 func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error {
-	if j.im.ociStore == "" {
-		return errSkipped("no boot image in the registry (see the notes)")
-	}
 	docker(context.Background(), "rm", "-f", "-v", h.container)
-	host, err := h.url(j.net, "http://"+h.registry.addr)
+	st, err := h.startBootfsRegistry(ctx, j.im, j.net)
+	if st.pulled != "" {
+		defer removeImage(context.Background(), st.pulled)
+	}
 	if err != nil {
 		return err
 	}
-	host = strings.TrimPrefix(host, "http://")
-	pulled := ref(host, ociRepo, j.im.wl.Name)
-	store := "oci://" + host + strings.TrimPrefix(j.im.ociStore, "oci://"+h.registry.addr)
-	// The node has no boot image at all; the other modes pull theirs
-	// again when they start cold.
-	if err := h.clearBoots(ctx, j.net); err != nil {
-		return err
-	}
-	defer removeImage(context.Background(), pulled)
-	docker(context.Background(), "volume", "rm", "-f", h.volume)
-	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
-		return err
-	}
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	mark := h.registry.mark()
-	start := time.Now()
-	if _, err := docker(ctx, "pull", "-q", pulled); err != nil {
-		return err
-	}
-	s.InDocker = time.Since(start)
-	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, containerRun{
-		image: pulled, boot: true, watchRSS: true,
-		env:     []string{"BOOTFS_STORE=" + store, "BOOTFS_LOG=info"},
-		volumes: []string{h.volume + ":/.bootfs/cache"},
-		stats:   &s.Boot,
-	}, start)
-	a, lerr := h.registry.accessSince(mark)
+	s.InDocker = time.Since(st.start)
+	c := st.container(h, "")
+	c.env, c.stats = append(c.env, "BOOTFS_LOG=info"), &s.Boot
+	s.Ready, s.RSS, err = h.runContainer(ctx, j.im.wl, c, st.start)
+	a, lerr := h.registry.accessSince(st.mark)
 	if err == nil && lerr != nil {
 		return lerr
 	}
@@ -114,4 +91,76 @@ func (h *harness) runBootfsRegistry(ctx context.Context, j job, s *Sample) error
 	s.ImageBytes, s.StoreBytes = a.Docker.Bytes, a.Others.Bytes
 	s.Requests = a.Docker.Requests + a.Others.Requests
 	return err
+}
+
+// nodeBootfsRegistry: bootfs-registry on a node: the boot image pulled
+// once, the node's cache volume empty and shared, every docker run at
+// once reading the chunks from the registry.
+func (h *harness) nodeBootfsRegistry(ctx context.Context, im *image, n Network, row *NodeRow) error {
+	st, err := h.startBootfsRegistry(ctx, im, n)
+	if st.pulled != "" {
+		defer removeImage(context.Background(), st.pulled)
+	}
+	if err != nil {
+		return err
+	}
+	row.Ready, row.RSS, err = atOnce(func(i int) (time.Duration, int64, error) {
+		return h.runContainer(ctx, im.wl, st.container(h, h.nodeName(i)), st.start)
+	})
+	a, lerr := h.registry.accessSince(st.mark)
+	row.Bytes, row.Requests = a.Docker.Bytes+a.Others.Bytes, a.Docker.Requests+a.Others.Requests
+	return errors.Join(err, lerr)
+}
+
+// registryStart is a boot image pulled from the registry store on a
+// cold node: its reference and store through the link, where the
+// registry's log was and when the clock started.
+type registryStart struct {
+	pulled, store string
+	mark          int64
+	start         time.Time
+}
+
+// startBootfsRegistry makes the node cold (no boot image at all, the
+// cache volume empty, the page cache dropped), then starts the clock and
+// pulls im's boot image from the registry store through network n.
+func (h *harness) startBootfsRegistry(ctx context.Context, im *image, n Network) (registryStart, error) {
+	if im.ociStore == "" {
+		return registryStart{}, errSkipped("no boot image in the registry (see the notes)")
+	}
+	host, err := h.url(n, "http://"+h.registry.addr)
+	if err != nil {
+		return registryStart{}, err
+	}
+	host = strings.TrimPrefix(host, "http://")
+	// The node has no boot image at all; the other modes pull theirs
+	// again when they start cold.
+	if err := h.clearBoots(ctx, n); err != nil {
+		return registryStart{}, err
+	}
+	docker(context.Background(), "volume", "rm", "-f", h.volume)
+	if _, err := docker(ctx, "volume", "create", h.volume); err != nil {
+		return registryStart{}, err
+	}
+	if err := dropCaches(); err != nil {
+		return registryStart{}, err
+	}
+	st := registryStart{pulled: ref(host, ociRepo, im.wl.Name),
+		store: "oci://" + host + strings.TrimPrefix(im.ociStore, "oci://"+h.registry.addr),
+		mark:  h.registry.mark(), start: time.Now()}
+	if _, err := docker(ctx, "pull", "-q", st.pulled); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// container is the docker run, as name ("": the harness's one), of the
+// pulled boot image on the registry store and the cache volume, its RSS
+// watched.
+func (st registryStart) container(h *harness, name string) containerRun {
+	return containerRun{
+		name: name, image: st.pulled, boot: true, watchRSS: true,
+		env:     []string{"BOOTFS_STORE=" + st.store},
+		volumes: []string{h.volume + ":/.bootfs/cache"},
+	}
 }

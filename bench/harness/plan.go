@@ -41,7 +41,7 @@ var (
 	planPrepare, planPrepareScaled = 20.0, 15.0
 	// planExtras are the extras' times with postgres among the images;
 	// they scale with the largest image.
-	planExtras = map[string]float64{"convert": 150, "dedup": 90, "chunkers": 150, "fuse": 150, "pgversion": 20, "node": 120}
+	planExtras = map[string]float64{"convert": 150, "dedup": 90, "chunkers": 150, "fuse": 150, "pgversion": 20, "node": 200}
 )
 
 // plan counts the runs sample will make (as it does: casync mount only
