@@ -52,7 +52,7 @@ const (
 	maxELFObjects = 512
 	// maxELFAheadBytes bounds the bytes a mount fetches ahead for the
 	// objects it follows.
-	maxELFAheadBytes = 256 << 20
+	maxELFAheadBytes = 64 << 20
 	// maxELFDepth bounds the levels of libraries followed below an
 	// object read.
 	maxELFDepth = 16
