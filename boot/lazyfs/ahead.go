@@ -3,6 +3,7 @@ package lazyfs
 import (
 	"context"
 	"fmt"
+	"iter"
 
 	"golang.org/x/sync/errgroup"
 
@@ -30,10 +31,17 @@ func (r *Reader) Prefetch(off, n int64) {
 func (r *Reader) fetchAhead(from, to int64) []batchItem {
 	first := r.idx.ChunkAt(uint64(from))
 	last := r.idx.ChunkAt(uint64(to - 1))
-	items := r.startLoads(kindAhead, func(yield func(int) bool) {
+	return r.fetchAheadChunks(func(yield func(int) bool) {
 		for i := first; i <= last && yield(i); i++ {
 		}
 	})
+}
+
+// fetchAheadChunks fetches the chunks of is that are neither in memory
+// nor being loaded, as read-ahead, in the background, in as few batches
+// as they fit, and returns them.
+func (r *Reader) fetchAheadChunks(is iter.Seq[int]) []batchItem {
+	items := r.startLoads(kindAhead, is)
 	started := items
 	for len(items) > 0 {
 		var batch []batchItem

@@ -11,6 +11,8 @@
 //   - FS is the FUSE tree, served over FUSE's raw protocol. Metadata
 //     (lookup, getattr, readdir, readlink, xattrs) is answered from the TOC
 //     in memory, never from the network; file reads go through a Reader.
+//     A read of an ELF program's head starts the read-ahead of the
+//     libraries ld.so will load next, found in the TOC (elfahead.go).
 //   - Image (OpenImage) is an index opened with its TOC and Reader over
 //     the store its Opener opens, with its Stats; PrefetchList and
 //     Image.FillCache fetch ahead of the reads.

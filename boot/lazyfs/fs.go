@@ -30,6 +30,10 @@ type FSOptions struct {
 	// Recorder, if set, records every regular file whose content is
 	// read (see Recorder). It must be of the same TOC.
 	Recorder *Recorder
+	// NoELFAhead turns off read-ahead along the libraries of the ELF
+	// programs read (see elfahead.go); read-ahead off (ReaderOptions)
+	// turns it off too.
+	NoELFAhead bool
 }
 
 // cacheTimeout is how long the kernel may keep entries and attributes.
@@ -55,7 +59,8 @@ type FS struct {
 	r      *Reader
 	opts   FSOptions
 	log    *slog.Logger
-	failed sync.Map // casync.ChunkID of chunks already logged as failing
+	failed sync.Map  // casync.ChunkID of chunks already logged as failing
+	elf    *elfAhead // nil: off
 }
 
 // enosys names the embedded fuse.RawFileSystem so that it is not exported.
@@ -83,7 +88,11 @@ func NewFS(toc *casync.TOC, r *Reader, opts FSOptions) (*FS, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &FS{enosys: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}, nil
+	f := &FS{enosys: fuse.NewDefaultRawFileSystem(), toc: toc, r: r, opts: opts, log: log}
+	if !opts.NoELFAhead {
+		f.elf = newELFAhead(toc, r)
+	}
+	return f, nil
 }
 
 func (f *FS) String() string { return f.opts.FsName }
@@ -316,6 +325,9 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 	got, err := f.r.readAt(cancelContext{cancel}, buf[:want], e.PayloadOffset+off, e.PayloadOffset, e.PayloadOffset+size)
 	if err != nil && int64(got) < want {
 		return nil, f.errno("read", i, fmt.Errorf("read %d bytes at offset %d: %w", want, off, err))
+	}
+	if off == 0 {
+		f.elf.noteRead(i, buf[:got]) // a program or library: its libraries next
 	}
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }

@@ -1,0 +1,494 @@
+package lazyfs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/bootfs/bootfs/casync"
+)
+
+// Read-ahead along ELF dependencies.
+//
+// The dynamic loader opens a program's libraries one after the other
+// (its DT_NEEDED, breadth first): it reads each one's ELF header, then
+// maps it and faults its pages in. On a cold mount every library costs
+// at least one round trip, strictly after the previous one's: for
+// postgres, with some 35 libraries, most of the longest chain of
+// dependent fetches of its start.
+//
+// So when a read at the start of a regular file returns bytes that begin
+// an ELF object (or a #! script), the FS parses it, in the background:
+// program headers, PT_INTERP, and the dynamic section's DT_NEEDED,
+// DT_RPATH and DT_RUNPATH, fetching the bytes it needs that the read did
+// not bring as read-ahead first. It resolves each name as ld.so would,
+// but against the image's TOC: the object's DT_RPATH (when it has no
+// DT_RUNPATH) and DT_RUNPATH, with $ORIGIN, then /usr/local/lib and the
+// multiarch and system directories of the object's machine (the dirs
+// the image's ld.so.cache lists on Debian and Alpine), following
+// symlinks within the image. Each library found starts its read-ahead
+// at once, with those of its siblings in one or a few batches: all of it
+// when it is at most fileAheadBytes, as fileAhead would on its first
+// miss, else its head and, once that is parsed, its dynamic section and
+// the tables ld.so reads before running any of its code. Each library is
+// then parsed in turn as its head arrives, for its own DT_NEEDED, and so
+// on, breadth first, as ld.so goes, but without waiting for ld.so.
+//
+// It is read-ahead: it runs beside the reads, never before them, takes
+// read-ahead's room (ReadAhead bytes in flight) and never a read's slot,
+// and what it fetches counts as read-ahead (and as waste until read). A
+// library that is not in the image, a name it cannot resolve, or an
+// object that does not parse only ends the read-ahead of that object.
+// Everything is bounded: the parse (elf.go), the objects followed per
+// mount (maxELFObjects), its bytes (maxELFAheadBytes), the depth and the
+// symlink hops.
+
+const (
+	// maxELFObjects bounds the objects a mount follows (a program and
+	// its libraries, the extension modules it loads and theirs).
+	maxELFObjects = 512
+	// maxELFAheadBytes bounds the bytes a mount fetches ahead for the
+	// objects it follows.
+	maxELFAheadBytes = 64 << 20
+	// maxELFDepth bounds the levels of libraries followed below an
+	// object read.
+	maxELFDepth = 16
+	// maxSymlinkHops bounds the symlinks followed in resolving one path,
+	// as the kernel's 40.
+	maxSymlinkHops = 40
+	// elfHeadBytes is the head fetched first of a library too large to
+	// fetch whole: its headers and, mostly, its dynamic tables.
+	elfHeadBytes = 64 << 10
+	// elfPeekBytes is what parsing reads first of an object: its ELF
+	// header and program headers, or a script's #! line.
+	elfPeekBytes = 4 << 10
+)
+
+// elfAhead is an FS's read-ahead along ELF dependencies.
+type elfAhead struct {
+	toc *casync.TOC
+	r   *Reader
+
+	mu    sync.Mutex
+	seen  map[int]struct{} // the objects followed, or being followed
+	bytes int64            // the bytes fetched ahead for them
+}
+
+func newELFAhead(toc *casync.TOC, r *Reader) *elfAhead {
+	if r.opts.ReadAhead <= 0 {
+		return nil
+	}
+	return &elfAhead{toc: toc, r: r, seen: make(map[int]struct{})}
+}
+
+// noteRead is told of a read at offset 0 of regular file i that got
+// head. If head begins an ELF object or a #! script not followed yet, it
+// follows its dependencies in the background. It never blocks.
+func (a *elfAhead) noteRead(i int, head []byte) {
+	if a == nil || !(bytes.HasPrefix(head, []byte("\x7fELF")) || bytes.HasPrefix(head, []byte("#!"))) {
+		return
+	}
+	if !a.mark(i) {
+		return
+	}
+	a.r.goBackground(func() { a.follow(i) })
+}
+
+// mark notes object i as followed, and reports whether it was not yet
+// and the mount may follow one more.
+func (a *elfAhead) mark(i int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.seen[i]; ok || len(a.seen) >= maxELFObjects {
+		return false
+	}
+	a.seen[i] = struct{}{}
+	return true
+}
+
+// elfObject is an object to follow: TOC node i, found at path (for
+// $ORIGIN), depth levels below the object read.
+type elfObject struct {
+	node  int
+	path  string
+	depth int
+}
+
+// elfQueue is what follow has yet to fetch, in the order it wants it:
+// heads and tables first, then the rest of the libraries fetched whole.
+type elfQueue struct {
+	first, rest []elfSpan // archive spans
+	inflight    []batchItem
+}
+
+// follow follows the dependencies of object root, breadth first.
+func (a *elfAhead) follow(root int) {
+	queue := []elfObject{{node: root, path: "/" + a.toc.Path(root)}}
+	var q elfQueue
+	for len(queue) > 0 && a.r.ctx.Err() == nil {
+		o := queue[0]
+		queue = queue[1:]
+		deps, tables := a.visit(o)
+		if a.large(o.node) { // a smaller one comes whole
+			q.first = append(q.first, tables...)
+		}
+		for _, d := range deps {
+			e := a.toc.Attr(d.node)
+			start, size := int64(e.PayloadOffset), int64(e.Size)
+			if size <= 0 {
+				continue
+			}
+			q.first = append(q.first, elfSpan{start, min(size, elfHeadBytes)})
+			if size > elfHeadBytes && size <= a.r.fileAheadBytes() {
+				q.rest = append(q.rest, elfSpan{start + elfHeadBytes, size - elfHeadBytes})
+			}
+			if d.depth < maxELFDepth {
+				queue = append(queue, d)
+			}
+		}
+		a.pump(&q)
+	}
+	// What found no room: as the fetches in flight end.
+	for len(q.first)+len(q.rest) > 0 && len(q.inflight) > 0 {
+		if !a.r.waitLoads(q.inflight) {
+			return
+		}
+		q.inflight = nil
+		a.pump(&q)
+	}
+}
+
+// large reports whether file i is too large for fileAhead: what read-ahead
+// fetches of it is its head and tables.
+func (a *elfAhead) large(i int) bool {
+	return int64(a.toc.Attr(i).Size) > a.r.fileAheadBytes()
+}
+
+// pump fetches what q wants that read-ahead has room for, in order, as
+// one or a few batches, and keeps the rest for later.
+func (a *elfAhead) pump(q *elfQueue) {
+	room := a.r.opts.ReadAhead - a.r.aheadInFlight.Load()
+	a.mu.Lock()
+	room = min(room, maxELFAheadBytes-a.bytes)
+	var take []elfSpan
+	for _, l := range []*[]elfSpan{&q.first, &q.rest} {
+		for len(*l) > 0 && (*l)[0].n <= room {
+			take = append(take, (*l)[0])
+			room -= (*l)[0].n
+			a.bytes += (*l)[0].n
+			*l = (*l)[1:]
+		}
+		if len(*l) > 0 {
+			break // in order: the rest waits for the head of the list
+		}
+	}
+	a.mu.Unlock()
+	if len(take) == 0 {
+		return
+	}
+	items := a.r.fetchAheadChunks(func(yield func(int) bool) {
+		for _, s := range take {
+			if s.n <= 0 || s.off < 0 || s.off+s.n > a.r.size {
+				continue
+			}
+			last := a.r.idx.ChunkAt(uint64(s.off + s.n - 1))
+			for i := a.r.idx.ChunkAt(uint64(s.off)); i <= last; i++ {
+				if !yield(i) {
+					return
+				}
+			}
+		}
+	})
+	q.inflight = append(q.inflight, items...)
+}
+
+// visit parses object o and returns the objects it depends on that are
+// not followed yet, and the archive spans of its dynamic tables.
+func (a *elfAhead) visit(o elfObject) ([]elfObject, []elfSpan) {
+	e := a.toc.Attr(o.node)
+	src := &archiveSource{r: a.r, start: int64(e.PayloadOffset), n: int64(e.Size)}
+	head := make([]byte, min(src.n, elfPeekBytes))
+	if err := src.readAt(head, 0); err != nil {
+		a.debug("ELF read-ahead: cannot read the head", o, err)
+		return nil, nil
+	}
+	src.head = head
+	if bytes.HasPrefix(head, []byte("#!")) {
+		interp, ok := scriptInterpreter(head)
+		if !ok {
+			return nil, nil
+		}
+		return a.deps(o, []string{interp}, nil, nil), nil
+	}
+	info, err := parseELF(src)
+	if err != nil {
+		a.debug("ELF read-ahead: not followed", o, err)
+		return nil, nil
+	}
+	var names []string
+	if info.interp != "" {
+		names = append(names, info.interp)
+	}
+	names = append(names, info.needed...)
+	var dirs []string
+	if len(info.runpath) == 0 {
+		dirs = append(dirs, info.rpath...)
+	}
+	dirs = append(dirs, info.runpath...)
+	dirs = append(dirs, defaultLibDirs(info.machine, info.class)...)
+	tables := make([]elfSpan, 0, len(info.tables))
+	for _, t := range info.tables {
+		tables = append(tables, elfSpan{src.start + t.off, t.n})
+	}
+	return a.deps(o, names, dirs, info), tables
+}
+
+// deps resolves names, needed by object o, in dirs, and returns those
+// found that are not followed yet, marking them followed.
+func (a *elfAhead) deps(o elfObject, names, dirs []string, info *elfInfo) []elfObject {
+	var out []elfObject
+	origin := path.Dir(o.path)
+	for _, name := range names {
+		i, p, ok := a.resolve(name, dirs, origin)
+		if !ok {
+			a.r.log.Debug("ELF read-ahead: library not found in the image", "store", a.r.opts.StoreName, "object", o.path, "library", name)
+			continue
+		}
+		if a.mark(i) {
+			out = append(out, elfObject{node: i, path: p, depth: o.depth + 1})
+		}
+	}
+	return out
+}
+
+func (a *elfAhead) debug(msg string, o elfObject, err error) {
+	if a.r.ctx.Err() == nil {
+		a.r.log.Debug(msg, "store", a.r.opts.StoreName, "object", o.path, "err", err)
+	}
+}
+
+// resolve finds library name as ld.so would: a name with a slash is a
+// path, any other is looked for in dirs, where $ORIGIN is origin. It
+// returns the regular file's node and the path it was found at.
+func (a *elfAhead) resolve(name string, dirs []string, origin string) (int, string, bool) {
+	if strings.Contains(name, "/") {
+		if !strings.HasPrefix(name, "/") {
+			return 0, "", false // relative to the working directory
+		}
+		i, ok := a.lookup(name)
+		return i, name, ok
+	}
+	for _, d := range dirs {
+		d = strings.NewReplacer("${ORIGIN}", origin, "$ORIGIN", origin).Replace(d)
+		if strings.Contains(d, "$") || !strings.HasPrefix(d, "/") {
+			continue // $LIB, $PLATFORM: not known here
+		}
+		p := d + "/" + name
+		if i, ok := a.lookup(p); ok {
+			return i, path.Clean(p), true
+		}
+	}
+	return 0, "", false
+}
+
+// lookup returns the regular file at p, an absolute path in the image,
+// following symlinks within it (at most maxSymlinkHops).
+func (a *elfAhead) lookup(p string) (int, bool) {
+	i, ok := lookupFollow(a.toc, p)
+	if !ok || a.toc.Mode(i)&casync.ModeTypeMask != casync.ModeRegular {
+		return 0, false
+	}
+	return i, true
+}
+
+// lookupFollow resolves p in toc as the kernel would within the image:
+// ".." and "." and symlinks, absolute ones from the image's root, in
+// every component; at most maxSymlinkHops symlinks.
+func lookupFollow(toc *casync.TOC, p string) (int, bool) {
+	cur, hops := 0, 0
+	rest := p
+	for rest != "" {
+		if rest[0] == '/' {
+			rest = rest[1:]
+			continue
+		}
+		name := rest
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			name, rest = rest[:j], rest[j:]
+		} else {
+			rest = ""
+		}
+		switch name {
+		case ".":
+			continue
+		case "..":
+			if p := toc.Parent(cur); p >= 0 {
+				cur = p
+			}
+			continue
+		}
+		if !toc.IsDir(cur) {
+			return 0, false
+		}
+		c, ok := toc.Child(cur, name)
+		if !ok {
+			return 0, false
+		}
+		if toc.Mode(c)&casync.ModeTypeMask == casync.ModeSymlink {
+			hops++
+			target := toc.Attr(c).LinkTarget
+			if hops > maxSymlinkHops || len(target)+len(rest) > 4096 || target == "" {
+				return 0, false
+			}
+			if target[0] == '/' {
+				cur = 0
+			}
+			rest = target + rest
+			continue
+		}
+		cur = c
+	}
+	return cur, true
+}
+
+// defaultLibDirs are the directories ld.so searches after an object's
+// own paths, for its machine and class: those of the image's
+// ld.so.cache on Debian (/usr/local/lib and the multiarch dirs) and of
+// musl, then the system dirs.
+func defaultLibDirs(machine uint16, class byte) []string {
+	var triple string
+	switch machine {
+	case 62: // EM_X86_64
+		triple = "x86_64-linux-gnu"
+	case 183: // EM_AARCH64
+		triple = "aarch64-linux-gnu"
+	case 3: // EM_386
+		triple = "i386-linux-gnu"
+	case 40: // EM_ARM
+		triple = "arm-linux-gnueabihf"
+	case 21: // EM_PPC64
+		triple = "powerpc64le-linux-gnu"
+	case 22: // EM_S390
+		triple = "s390x-linux-gnu"
+	case 243: // EM_RISCV
+		triple = "riscv64-linux-gnu"
+	}
+	var dirs []string
+	if triple != "" {
+		dirs = append(dirs, "/usr/local/lib/"+triple, "/lib/"+triple, "/usr/lib/"+triple)
+	}
+	dirs = append(dirs, "/usr/local/lib")
+	if class == 2 {
+		dirs = append(dirs, "/lib64", "/usr/lib64")
+	}
+	return append(dirs, "/lib", "/usr/lib")
+}
+
+// scriptInterpreter returns the interpreter of a script's #! line.
+func scriptInterpreter(head []byte) (string, bool) {
+	line, _, ok := bytes.Cut(head[2:], []byte("\n"))
+	if !ok {
+		return "", false
+	}
+	f := strings.Fields(string(line))
+	if len(f) == 0 || !strings.HasPrefix(f[0], "/") {
+		return "", false
+	}
+	return f[0], true
+}
+
+// archiveSource is an elfSource of a file whose bytes are the archive's
+// start..start+n, read with peekAt; head is its first bytes, once read.
+type archiveSource struct {
+	r        *Reader
+	start, n int64
+	head     []byte
+}
+
+func (s *archiveSource) size() int64 { return s.n }
+
+func (s *archiveSource) readAt(p []byte, off int64) error {
+	if off < 0 || off > s.n || int64(len(p)) > s.n-off {
+		return fmt.Errorf("read %d bytes at offset %d of a %d-byte file: out of range", len(p), off, s.n)
+	}
+	if off+int64(len(p)) <= int64(len(s.head)) {
+		copy(p, s.head[off:])
+		return nil
+	}
+	return s.r.peekAt(p, s.start+off)
+}
+
+// errNotInMemory is peekAt's error for a chunk that was evicted before
+// it could be copied.
+var errNotInMemory = errors.New("chunk not in memory")
+
+// peekAt copies the archive's bytes at off into p for read-ahead's own
+// use: from memory, waiting for the loads that bring them, and fetching
+// as read-ahead those neither in memory nor on their way. It is not a
+// read: it counts as none, and leaves what it fetched unread.
+func (r *Reader) peekAt(p []byte, off int64) error {
+	if off < 0 || off > r.size || int64(len(p)) > r.size-off {
+		return fmt.Errorf("boot: peek %d bytes at offset %d: out of range", len(p), off)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	r.fetchAhead(off, off+int64(len(p)))
+	first := r.idx.ChunkAt(uint64(off))
+	last := r.idx.ChunkAt(uint64(off) + uint64(len(p)) - 1)
+	n := 0
+	for i := first; i <= last; i++ {
+		c := &r.idx.Chunks[i]
+		b, err := r.peekChunk(i)
+		if err != nil {
+			return err
+		}
+		lo := uint64(off) + uint64(n) - c.Start
+		n += copy(p[n:], b.data[lo:])
+		b.release()
+	}
+	return nil
+}
+
+// peekChunk returns chunk i, holding a reference, once it is in memory.
+func (r *Reader) peekChunk(i int) (*chunkBuf, error) {
+	id := r.idx.Chunks[i].ID
+	for range 4 {
+		if b, ok := r.lru.acquire(id); ok {
+			return b, nil
+		}
+		r.loadsMu.Lock()
+		l := r.loads[id]
+		r.loadsMu.Unlock()
+		if l == nil {
+			// Evicted before its turn, or failed: once more.
+			r.fetchAhead(int64(r.idx.Chunks[i].Start), int64(r.idx.Chunks[i].Start+1))
+			continue
+		}
+		select {
+		case <-l.done:
+		case <-r.ctx.Done():
+			return nil, r.ctx.Err()
+		}
+		if l.err != nil && l.next == nil {
+			return nil, l.err
+		}
+	}
+	return nil, errNotInMemory
+}
+
+// waitLoads waits for the loads of items to end; false if the Reader
+// closed first.
+func (r *Reader) waitLoads(items []batchItem) bool {
+	for _, it := range items {
+		select {
+		case <-it.l.done:
+		case <-r.ctx.Done():
+			return false
+		}
+	}
+	return true
+}
