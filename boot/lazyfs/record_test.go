@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore/opener"
+	"github.com/bootfs/bootfs/internal/prefetchlist"
 )
 
 // recordTOC builds the TOC of a small tree, with a name holding a
@@ -58,10 +60,15 @@ func TestRecorder(t *testing.T) {
 				if !ok {
 					t.Fatalf("no node %q in the TOC", p)
 				}
-				r.Add(i)
+				r.Add(i, 0, 1<<20)
 			}
-			r.Add(-1)
-			r.Add(toc.Len())
+			r.Add(-1, 0, 1)
+			r.Add(toc.Len(), 0, 1)
+			if tt.want != "" {
+				tt.want = prefetchlist.Header + "\n" + tt.want
+			} else {
+				tt.want = prefetchlist.Header + "\n"
+			}
 			if got := string(r.Marshal()); got != tt.want {
 				t.Errorf("Marshal after reads %q = %q, want %q", tt.reads, got, tt.want)
 			}
@@ -82,16 +89,18 @@ func TestRecorder(t *testing.T) {
 func TestRecorderConcurrent(t *testing.T) {
 	toc, nodes := recordTOC(t)
 	r := NewRecorder(toc)
-	r.Add(nodes["/z"])
+	r.Add(nodes["/z"], 0, 1)
 	var all []int
 	for _, i := range nodes {
-		all = append(all, i)
+		if toc.Mode(i)&casync.ModeTypeMask == casync.ModeRegular {
+			all = append(all, i)
+		}
 	}
 	var wg sync.WaitGroup
 	for g := range 16 {
 		wg.Go(func() {
 			for k := range 200 {
-				r.Add(all[(g+k)%len(all)])
+				r.Add(all[(g+k)%len(all)], 0, 1)
 				_ = r.Paths()
 			}
 		})
@@ -136,7 +145,7 @@ func TestMountRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(list)
-	if want := "/small.txt\n/deep/a/b/c/d/e/leaf\n"; err != nil || string(b) != want {
+	if want := prefetchlist.Header + "\n/small.txt\n/deep/a/b/c/d/e/leaf\n"; err != nil || string(b) != want {
 		t.Errorf("--record wrote %q, %v; want %q", b, err, want)
 	}
 }
@@ -205,6 +214,7 @@ func TestReadPathListErrors(t *testing.T) {
 	for _, tc := range []struct{ name, list, want string }{
 		{"relative", "/a\nusr/bin/x\n", "line 2"},
 		{"bad quote", "\"/a\n", "line 1"},
+		{"bad range", "/a\n\"/b\" 0-10\n", "line 2: range \"0-10\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := filepath.Join(t.TempDir(), "list")
@@ -216,9 +226,10 @@ func TestReadPathListErrors(t *testing.T) {
 			}
 		})
 	}
-	got, err := ReadPathList(writeTemp(t, "/a\n\"/b\\nc\"\n\n# x\r\n/d\r\n"))
-	if want := []string{"/a", "/b\nc", "/d"}; err != nil || !slices.Equal(got, want) {
-		t.Errorf("ReadPathList = %q, %v; want %q", got, err, want)
+	got, err := ReadPathList(writeTemp(t, "/a\n\"/b\\nc\"\n\n# x\r\n/d\r\n\"/e\" 0+10 20+5\n"))
+	want := []PrefetchEntry{{Path: "/a"}, {Path: "/b\nc"}, {Path: "/d"}, {Path: "/e", Ranges: []prefetchlist.Range{{Off: 0, Len: 10}, {Off: 20, Len: 5}}}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("ReadPathList = %+v, %v; want %+v", got, err, want)
 	}
 }
 
