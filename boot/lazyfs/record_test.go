@@ -3,6 +3,7 @@ package lazyfs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -450,5 +451,55 @@ func TestMountRecordRanges(t *testing.T) {
 	t.Logf("the list maps to %d chunks; the reads needed %d; big.bin has %d", len(got), len(need), len(all))
 	if len(got) >= len(all)/4 {
 		t.Errorf("the list maps to %d chunks, want far fewer than big.bin's %d", len(got), len(all))
+	}
+}
+
+// TestMountPrefetchRanges: `boot mount --prefetch` of a list with ranges
+// fetches the chunks that hold them and no others; a range past the end
+// is cut to the file.
+func TestMountPrefetchRanges(t *testing.T) {
+	requireFUSE(t)
+	im := newTreeImage(t)
+	i, ok := im.tocObj.Lookup("/big.bin")
+	if !ok {
+		t.Fatal("no /big.bin in the TOC")
+	}
+	e := im.tocObj.Attr(i)
+	size := int64(e.Size)
+	list := writeTemp(t, fmt.Sprintf("%s\n\"/big.bin\" 0+1 %d+100 %d+1000000\n", prefetchlist.Header, size/2, size-10))
+	want := coveringChunks(im.idx, e.PayloadOffset, 1)
+	maps.Copy(want, coveringChunks(im.idx, e.PayloadOffset+size/2, 100))
+	maps.Copy(want, coveringChunks(im.idx, e.PayloadOffset+size-10, 10))
+	if all := coveringChunks(im.idx, e.PayloadOffset, size); len(all) <= len(want)+2 {
+		t.Fatalf("big.bin has %d chunks, too few for the test", len(all))
+	}
+	var (
+		mu     sync.Mutex
+		opened *opener.Opened
+	)
+	open := func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
+		o, err := openStore(im.store, "")(ctx, d)
+		mu.Lock()
+		opened = o
+		mu.Unlock()
+		return o, err
+	}
+	hits := func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if opened == nil {
+			return 0
+		}
+		return opened.Remote.Stats().Hits
+	}
+	stop := startMount(t, im.index, t.TempDir(), MountOptions{ImageOptions: ImageOptions{Open: open}, Prefetch: list})
+	defer stop()
+	waitFor(t, 30*time.Second, "the prefetch list fetched", func() bool { return hits() >= uint64(len(want)) })
+	time.Sleep(200 * time.Millisecond) // time for any chunk too many
+	if got := hits(); got != uint64(len(want)) {
+		t.Errorf("the store served %d chunks, want the %d that hold the listed ranges", got, len(want))
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
