@@ -45,8 +45,9 @@ type InitOptions struct {
 	// (BOOTFS_STATS).
 	Stats string
 	// Record is a file to write the list of image files the workload
-	// read to, at exit and on SIGUSR1 (BOOTFS_RECORD): the input of
-	// mkimage --prefetch. See Recorder.
+	// read, and the 64 KiB blocks of each read, to, at exit and on
+	// SIGUSR1 (BOOTFS_RECORD): the input of mkimage --prefetch. See
+	// Recorder.
 	Record string
 	// Background fetches the whole image into the cache after the
 	// workload starts, at low priority (BOOTFS_BACKGROUND=1).

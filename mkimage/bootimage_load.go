@@ -130,9 +130,10 @@ type BootImageOptions struct {
 	// Output is a file to write the archive to instead of loading it
 	// (--output docker-archive:FILE, as ParseOutput returns it).
 	Output string
-	// Prefetch lists image paths whose content boot fetches first, in
-	// order (--prefetch FILE, as ReadPrefetchPaths returns it).
-	Prefetch []string
+	// Prefetch lists the image files, or parts of them, whose content
+	// boot fetches first, in order (--prefetch FILE, as ReadPrefetchPaths
+	// returns it).
+	Prefetch []PrefetchEntry
 	// Log receives the warning about prefetch paths the image lacks; nil
 	// discards it.
 	Log *slog.Logger
@@ -201,10 +202,14 @@ func MakeBootImage(ctx context.Context, sum *Summary, opts Options, bo BootImage
 		return BootImageInfo{}, err
 	}
 	if len(bo.Prefetch) > 0 {
-		ids, skipped := PrefetchChunks(sum.Index, sum.TOC, bo.Prefetch)
+		ids, skipped, clamped := PrefetchChunks(sum.Index, sum.TOC, bo.Prefetch)
 		if len(skipped) > 0 && bo.Log != nil {
 			bo.Log.Warn("prefetch list names paths that are not regular files of the image; they are left out",
 				"count", len(skipped), "first", skipped[0])
+		}
+		if len(clamped) > 0 && bo.Log != nil {
+			bo.Log.Warn("prefetch list names bytes past the end of files (they changed since the recording?); only the parts within them are prefetched",
+				"count", len(clamped), "first", clamped[0])
 		}
 		in.Config.Prefetch = ids
 	}

@@ -16,7 +16,9 @@
 //   - Image (OpenImage) is an index opened with its TOC and Reader over
 //     the store its Opener opens, with its Stats; PrefetchList and
 //     Image.FillCache fetch ahead of the reads.
-//   - Recorder lists the files a workload read, for mkimage --prefetch.
+//   - Recorder lists the files a workload read and the 64 KiB blocks of
+//     each it read, for mkimage --prefetch; ReadPathList and
+//     PrefetchPaths read such a list and prefetch the chunks that hold it.
 //   - RunMount is `boot mount`: open the image, mount, serve until the
 //     context ends, unmount.
 //
@@ -26,7 +28,8 @@
 //
 // lazyfs ships inside every converted image, in boot. It depends on
 // casync, chunkstore (with chunkstore/opener's Opened, the store it is
-// handed), internal/atomicfile and internal/inputfile only; it never sees
+// handed), internal/atomicfile, internal/inputfile and
+// internal/prefetchlist (the list's format) only; it never sees
 // store URLs, credentials or the environment, and must never import
 // boot (which imports it), mkimage, desync or the Docker client.
 package lazyfs

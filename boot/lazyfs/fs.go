@@ -319,7 +319,7 @@ func (f *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Rea
 	}
 	want := min(int64(len(buf)), int64(in.Size), size-off)
 	if rec := f.opts.Recorder; rec != nil {
-		rec.Add(i)
+		rec.Add(i, off, want)
 	}
 	// The Reader reads ahead, in archive order: on into the next files.
 	got, err := f.r.readAt(cancelContext{cancel}, buf[:want], e.PayloadOffset+off, e.PayloadOffset, e.PayloadOffset+size)

@@ -123,12 +123,13 @@ type MountOptions struct {
 	// Stats is a file to write Stats to as JSON, at unmount and on
 	// SIGUSR1 (--stats). Empty means none.
 	Stats string
-	// Record is a file to write the image paths read through the mount
-	// to, at unmount and on SIGUSR1 (--record); see Recorder. Empty
-	// means none.
+	// Record is a file to write the image files read through the mount
+	// to, each with the 64 KiB blocks of it read, at unmount and on
+	// SIGUSR1 (--record); see Recorder. Empty means none.
 	Record string
-	// Prefetch is a list of image paths, as Record writes it (and
-	// mkimage --prefetch reads it), whose chunks are fetched in one
+	// Prefetch is a list of image files or parts of them, as Record
+	// writes it (and mkimage --prefetch reads it; see ReadPathList),
+	// whose chunks are fetched in one
 	// sweep in the background from before the mount is up, reads first
 	// (--prefetch); see PrefetchPaths. Empty means none.
 	Prefetch string
@@ -151,7 +152,7 @@ func RunMount(ctx context.Context, indexPath, mountpoint string, opts MountOptio
 	if err := checkMountpoint(mountpoint); err != nil { // before any fetch
 		return err
 	}
-	var prefetch []string
+	var prefetch []PrefetchEntry
 	if opts.Prefetch != "" {
 		var err error
 		if prefetch, err = ReadPathList(opts.Prefetch); err != nil {

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,6 +14,7 @@ import (
 
 	"github.com/bootfs/bootfs/casync"
 	"github.com/bootfs/bootfs/chunkstore"
+	"github.com/bootfs/bootfs/internal/prefetchlist"
 )
 
 // prefetchBatch is the size of one batch read of the prefetch list, and
@@ -124,66 +123,50 @@ func prefetchChunks(ctx context.Context, r *Reader, list []int, log *slog.Logger
 	return int(got.Load())
 }
 
-// ReadPathList reads a list of image paths as Recorder writes it (and
-// mkimage --prefetch reads it): one absolute path a line, a line that
-// starts with a double quote Go-quoted; blank lines and lines that start
-// with '#' are skipped.
-func ReadPathList(name string) ([]string, error) {
-	b, err := os.ReadFile(name)
+// PrefetchEntry is one line of a prefetch list: a file of the image and
+// the byte ranges of it read (nil: the whole file).
+type PrefetchEntry = prefetchlist.Entry
+
+// ReadPathList reads a prefetch list as Recorder writes it (and mkimage
+// --prefetch reads it; see the format in the doc of Recorder.Marshal): a
+// line an absolute image path, the whole file, or a Go-quoted path and
+// the OFFSET+LENGTH byte ranges of it read; blank lines and lines that
+// start with '#' are skipped.
+func ReadPathList(name string) ([]PrefetchEntry, error) {
+	f, err := os.Open(name)
 	if err != nil {
 		return nil, fmt.Errorf("boot: prefetch list: %w", err)
 	}
-	var paths []string
-	for n, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSuffix(line, "\r")
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if strings.HasPrefix(line, `"`) {
-			p, err := strconv.Unquote(line)
-			if err != nil {
-				return nil, fmt.Errorf("boot: prefetch list %s, line %d: bad quoted path %s (write it as --record does)", name, n+1, line)
-			}
-			line = p
-		}
-		if !strings.HasPrefix(line, "/") {
-			return nil, fmt.Errorf("boot: prefetch list %s, line %d: %q is not an absolute image path (want one a line, as --record writes them)", name, n+1, line)
-		}
-		paths = append(paths, line)
+	defer f.Close()
+	list, err := prefetchlist.Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("boot: prefetch list %s: %w", name, err)
 	}
-	return paths, nil
+	return list, nil
 }
 
-// PrefetchPaths is PrefetchList of the chunks that hold the content of
-// the regular files paths names, the list that Recorder writes: what
-// mkimage --prefetch puts into a boot image's config, for `boot mount`.
-// Paths that are not regular files of the image are skipped with a
-// warning, as a list recorded on an older build may name files that are
-// gone.
-func PrefetchPaths(ctx context.Context, r *Reader, toc *casync.TOC, paths []string, log *slog.Logger) int {
+// PrefetchPaths is PrefetchList of the chunks that hold the content list
+// names (whole files, or the chunks that hold their listed ranges), the
+// list that Recorder writes: what mkimage --prefetch puts into a boot
+// image's config, for `boot mount`. Paths that are not regular files of
+// the image are skipped with a warning, as a list recorded on an older
+// build may name files that are gone; ranges past a file's end are cut to
+// it, with a warning.
+func PrefetchPaths(ctx context.Context, r *Reader, toc *casync.TOC, list []PrefetchEntry, log *slog.Logger) int {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var list []int
-	for _, p := range paths {
-		i, ok := toc.Lookup(p)
-		if !ok || toc.Mode(i)&casync.ModeTypeMask != casync.ModeRegular {
-			log.Warn("prefetch list names no regular file of the image; skipping it", "path", p)
-			continue
-		}
-		e := toc.Entry(i)
-		if e.Size == 0 || e.PayloadOffset < 0 {
-			continue
-		}
-		start, end := uint64(e.PayloadOffset), uint64(e.PayloadOffset)+e.Size
-		for k := r.idx.ChunkAt(start); k >= 0 && k < len(r.idx.Chunks) && r.idx.Chunks[k].Start < end; k++ {
-			list = append(list, k)
-		}
+	chunks, skipped, clamped := prefetchlist.Chunks(r.idx, toc, list)
+	for _, p := range skipped {
+		log.Warn("prefetch list names no regular file of the image; skipping it", "path", p)
 	}
-	if len(list) == 0 {
+	for _, p := range clamped {
+		log.Warn("prefetch list names bytes past the end of a file (it changed since the recording?); prefetching the part within it", "path", p)
+	}
+	if len(chunks) == 0 {
 		return 0
 	}
-	return prefetchChunks(ctx, r, list, log)
+	return prefetchChunks(ctx, r, chunks, log)
 }
 
 // FillCache fetches every chunk of the image that the cache directory

@@ -93,10 +93,12 @@ a mounted volume:
   BOOTFS_UPPER=DIR           the overlay's writable layer (default the
                              boot image's volume at /.bootfs/upper)
   BOOTFS_STATS=FILE          figures as JSON, at exit and on SIGUSR1
-  BOOTFS_RECORD=FILE         the image files the workload read, one absolute
-                             path a line in first-read order (Go-quoted if
-                             it holds a newline), at exit and on SIGUSR1:
-                             the input of mkimage --prefetch
+  BOOTFS_RECORD=FILE         the image files the workload read, a line each
+                             in first-read order, at exit and on SIGUSR1:
+                             the input of mkimage --prefetch. A path alone
+                             is the whole file; a Go-quoted path followed by
+                             OFFSET+LENGTH ranges is the parts read (in
+                             64 KiB blocks)
   BOOTFS_BACKGROUND=1        fetch the rest of the image into the cache
                              once the workload runs
   BOOTFS_USER=USER[:GROUP]   run the workload as this user of the image
@@ -193,8 +195,8 @@ func mount(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cacheMax, "cache-max", "", "cap --cache at `SIZE` (bytes, or with a k, m or g suffix), least recently used chunks evicted, across every process sharing it")
 	fs.StringVar(&opts.TOC, "toc", "", "the TOC `FILE` (default: INDEX.toc or INDEX without .caidx plus .toc; else built from the archive)")
 	fs.StringVar(&opts.Stats, "stats", "", "write figures as JSON to `FILE` at unmount and on SIGUSR1")
-	fs.StringVar(&opts.Prefetch, "prefetch", "", "fetch the content of the image paths listed in `FILE` (as --record writes them) in the background, from before the mount is up")
-	fs.StringVar(&opts.Record, "record", "", "write the image paths whose content was read to `FILE`, one a line in first-read order, at unmount and on SIGUSR1 (for mkimage --prefetch)")
+	fs.StringVar(&opts.Prefetch, "prefetch", "", "fetch the content listed in `FILE` (as --record writes it: a path alone is the whole file, a Go-quoted path followed by OFFSET+LENGTH ranges those bytes) in the background, from before the mount is up")
+	fs.StringVar(&opts.Record, "record", "", "write the image files whose content was read to `FILE`, a line each in first-read order with the 64 KiB blocks read, at unmount and on SIGUSR1 (for mkimage --prefetch)")
 	fs.StringVar(&open.Credentials.CAFile, "ca-file", "", "trust the CA certificates in PEM `FILE` for https:// and oci:// stores, besides the system's")
 	fs.StringVar(&open.Credentials.RegistryAuthFile, "registry-auth", "", "docker config.json-format `FILE` with the credentials of oci:// stores")
 	fs.BoolVar(&open.Credentials.RegistryPlainHTTP, "registry-plain-http", false, "allow plain HTTP to a registry that is not on a loopback address")

@@ -71,7 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		asJSON    = fs.Bool("json", false, "print the summary as JSON")
 		debug     = fs.Bool("debug", false, "log debug messages")
 		output    = fs.String("output", "", "write the boot image to docker-archive:`FILE` instead of loading it into Docker")
-		prefetch  = fs.String("prefetch", "", "`FILE` of image paths (one per line, as boot's BOOTFS_RECORD writes) whose chunks boot fetches first")
+		prefetch  = fs.String("prefetch", "", "`FILE` listing what boot fetches first, as boot's BOOTFS_RECORD writes it: a line an absolute image path (the whole file), or a Go-quoted path followed by OFFSET+LENGTH byte ranges (only the chunks holding them)")
 		boot      mkimage.BootImageOptions
 		push      = fs.String("push", "", "push the boot image to `REGISTRY/REPOSITORY:TAG`, with the chunks in that repository")
 	)
