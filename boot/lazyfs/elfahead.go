@@ -247,7 +247,8 @@ func (a *elfAhead) visit(o elfObject) ([]elfObject, []elfSpan) {
 }
 
 // deps resolves names, needed by object o, in dirs, and returns those
-// found that are not followed yet, marking them followed.
+// found that are not followed yet nor in the local cache, marking them
+// followed.
 func (a *elfAhead) deps(o elfObject, names, dirs []string, info *elfInfo) []elfObject {
 	var out []elfObject
 	origin := path.Dir(o.path)
@@ -257,11 +258,41 @@ func (a *elfAhead) deps(o elfObject, names, dirs []string, info *elfInfo) []elfO
 			a.r.log.Debug("ELF read-ahead: library not found in the image", "store", a.r.opts.StoreName, "object", o.path, "library", name)
 			continue
 		}
+		if a.cachedLocally(i) {
+			// A file read away when ld.so asks; not marked, so that
+			// its own read follows what it needs in turn.
+			continue
+		}
 		if a.mark(i) {
 			out = append(out, elfObject{node: i, path: p, depth: o.depth + 1})
 		}
 	}
 	return out
+}
+
+// cachedLocally reports whether what read-ahead would fetch of file i (its
+// head if it is large, else all of it) is in the local cache. Loading it
+// ahead would cost a decompression and room in the LRU for nothing: on a
+// warm node, that is every library.
+func (a *elfAhead) cachedLocally(i int) bool {
+	if a.r.local == nil {
+		return false
+	}
+	e := a.toc.Attr(i)
+	start, n := int64(e.PayloadOffset), int64(e.Size)
+	if a.large(i) {
+		n = elfHeadBytes
+	}
+	if n <= 0 || start < 0 || start+n > a.r.size {
+		return false
+	}
+	last := a.r.idx.ChunkAt(uint64(start + n - 1))
+	for c := a.r.idx.ChunkAt(uint64(start)); c <= last; c++ {
+		if !a.r.local.Cached(a.r.idx.Chunks[c].ID) {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *elfAhead) debug(msg string, o elfObject, err error) {

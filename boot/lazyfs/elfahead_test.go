@@ -2,6 +2,7 @@ package lazyfs
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/binary"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/chunkstore"
 )
 
 // hostPrograms are host binaries the loader tests use, the first that
@@ -238,6 +240,52 @@ func TestELFAheadLoader(t *testing.T) {
 	// neighbours' share of the chunks at the ends.
 	if limit := 3 * casync.DefaultChunkSize.Max; on.stats.ReadAheadWastedBytes > limit {
 		t.Errorf("%d bytes fetched ahead and never read; want at most %d", on.stats.ReadAheadWastedBytes, limit)
+	}
+}
+
+// TestELFAheadWarmLoadsNothing: on a warm node, every chunk in the local
+// cache, following a program's libraries loads only what parsing the
+// program reads: a library in the cache is a file read away when ld.so
+// asks, and loading it ahead would cost a decompression and room in the
+// LRU for nothing. With a cold cache the same follow loads them all.
+func TestELFAheadWarmLoadsNothing(t *testing.T) {
+	prog, libs := hostProgram(t)
+	lt := makeLoaderTree(t, prog, libs)
+	order := lt.loadOrder(t)
+	im := buildImage(t, lt.dir, casync.DefaultChunkSize)
+	root, ok := lookupFollow(im.tocObj, order[0])
+	if !ok {
+		t.Fatalf("%s not in the image", order[0])
+	}
+	follow := func(warm bool) int {
+		cache, err := chunkstore.NewCache(im.localStore(t), t.TempDir(), chunkstore.CacheOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if warm {
+			for id := range uniqueIDs(im.idx) {
+				if _, err := cache.GetChunk(context.Background(), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		counted := &countingCache{Cache: cache}
+		r := NewReader(im.idx, counted, ReaderOptions{CacheBytes: 256 << 20})
+		newELFAhead(im.tocObj, r).follow(root)
+		r.Close() // waits for the fetches follow started
+		counted.mu.Lock()
+		defer counted.mu.Unlock()
+		return len(counted.reads)
+	}
+	e := im.tocObj.Attr(root)
+	own := im.idx.ChunkAt(uint64(e.PayloadOffset)+e.Size-1) - im.idx.ChunkAt(uint64(e.PayloadOffset)) + 1
+	cold, warm := follow(false), follow(true)
+	t.Logf("%s: %d objects; following it read %d chunks from a cold cache, %d from a warm one (the program is %d)", prog, len(order), cold, warm, own)
+	if warm > own {
+		t.Errorf("warm cache: following %s read %d chunks, want at most the program's own %d", prog, warm, own)
+	}
+	if cold <= own {
+		t.Errorf("cold cache: following %s read %d chunks, want its libraries' too (more than %d)", prog, cold, own)
 	}
 }
 
