@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bootfs/bootfs/internal/prefetchlist"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -915,9 +916,10 @@ func TestAgentStats(t *testing.T) {
 	if st.ChunksFetched == 0 || st.BytesFetched < 1<<20 || st.Errors != 0 || st.StartToExecMS <= 0 {
 		t.Errorf("BOOTFS_STATS after reading /bin/busybox: %s; want its chunks (over 1 MiB), no errors and the time to exec", b)
 	}
-	rec, err := os.ReadFile(filepath.Join(dir, "paths"))
-	if err != nil || !strings.Contains(string(rec), "/bin/busybox\n") || !strings.Contains(string(rec), "/data/hello\n") {
-		t.Errorf("BOOTFS_RECORD = %q, %v; want /bin/busybox and /data/hello", rec, err)
+	rec, list := readRecord(t, filepath.Join(dir, "paths"))
+	if !slices.ContainsFunc(list, func(e prefetchlist.Entry) bool { return e.Path == "/bin/busybox" }) ||
+		!slices.ContainsFunc(list, func(e prefetchlist.Entry) bool { return e.Path == "/data/hello" }) {
+		t.Errorf("BOOTFS_RECORD = %q; want /bin/busybox and /data/hello", rec)
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Errorf("the stats volume holds %v; want only the two files", entries)

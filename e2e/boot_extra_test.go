@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bootfs/bootfs/casync"
+	"github.com/bootfs/bootfs/internal/prefetchlist"
 	"github.com/bootfs/bootfs/internal/testenv"
 )
 
@@ -230,23 +232,38 @@ func TestRecord(t *testing.T) {
 	if got.code != 0 || !strings.Contains(got.stdout, "bootfs busybox") {
 		t.Fatalf("exit %d, stdout %q; stderr: %s", got.code, got.stdout, got.stderr)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "list"))
+	b, list := readRecord(t, filepath.Join(dir, "list"))
+	var paths []string
+	for _, e := range list {
+		paths = append(paths, e.Path)
+	}
+	bb, osr, hello := slices.Index(paths, "/bin/busybox"), slices.Index(paths, "/etc/os-release"), slices.Index(paths, "/data/hello")
+	sorted := slices.Clone(paths)
+	slices.Sort(sorted)
+	if bb < 0 || osr < 0 || hello < 0 || bb > osr || osr > hello || len(slices.Compact(sorted)) != len(paths) {
+		t.Errorf("BOOTFS_RECORD list:\n%s\nwant /bin/busybox, then /etc/os-release, then /data/hello, each once", b)
+	}
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/") || strings.Contains(p, ".bootfs") {
+			t.Errorf("BOOTFS_RECORD list has %q, want absolute image paths", p)
+		}
+	}
+	t.Logf("recorded: %q", paths)
+}
+
+// readRecord reads and parses a BOOTFS_RECORD list, as mkimage --prefetch
+// would, and returns its bytes too.
+func readRecord(t *testing.T, file string) ([]byte, []prefetchlist.Entry) {
+	t.Helper()
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	bb, osr, hello := slices.Index(lines, "/bin/busybox"), slices.Index(lines, "/etc/os-release"), slices.Index(lines, "/data/hello")
-	sorted := slices.Clone(lines)
-	slices.Sort(sorted)
-	if bb < 0 || osr < 0 || hello < 0 || bb > osr || osr > hello || len(slices.Compact(sorted)) != len(lines) {
-		t.Errorf("BOOTFS_RECORD list:\n%s\nwant /bin/busybox, then /etc/os-release, then /data/hello, each once", b)
+	list, err := prefetchlist.Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("BOOTFS_RECORD list %s:\n%s\n%v", file, b, err)
 	}
-	for _, l := range lines {
-		if !strings.HasPrefix(l, "/") || strings.Contains(l, ".bootfs") {
-			t.Errorf("BOOTFS_RECORD list has %q, want absolute image paths", l)
-		}
-	}
-	t.Logf("recorded: %q", lines)
+	return b, list
 }
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key
