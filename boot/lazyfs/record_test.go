@@ -164,17 +164,7 @@ func TestMountPrefetch(t *testing.T) {
 	if err := os.WriteFile(list, []byte("/other.bin\n/gone\n/many\n\n# a comment\n/big.bin\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var (
-		mu     sync.Mutex
-		opened *opener.Opened
-	)
-	open := func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
-		o, err := openStore(im.store, "")(ctx, d)
-		mu.Lock()
-		opened = o
-		mu.Unlock()
-		return o, err
-	}
+	open, hits := countingOpener(im.store)
 	want := map[casync.ChunkID]bool{}
 	for _, p := range []string{"/other.bin", "/big.bin"} {
 		i, ok := im.tocObj.Lookup(p)
@@ -183,14 +173,6 @@ func TestMountPrefetch(t *testing.T) {
 		}
 		e := im.tocObj.Entry(i)
 		maps.Copy(want, coveringChunks(im.idx, e.PayloadOffset, int64(e.Size)))
-	}
-	hits := func() uint64 {
-		mu.Lock()
-		defer mu.Unlock()
-		if opened == nil {
-			return 0
-		}
-		return opened.Remote.Stats().Hits
 	}
 	stop := startMount(t, im.index, mnt, MountOptions{ImageOptions: ImageOptions{Open: open}, Prefetch: list})
 	defer stop()
@@ -473,12 +455,28 @@ func TestMountPrefetchRanges(t *testing.T) {
 	if all := coveringChunks(im.idx, e.PayloadOffset, size); len(all) <= len(want)+2 {
 		t.Fatalf("big.bin has %d chunks, too few for the test", len(all))
 	}
+	open, hits := countingOpener(im.store)
+	stop := startMount(t, im.index, t.TempDir(), MountOptions{ImageOptions: ImageOptions{Open: open}, Prefetch: list})
+	defer stop()
+	waitFor(t, 30*time.Second, "the prefetch list fetched", func() bool { return hits() >= uint64(len(want)) })
+	time.Sleep(200 * time.Millisecond) // time for any chunk too many
+	if got := hits(); got != uint64(len(want)) {
+		t.Errorf("the store served %d chunks, want the %d that hold the listed ranges", got, len(want))
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// countingOpener opens store with no cache, and reports how many chunks
+// the store has served since.
+func countingOpener(store string) (Opener, func() uint64) {
 	var (
 		mu     sync.Mutex
 		opened *opener.Opened
 	)
 	open := func(ctx context.Context, d casync.Digest) (*opener.Opened, error) {
-		o, err := openStore(im.store, "")(ctx, d)
+		o, err := openStore(store, "")(ctx, d)
 		mu.Lock()
 		opened = o
 		mu.Unlock()
@@ -492,14 +490,5 @@ func TestMountPrefetchRanges(t *testing.T) {
 		}
 		return opened.Remote.Stats().Hits
 	}
-	stop := startMount(t, im.index, t.TempDir(), MountOptions{ImageOptions: ImageOptions{Open: open}, Prefetch: list})
-	defer stop()
-	waitFor(t, 30*time.Second, "the prefetch list fetched", func() bool { return hits() >= uint64(len(want)) })
-	time.Sleep(200 * time.Millisecond) // time for any chunk too many
-	if got := hits(); got != uint64(len(want)) {
-		t.Errorf("the store served %d chunks, want the %d that hold the listed ranges", got, len(want))
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	return open, hits
 }
