@@ -112,8 +112,12 @@ func TestReaderSequentialBatches(t *testing.T) {
 	if n := store.count(); n > 40 {
 		t.Errorf("%d requests for %d chunks, want at most 40 (batches)", n, len(b.idx.Chunks))
 	}
-	if s.NetworkWaits > 40 || s.LongestChain > 40 {
-		t.Errorf("%d network waits, longest chain %d, for %d reads; want at most 40 each", s.NetworkWaits, s.LongestChain, reads)
+	// Without read-ahead every read waits (TestReaderChainWithoutReadAhead).
+	// With it, a read waits only when it catches up with read-ahead in
+	// flight: how often depends on the machine's speed (30-45 of 160
+	// under -race on 2 busy cores), the chain does not.
+	if s.NetworkWaits > uint64(reads/3) || s.LongestChain > 40 {
+		t.Errorf("%d network waits, longest chain %d, for %d reads; want at most a third of the reads and a chain of 40", s.NetworkWaits, s.LongestChain, reads)
 	}
 	if s.ReadAheadChunks < uint64(len(b.idx.Chunks))/2 {
 		t.Errorf("read-ahead fetched %d of %d chunks, want most", s.ReadAheadChunks, len(b.idx.Chunks))
