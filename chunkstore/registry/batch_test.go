@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -573,4 +574,43 @@ func TestGetChunksCancel(t *testing.T) {
 	if n := gets.Load(); n != 0 {
 		t.Errorf("GetChunks(canceled ctx) sent %d pack GETs, want none", n)
 	}
+}
+
+// TestConnectionsReused: the store keeps as many idle connections to the
+// registry as it has requests in flight, so that reads after the first
+// burst reuse them. A new connection costs a round trip, and a fresh
+// congestion window on top, on every request (Go's default keeps 2).
+func TestConnectionsReused(t *testing.T) {
+	r := registrytest.Start(t, registrytest.Config{})
+	cs := storetest.Chunks(48, 96)
+	_, pinned := commit(t, r, registry.Options{TempDir: t.TempDir(), PackSize: 256 << 10}, cs)
+	target, _ := url.Parse("http://" + r.Host)
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(target))
+	var conns atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	s := open(t, strings.Replace(pinned, r.Host, strings.TrimPrefix(srv.URL, "http://"), 1), registry.Options{})
+
+	const inFlight, rounds = 16, 6
+	for round := range rounds {
+		var g sync.WaitGroup
+		for i := range inFlight {
+			c := cs[(round*inFlight+i)%len(cs)]
+			g.Go(func() {
+				if data, err := s.GetChunk(context.Background(), c.ID); err != nil || !bytes.Equal(data, c.Data) {
+					t.Errorf("GetChunk(%s) = %d bytes, %v; want its %d bytes", c.ID, len(data), err, len(c.Data))
+				}
+			})
+		}
+		g.Wait()
+	}
+	if n := conns.Load(); n > 2*inFlight {
+		t.Errorf("%d rounds of %d reads at once opened %d connections, want at most %d (reused after the first round)", rounds, inFlight, n, 2*inFlight)
+	}
+	t.Logf("%d rounds of %d reads at once: %d connections", rounds, inFlight, conns.Load())
 }

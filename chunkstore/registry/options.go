@@ -104,6 +104,11 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// maxIdleConns is how many idle connections to the registry are kept:
+// as many as boot's reader has requests in flight (8 batches of up to
+// rangeJobs range requests), as the chunk server's client keeps.
+const maxIdleConns = 32
+
 // baseTransport is o.Transport, or a default one trusting o.CAFile,
 // behind the plain-HTTP policy.
 func (o Options) baseTransport() (http.RoundTripper, error) {
@@ -113,6 +118,11 @@ func (o Options) baseTransport() (http.RoundTripper, error) {
 		// A registry that takes the request and never answers fails the
 		// call instead of holding it (callers' contexts bound it too).
 		t.ResponseHeaderTimeout = time.Minute
+		// Keep a connection for every request a reader has in flight
+		// (Go's default keeps 2 a host): one closed after a burst costs
+		// the next request a handshake and a fresh congestion window.
+		t.MaxIdleConnsPerHost = maxIdleConns
+		t.MaxIdleConns = 2 * maxIdleConns
 		if o.CAFile != "" {
 			pem, err := os.ReadFile(o.CAFile)
 			if err != nil {
