@@ -104,6 +104,16 @@ func (a *elfAhead) mark(i int) bool {
 	return true
 }
 
+// followed reports whether object i is followed already: a library
+// every other one needs (libc) is looked at once, not its chunks' cache
+// files once for each.
+func (a *elfAhead) followed(i int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.seen[i]
+	return ok
+}
+
 // elfObject is an object to follow: TOC node i, found at path (for
 // $ORIGIN), depth levels below the object read.
 type elfObject struct {
@@ -253,7 +263,7 @@ func (a *elfAhead) deps(o elfObject, names, dirs []string, info *elfInfo) []elfO
 			a.r.log.Debug("ELF read-ahead: library not found in the image", "store", a.r.opts.StoreName, "object", o.path, "library", name)
 			continue
 		}
-		if a.cachedLocally(i) {
+		if !a.followed(i) && a.cachedLocally(i) {
 			// A file read away when ld.so asks; not marked, so that
 			// its own read follows what it needs in turn.
 			continue
